@@ -1,0 +1,5 @@
+"""``python -m proxyembed`` runs the CLI."""
+
+from proxyembed.cli import main
+
+main()

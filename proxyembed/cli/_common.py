@@ -1,0 +1,42 @@
+"""What every CLI command shares: turning user errors into one line and an exit code, and the consoles.
+
+Commands stay thin: they parse options and call plain functions. A :class:`ProxyEmbedError` raised
+anywhere below becomes ``error: <message> (<hint>)`` on stderr with its exit code (2 bad input, 1 failed
+check); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from proxyembed.runtime.errors import ProxyEmbedError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Decorate a command so user-facing errors exit cleanly instead of with a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ProxyEmbedError as exc:
+            fail(exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(exc: ProxyEmbedError) -> None:
+    """Print a user error as one line and exit with its code."""
+    msg = exc.message + (f" — {exc.hint}" if exc.hint else "")
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)

@@ -1,0 +1,185 @@
+"""The evaluation transform, defined once and torch-free.
+
+Training-time evaluation, export validation, int8 calibration and the runtime all call
+:class:`Preprocessor`, so an exported model sees exactly the pixels the PyTorch model was judged on
+(DESIGN.md: one preprocessing, everywhere). The spec travels in checkpoints and bundle manifests.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadInput
+
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``, scale to [0, 1], normalise.
+
+    Output layout is NCHW float32 in RGB order.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    color: Literal["RGB"] = "RGB"
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["float32"] = field(default="float32")
+
+    def __post_init__(self) -> None:
+        if self.crop <= 0 or self.resize < self.crop:
+            raise BadInput(
+                f"preprocessing: resize={self.resize} and crop={self.crop} are inconsistent",
+                hint="use crop > 0 and resize >= crop",
+            )
+        if self.interpolation not in _RESAMPLE:
+            raise BadInput(
+                f"preprocessing: unknown interpolation '{self.interpolation}'",
+                hint=f"use one of {sorted(_RESAMPLE)}",
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise BadInput("preprocessing: mean and std need three values each, std > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, as stored in checkpoints and manifests."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, so a typo never passes silently."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise BadInput(f"preprocessing spec has unknown keys {sorted(unknown)}")
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
+        return cls(**d)
+
+
+def describe(src: ImageLike) -> str:
+    """A short name for an image source, for error messages."""
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, bytes):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, np.ndarray):
+        return f"<array {src.shape} {src.dtype}>"
+    return f"<{type(src).__name__}>"
+
+
+def load_image(src: ImageLike) -> Image.Image:
+    """Open any supported image source as an RGB PIL image, EXIF orientation applied.
+
+    Grey, RGBA (composited on white) and palette images become RGB. Raises :class:`BadInput`
+    naming the source when it cannot be read.
+    """
+    if isinstance(src, np.ndarray):
+        return _array_to_pil(src)
+    try:
+        if isinstance(src, Image.Image):
+            img = src
+        elif isinstance(src, bytes):
+            img = Image.open(io.BytesIO(src))
+        elif isinstance(src, (str, os.PathLike)):
+            img = Image.open(Path(src))
+        else:
+            raise BadInput(f"unsupported image type {type(src).__name__}", hint="pass a path, bytes, a PIL image or a uint8 HxWxC array")
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except FileNotFoundError as exc:
+        raise BadInput(f"image not found: {describe(src)}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadInput(f"cannot read image {describe(src)}: {exc.__class__.__name__}", hint="is it a valid image file?") from exc
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise BadInput(f"image arrays must be uint8, got {arr.dtype}", hint="convert with arr.astype(np.uint8) after scaling to 0..255")
+    if arr.ndim == 2:
+        return Image.fromarray(arr, "L").convert("RGB")
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        if arr.shape[2] == 1:
+            return Image.fromarray(arr[:, :, 0], "L").convert("RGB")
+        return _to_rgb(Image.fromarray(arr, "RGB" if arr.shape[2] == 3 else "RGBA"))
+    raise BadInput(f"image arrays must be HxW or HxWxC with C in 1/3/4, got shape {arr.shape}")
+
+
+class Preprocessor:
+    """Turns images into the model's input batch according to a :class:`PreprocessSpec`."""
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.spec = spec
+        self._mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
+        self._inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(3, 1, 1)
+
+    def image(self, src: ImageLike) -> np.ndarray:
+        """One image as a float32 CHW array."""
+        img = load_image(src)
+        s = self.spec
+        w, h = img.size
+        scale = s.resize / min(w, h)
+        new = (max(s.crop, round(w * scale)), max(s.crop, round(h * scale)))
+        if new != (w, h):
+            img = img.resize(new, _RESAMPLE[s.interpolation])
+        left = (new[0] - s.crop) // 2
+        top = (new[1] - s.crop) // 2
+        img = img.crop((left, top, left + s.crop, top + s.crop))
+        chw = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * (1.0 / 255.0)
+        return (chw - self._mean) * self._inv_std
+
+    def __call__(self, images: Sequence[ImageLike] | ImageLike) -> np.ndarray:
+        """A float32 NCHW batch; a single image gives a batch of one."""
+        if isinstance(images, (str, os.PathLike, bytes, Image.Image)) or (
+            isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim in (2, 3)
+        ):
+            images = [images]
+        return np.stack([self.image(src) for src in images]) if len(images) else np.zeros(
+            (0, 3, self.spec.crop, self.spec.crop), np.float32
+        )
+
+    def batches(self, images: Iterable[ImageLike], batch_size: int) -> Iterable[np.ndarray]:
+        """Yield NCHW batches of at most ``batch_size`` images."""
+        if batch_size <= 0:
+            raise BadInput(f"batch_size must be positive, got {batch_size}")
+        chunk: list[ImageLike] = []
+        for src in images:
+            chunk.append(src)
+            if len(chunk) == batch_size:
+                yield self(chunk)
+                chunk = []
+        if chunk:
+            yield self(chunk)
