@@ -63,7 +63,7 @@ def knn(
 
 def _class_counts(query_labels: np.ndarray, gallery_labels: np.ndarray, exclude_self: bool) -> np.ndarray:
     uniq, counts = np.unique(gallery_labels, return_counts=True)
-    lookup = dict(zip(uniq.tolist(), counts.tolist()))
+    lookup = dict(zip(uniq.tolist(), counts.tolist(), strict=True))
     r = np.array([lookup.get(lab, 0) for lab in query_labels.tolist()], dtype=np.int64)
     return r - 1 if exclude_self else r
 
@@ -88,12 +88,12 @@ def retrieval_metrics(
     q_lab = np.asarray(labels)
     if len(q) != len(q_lab):
         raise BadInput(f"metrics: {len(q)} embeddings but {len(q_lab)} labels")
-    if len(q) < 2:
-        raise BadInput("metrics: need at least two evaluation images")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] <= 0:
         raise BadInput(f"metrics: K values must be positive, got {list(ks)}")
     all_vs_all = gallery is None
+    if len(q) < (2 if all_vs_all else 1):
+        raise BadInput("metrics: need at least two evaluation images")
     g = q if all_vs_all else np.asarray(gallery, dtype=np.float32)
     g_lab = q_lab if all_vs_all else np.asarray(gallery_labels)
     if len(g) != len(g_lab):

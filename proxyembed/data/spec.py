@@ -1,0 +1,112 @@
+"""Turning a ``--data`` value into a zero-shot split of training and evaluation classes.
+
+Accepted values:
+
+- ``synthetic`` or ``synthetic:key=value,...`` (seed, classes, per_class, size): the built-in data;
+- a folder with one subfolder per class: classes are sorted by name and split into training and
+  evaluation halves (``--eval-data`` gives the evaluation classes as a separate folder instead);
+- a benchmark root (CUB-200-2011, Cars196, Stanford Online Products, In-Shop), recognised by its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.preprocess import ImageLike, PreprocessSpec
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its class. ``source`` is a file path or an in-memory uint8 HxWxC array."""
+
+    source: ImageLike
+    label: int
+    key: str  # stable identifier: relative path, or "synthetic/<class>/<n>"
+
+
+@dataclass
+class DataSplit:
+    """Training and evaluation samples with disjoint classes.
+
+    In query->gallery mode (In-Shop) ``eval`` holds the queries and ``gallery`` the gallery.
+    ``preprocess`` is the evaluation transform that suits the data (the synthetic images are small).
+    """
+
+    name: str
+    train: list[Sample]
+    eval: list[Sample]
+    gallery: list[Sample] | None = None
+    class_names: dict[int, str] = field(default_factory=dict)
+    preprocess: PreprocessSpec | None = None
+    ks: tuple[int, ...] = (1, 2, 4, 8)
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        n_tr = len({s.label for s in self.train})
+        n_ev = len({s.label for s in self.eval})
+        return f"{self.name}: {len(self.train)} training images / {n_tr} classes, {len(self.eval)} evaluation images / {n_ev} classes"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """A digest of the evaluation file list and labels, to tell whether two runs used the same data."""
+        h = hashlib.sha256()
+        for part, samples in (("eval", self.eval), ("gallery", self.gallery or [])):
+            for s in samples:
+                h.update(f"{part}\t{s.key}\t{self.class_names.get(s.label, s.label)}\n".encode())
+        n_classes = len({s.label for s in self.eval})
+        return {"name": self.name, "sha256": h.hexdigest(), "images": len(self.eval) + len(self.gallery or []), "classes": n_classes}
+
+
+def _parse_options(text: str, where: str) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for item in filter(None, text.split(",")):
+        if "=" not in item:
+            raise BadInput(f"--data {where}: expected key=value, got '{item}'", hint="e.g. synthetic:seed=1,classes=200")
+        k, v = item.split("=", 1)
+        opts[k.strip()] = v.strip()
+    return opts
+
+
+def resolve_data(spec: str, *, eval_data: str | os.PathLike | None = None, eval_fraction: float = 0.5) -> DataSplit:
+    """Build the zero-shot split named by ``spec`` (see the module docstring)."""
+    spec = str(spec)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        from .synthetic import SyntheticConfig, synthetic_split
+
+        opts = _parse_options(spec.partition(":")[2], spec)
+        return synthetic_split(SyntheticConfig.from_options(opts))
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise BadInput(f"--data: '{spec}' does not exist", hint="give 'synthetic' or a folder with one subfolder per class")
+    if not root.is_dir():
+        raise BadInput(f"--data: '{spec}' is a file, not a folder", hint="give a folder with one subfolder per class")
+    from .benchmarks import detect_benchmark
+
+    bench = detect_benchmark(root)
+    if bench is not None:
+        if eval_data is not None:
+            raise BadInput(f"--eval-data is not used with the {bench.__name__} benchmark, which defines its own split")
+        return bench(root)
+    from .folder import folder_split
+
+    return folder_split(root, eval_root=Path(eval_data) if eval_data else None, eval_fraction=eval_fraction)
+
+
+def resolve_eval_data(spec: str) -> DataSplit:
+    """Evaluation data only (for ``check`` and ``index``): a folder means all of its classes are evaluated."""
+    spec = str(spec)
+    root = Path(spec).expanduser()
+    if spec == "synthetic" or spec.startswith("synthetic:") or not root.is_dir():
+        return resolve_data(spec)
+    from .benchmarks import detect_benchmark
+
+    if detect_benchmark(root) is not None:
+        return resolve_data(spec)
+    from .folder import folder_split
+
+    return folder_split(root, eval_root=root, eval_only=True)
+

@@ -1,0 +1,97 @@
+"""Retrieval metrics on hand-computed cases and against brute-force / scikit-learn oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.metrics import kmeans, knn, nmi_kmeans, normalized_mutual_info, retrieval_metrics
+
+# Four unit vectors on a quarter circle; classes {a, b} and {c, d}.
+# Similarities: ab .8, ac .6, ad 0, bc .96, bd .6, cd .8.
+# Nearest other item: a->b (hit), b->c (miss), c->b (miss), d->c (hit): R@1 = 0.5; second
+# neighbours of b and c are a and d (hits): R@2 = 1. Every class has R = 1 other member,
+# so MAP@R = R-Precision = R@1 = 0.5.
+TOY = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]], np.float32)
+TOY_LABELS = [0, 0, 1, 1]
+
+
+def test_hand_computed_all_vs_all() -> None:
+    m = retrieval_metrics(TOY, TOY_LABELS, ks=(1, 2))
+    assert m["recall@1"] == pytest.approx(0.5)
+    assert m["recall@2"] == pytest.approx(1.0)
+    assert m["map@r"] == pytest.approx(0.5)
+    assert m["r_precision"] == pytest.approx(0.5)
+
+
+def test_map_at_r_rewards_order_within_r() -> None:
+    # class 0 has three members; query 0 sees [hit, miss, hit] in its first R=2 ... only 1 hit in R
+    emb = np.array([[1, 0], [0.9, 0.436], [0.95, 0.312], [0.5, 0.866], [-1, 0]], np.float32)
+    labels = [0, 0, 1, 0, 1]
+    # query 0: sims to 1:.9, 2:.95, 3:.5, 4:-1 -> order 2(miss), 1(hit), 3(hit); R = 2
+    # AP@R = (0 + 1/2) / 2 = 0.25 ; R-precision = 1/2
+    m = retrieval_metrics(emb[:1], labels[:1], gallery=emb[1:], gallery_labels=labels[1:], ks=(1,))
+    assert m["map@r"] == pytest.approx(0.25)
+    assert m["r_precision"] == pytest.approx(0.5)
+    assert m["recall@1"] == 0.0
+
+
+def test_query_gallery_mode_does_not_exclude_identical_items() -> None:
+    m = retrieval_metrics(TOY, TOY_LABELS, gallery=TOY, gallery_labels=TOY_LABELS, ks=(1,))
+    assert m["recall@1"] == 1.0  # each query finds itself in the gallery
+
+
+def test_knn_blocks_match_full_computation() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(257, 8)).astype(np.float32)
+    full_idx, full_sim = knn(x, x, 5, exclude_self=True, block_size=10_000)
+    blk_idx, blk_sim = knn(x, x, 5, exclude_self=True, block_size=16)
+    np.testing.assert_array_equal(full_idx, blk_idx)
+    np.testing.assert_allclose(full_sim, blk_sim, rtol=1e-6)
+    assert not (full_idx == np.arange(257)[:, None]).any()
+    brute = np.argsort(-(x @ x.T - np.eye(257) * 1e9), axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(full_idx, brute)
+
+
+def test_knn_k_larger_than_gallery_returns_all() -> None:
+    idx, sim = knn(TOY, TOY, 10, exclude_self=True)
+    assert idx.shape == (4, 3)
+    assert (np.diff(sim, axis=1) <= 0).all()
+
+
+def test_nmi_matches_sklearn() -> None:
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 5, 200), rng.integers(0, 7, 200)
+    assert normalized_mutual_info(a, b) == pytest.approx(sk.normalized_mutual_info_score(a, b), abs=1e-10)
+    assert normalized_mutual_info(a, a) == pytest.approx(1.0)
+
+
+def test_kmeans_recovers_separated_clusters() -> None:
+    rng = np.random.default_rng(2)
+    centers = np.eye(4) * 10
+    x = np.concatenate([c + rng.normal(size=(30, 4)) for c in centers])
+    labels = np.repeat(np.arange(4), 30)
+    assert normalized_mutual_info(labels, kmeans(x, 4, seed=0)) == pytest.approx(1.0)
+    assert nmi_kmeans(x, labels) == pytest.approx(1.0)
+
+
+def test_metrics_are_deterministic_with_ties() -> None:
+    emb = np.ones((6, 3), np.float32) / np.sqrt(3)
+    labels = [0, 0, 1, 1, 2, 2]
+    assert retrieval_metrics(emb, labels) == retrieval_metrics(emb, labels)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(embeddings=TOY, labels=[0, 1]),
+        dict(embeddings=TOY[:1], labels=[0]),
+        dict(embeddings=TOY, labels=TOY_LABELS, ks=(0,)),
+        dict(embeddings=TOY, labels=TOY_LABELS, gallery=TOY, gallery_labels=[0]),
+    ],
+)
+def test_bad_metric_inputs(kwargs: dict) -> None:
+    with pytest.raises(BadInput):
+        retrieval_metrics(**kwargs)
