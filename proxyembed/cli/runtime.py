@@ -1,9 +1,247 @@
-"""CLI commands for the runtime stage (filled in by its issue)."""
+"""CLI commands for the runtime stage: ``proxyembed index`` builds a gallery, ``proxyembed search`` queries it.
+
+Both run without torch: this module imports only typer and the CLI helpers at import time, and the
+runtime inside each command. Listing images and drawing result grids live in small plain functions
+here, so the commands stay thin.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from ._common import console, err_console, user_errors
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_MAX_LISTED = 20
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+    app.command("index")(index_command)
+    app.command("search")(search_command)
+
+
+# -- index -------------------------------------------------------------------------------------------
+
+
+@user_errors
+def index_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `proxyembed export`.")],
+    images: Annotated[
+        Path,
+        typer.Argument(help="Folder of images (class subfolders give labels), or a CSV/TSV list: path[,id][,label]."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Gallery folder to write.")],
+    append: Annotated[
+        bool, typer.Option(help="Add to the existing gallery at --out (same ids are re-embedded).")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing gallery at --out.")] = False,
+    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or int8.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads (default: all cores).")] = None,
+) -> None:
+    """Embed a folder or list of images with BUNDLE and write a searchable gallery."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from proxyembed.runtime import BadInput, Encoder, Retriever
+    from proxyembed.runtime.retriever import GALLERY_FILE
+
+    items = list_images(images)
+    exists = (out / GALLERY_FILE).is_file()
+    if append and not exists:
+        raise BadInput(f"--append: no gallery at {out}", hint="drop --append to create it")
+    if exists and not (append or overwrite):
+        raise BadInput(
+            f"a gallery already exists at {out}", hint="pass --append to add to it or --overwrite to replace it"
+        )
+    if append:
+        retriever = Retriever.load(out, bundle=bundle, precision=precision, threads=threads)
+    else:
+        retriever = Retriever(Encoder(bundle, precision=precision, threads=threads))  # type: ignore[arg-type]
+    err_console.print(f"encoder: {retriever.encoder.describe()}", highlight=False)
+
+    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("embedding", total=len(items))
+        report = retriever.add(
+            [it["path"] for it in items],
+            [it["id"] for it in items],
+            [it["metadata"] for it in items],
+            batch_size=batch_size,
+            replace=append,
+            skip_unreadable=True,
+            progress=lambda done: progress.update(task, completed=done),
+        )
+    if report.skipped:
+        err_console.print(f"[yellow]skipped {len(report.skipped)} unreadable file(s):[/]", highlight=False)
+        for item_id, why in report.skipped[:_MAX_LISTED]:
+            err_console.print(f"  {item_id}: {why}", highlight=False, soft_wrap=True)
+        if len(report.skipped) > _MAX_LISTED:
+            err_console.print(f"  … and {len(report.skipped) - _MAX_LISTED} more", highlight=False)
+    if report.added == 0:
+        raise BadInput(f"none of the {len(items)} images under {images} could be read; no gallery written")
+    retriever.save(out)
+    replaced = f", {report.replaced} replaced" if report.replaced else ""
+    console.print(
+        f"indexed {report.added} image(s){replaced}, skipped {len(report.skipped)} → {out} ({len(retriever)} items)",
+        highlight=False,
+    )
+
+
+def list_images(source: Path) -> list[dict[str, Any]]:
+    """The images to index as ``{"path", "id", "metadata"}`` dicts, from a folder or a CSV/TSV file list.
+
+    Folder: every image file below it; ids are paths relative to it; an image inside a subfolder gets the
+    top-level subfolder's name as its label (the usual class-folder layout). File list: a header with a
+    ``path`` column and optional ``id`` and ``label`` (other columns become metadata); relative paths are
+    relative to the list file.
+    """
+    from proxyembed.runtime import BadInput
+
+    if source.is_dir():
+        items = []
+        for p in sorted(f for f in source.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS):
+            rel = p.relative_to(source)
+            meta: dict[str, Any] = {"path": str(p.resolve())}
+            if len(rel.parts) > 1:
+                meta["label"] = rel.parts[0]
+            items.append({"path": p, "id": rel.as_posix(), "metadata": meta})
+    elif source.is_file():
+        items = _read_file_list(source)
+    else:
+        raise BadInput(f"images not found: {source}", hint="pass a folder of images or a CSV/TSV file list")
+    if not items:
+        raise BadInput(f"no images found in {source}", hint=f"expected files ending in {sorted(IMAGE_EXTENSIONS)}")
+    return items
+
+
+def _read_file_list(source: Path) -> list[dict[str, Any]]:
+    from proxyembed.runtime import BadInput
+
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"{source} is not a UTF-8 text file list", hint="pass a folder, or a CSV/TSV with a 'path' column"
+        ) from exc
+    delimiter = "\t" if source.suffix.lower() == ".tsv" or "\t" in text.partition("\n")[0] else ","
+    rows = list(csv.DictReader(text.splitlines(), delimiter=delimiter))
+    if rows and "path" not in rows[0]:
+        raise BadInput(
+            f"{source} has no 'path' column (columns: {list(rows[0])})", hint="add a header line: path,id,label"
+        )
+    items, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        if not row.get("path"):
+            raise BadInput(f"{source}:{line}: empty path")
+        path = Path(row["path"])
+        path = path if path.is_absolute() else source.parent / path
+        item_id = row.get("id") or row["path"]
+        if item_id in seen:
+            raise BadInput(f"{source}:{line}: id {item_id!r} appears twice")
+        seen.add(item_id)
+        meta = {k: v for k, v in row.items() if k not in ("path", "id") and k is not None and v not in (None, "")}
+        meta["path"] = str(path.resolve())
+        items.append({"path": path, "id": item_id, "metadata": meta})
+    return items
+
+
+# -- search ------------------------------------------------------------------------------------------
+
+
+@user_errors
+def search_command(
+    gallery: Annotated[Path, typer.Argument(help="Gallery folder written by `proxyembed index`.")],
+    queries: Annotated[list[Path], typer.Argument(help="Query image(s), or folders of them.")],
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Results per query.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts).")] = False,
+    grid: Annotated[Path | None, typer.Option(help="Write a PNG of each query beside its results.")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle to use instead of the one the gallery records.")] = None,
+    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or int8.")] = "auto",
+    ef: Annotated[int | None, typer.Option(min=1, help="hnswlib search breadth (default: the gallery's).")] = None,
+) -> None:
+    """Find the K gallery images most similar to each QUERY image."""
+    from proxyembed.runtime import Retriever
+
+    paths = [p for q in queries for p in ([it["path"] for it in list_images(q)] if q.is_dir() else [q])]
+    retriever = Retriever.load(gallery, bundle=bundle, precision=precision)
+    hits = retriever.index.search(retriever.encoder.encode(paths), k, ef=ef)
+    if as_json:
+        payload = [
+            {"query": str(p), "results": [{"rank": r, **h.to_dict()} for r, h in enumerate(row, 1)]}
+            for p, row in zip(paths, hits, strict=True)
+        ]
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        _print_tables(paths, hits)
+    if grid is not None:
+        draw_grid(paths, hits, grid)
+        err_console.print(f"grid written to {grid}", highlight=False)
+
+
+def _print_tables(paths: list[Path], hits: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    for path, row in zip(paths, hits, strict=True):
+        table = Table(title=str(path), title_justify="left")
+        table.add_column("rank", justify="right")
+        table.add_column("id")
+        table.add_column("score", justify="right")
+        table.add_column("label")
+        table.add_column("metadata")
+        for rank, hit in enumerate(row, 1):
+            extra = {key: v for key, v in hit.metadata.items() if key not in ("label", "path")}
+            table.add_row(
+                str(rank),
+                str(hit.id),
+                f"{hit.score:.4f}",
+                str(hit.metadata.get("label", "")),
+                json.dumps(extra) if extra else "",
+            )
+        console.print(table)
+
+
+def draw_grid(paths: list[Path], hits: list[list[Any]], out: Path, thumb: int = 128) -> None:
+    """One row per query: the query (blue frame), then its hits with label and score underneath.
+
+    A hit whose label equals the query's parent folder name (the class-folder convention) gets a green
+    frame, any other labelled hit a red one; unlabelled hits are framed grey.
+    """
+    from PIL import Image, ImageDraw
+
+    from proxyembed.runtime import BadInput, load_image
+
+    pad, text_h = 6, 30
+    cols = 1 + max((len(row) for row in hits), default=0)
+    cell_w, cell_h = thumb + 2 * pad, thumb + 2 * pad + text_h
+    canvas = Image.new("RGB", (cols * cell_w, len(paths) * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+
+    def cell(col: int, row: int, src: Any, frame: str, caption: str) -> None:
+        x, y = col * cell_w + pad, row * cell_h + pad
+        try:
+            img = load_image(src)
+            img.thumbnail((thumb, thumb))
+        except BadInput:
+            img = Image.new("RGB", (thumb, thumb), (200, 200, 200))
+        canvas.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
+        draw.rectangle((x - 3, y - 3, x + thumb + 2, y + thumb + 2), outline=frame, width=3)
+        for i, line in enumerate(caption.split("\n")[:2]):
+            draw.text((x, y + thumb + 4 + 12 * i), line[:22], fill="black")
+
+    for r, (query, row) in enumerate(zip(paths, hits, strict=True)):
+        truth = Path(query).parent.name
+        cell(0, r, query, "blue", f"query\n{Path(query).name}")
+        for c, hit in enumerate(row, 1):
+            label = hit.metadata.get("label")
+            frame = "grey" if label is None else ("green" if str(label) == truth else "red")
+            cell(
+                c, r, hit.metadata.get("path", ""), frame, f"{label if label is not None else hit.id}\n{hit.score:.3f}"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)

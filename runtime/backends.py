@@ -1,0 +1,220 @@
+"""Inference backends behind :class:`~proxyembed.runtime.encoder.Encoder`: ONNX Runtime and native TensorRT.
+
+Each backend runs one NCHW float32 batch and returns the raw (N, D) output; choosing among them and
+normalising is the encoder's job. TensorRT and the CUDA bindings are optional and imported only here,
+inside the functions that need them, so a CPU-only device never loads them. The native TensorRT backend
+manages GPU memory with ``cuda-python`` (``cuda.bindings.runtime``), not torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInput, IntegrityError, MissingDependency, require
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class OrtBackend:
+    """An ONNX Runtime session on the given execution providers (the first available one wins)."""
+
+    max_batch: int | None = None
+
+    def __init__(self, model: Path, providers: list[Any], *, threads: int | None, input_name: str, output_name: str):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            if threads <= 0:
+                raise BadInput(f"threads must be positive, got {threads}")
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # keep provider fallbacks out of the user's terminal; we report them
+        try:
+            self.session = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise IntegrityError(
+                f"ONNX Runtime cannot load {model}: {exc}".splitlines()[0], hint="re-export the bundle"
+            ) from exc
+        names_in = [i.name for i in self.session.get_inputs()]
+        names_out = [o.name for o in self.session.get_outputs()]
+        if input_name not in names_in or output_name not in names_out:
+            raise IntegrityError(
+                f"{model} has inputs {names_in} and outputs {names_out}; "
+                f"the manifest expects '{input_name}' -> '{output_name}'"
+            )
+        self.input_name, self.output_name = input_name, output_name
+        in_type = next(i.type for i in self.session.get_inputs() if i.name == input_name)
+        self.input_dtype = np.float16 if in_type == "tensor(float16)" else np.float32
+        self.provider: str = self.session.get_providers()[0]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+def ort_gpu_providers(precision: str) -> list[Any]:
+    """The GPU provider list ONNX Runtime offers here, best first, followed by the CPU fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers: list[Any] = []
+    if "TensorrtExecutionProvider" in available:
+        # The engine cache makes the second start fast; fp16 only for an fp16 artifact, since TensorRT
+        # lowering an fp32 model to fp16 would run numbers the export never validated.
+        cache = Path(os.environ.get("PROXYEMBED_CACHE", Path.home() / ".cache" / "proxyembed")) / "trt-ep"
+        providers.append(
+            (
+                "TensorrtExecutionProvider",
+                {
+                    "trt_fp16_enable": precision == "fp16",
+                    "trt_int8_enable": precision == "int8",
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache),
+                },
+            )
+        )
+    if "CUDAExecutionProvider" in available:
+        providers.append("CUDAExecutionProvider")
+    return providers + ["CPUExecutionProvider"] if providers else []
+
+
+def gpu_info() -> dict[str, Any] | None:
+    """Name and compute capability of CUDA device 0 via cuda-python, or None without a GPU or bindings."""
+    cudart = _cudart()
+    if cudart is None:
+        return None
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) != 0 or count < 1:
+            return None
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if int(err) != 0:
+            return None
+    except Exception:  # a driver-less machine can fail inside the bindings in several ways
+        return None
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return {"gpu_name": name.rstrip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def engine_mismatch(recorded: dict[str, Any] | None, gpu: dict[str, Any] | None, trt_version: str | None) -> str | None:
+    """Why a TensorRT engine built for ``recorded`` cannot run here, or None when it can."""
+    if gpu is None:
+        return "no CUDA GPU visible (or cuda-python missing)"
+    if trt_version is None:
+        return "tensorrt is not installed"
+    recorded = recorded or {}
+    for key, here in (("gpu_name", gpu["gpu_name"]), ("compute_capability", gpu["compute_capability"])):
+        if str(recorded.get(key)) != here:
+            return f"engine built for {key} {recorded.get(key)!r}, this machine has {here!r}"
+    if str(recorded.get("tensorrt_version")) != trt_version:
+        return f"engine built with TensorRT {recorded.get('tensorrt_version')!r}, installed is {trt_version!r}"
+    return None
+
+
+def tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return str(tensorrt.__version__)
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            return None
+    return cudart
+
+
+def _cuda_call(result: Any, what: str) -> Any:
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA call {what} failed with error {err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+class TensorRTBackend:
+    """A serialized TensorRT 10 engine run with ``execute_async_v3`` on buffers from cuda-python.
+
+    Device buffers grow to the largest batch seen; ``max_batch`` comes from the engine's optimization
+    profile so the encoder can split bigger batches.
+    """
+
+    provider = "TensorRT (native)"
+
+    def __init__(self, engine_file: Path, *, input_name: str, output_name: str):
+        trt = require("tensorrt", "gpu")
+        cudart = _cudart()
+        if cudart is None:
+            raise MissingDependency("the native TensorRT backend needs cuda-python", hint="pip install cuda-python")
+        self._trt, self._cudart = trt, cudart
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(engine_file.read_bytes())
+        if self.engine is None:
+            raise IntegrityError(
+                f"TensorRT cannot deserialize {engine_file}",
+                hint="rebuild the engine on this GPU with `proxyembed export`",
+            )
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        if input_name not in names or output_name not in names:
+            raise IntegrityError(
+                f"{engine_file} has tensors {names}; the manifest expects '{input_name}' -> '{output_name}'"
+            )
+        self.input_name, self.output_name = input_name, output_name
+        self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(input_name)))
+        self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(output_name)))
+        self.max_batch = int(self.engine.get_tensor_profile_shape(input_name, 0)[2][0])
+        self.context = self.engine.create_execution_context()
+        self.stream = _cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _cuda_call(self._cudart.cudaFree(ptr), "cudaFree")
+            ptr = int(_cuda_call(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        cudart = self._cudart
+        host_in = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        self.context.set_input_shape(self.input_name, host_in.shape)
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        host_out = np.empty(out_shape, dtype=self.output_dtype)
+        d_in = self._buffer(self.input_name, host_in.nbytes)
+        d_out = self._buffer(self.output_name, host_out.nbytes)
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _cuda_call(
+            cudart.cudaMemcpyAsync(d_in, host_in.ctypes.data, host_in.nbytes, h2d, self.stream), "cudaMemcpyAsync"
+        )
+        self.context.set_tensor_address(self.input_name, d_in)
+        self.context.set_tensor_address(self.output_name, d_out)
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        _cuda_call(
+            cudart.cudaMemcpyAsync(host_out.ctypes.data, d_out, host_out.nbytes, d2h, self.stream), "cudaMemcpyAsync"
+        )
+        _cuda_call(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return host_out.astype(np.float32, copy=False)
+
+    def __del__(self) -> None:
+        cudart = getattr(self, "_cudart", None)
+        if cudart is None:
+            return
+        for ptr, _ in getattr(self, "_buffers", {}).values():
+            cudart.cudaFree(ptr)
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)

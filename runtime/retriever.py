@@ -1,0 +1,226 @@
+"""Encoder + Index = image search, and the gallery folder that persists it (DESIGN.md, "Gallery").
+
+A gallery folder holds ``gallery.json`` (format version, the bundle's signature — manifest sha256 and
+dim — and where the bundle was, the index parameters, the item count, the sha256 of the item table),
+``index.bin`` (hnswlib) and ``index.json`` (the item table: id and metadata such as label and path,
+per hnswlib label). A gallery only makes sense with the model that embedded it, so loading it with
+another bundle is refused. Saves are built in a temporary sibling folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle
+from .encoder import Encoder, is_single_image
+from .errors import BadInput, IntegrityError
+from .index import SIDECAR_FILE, Filter, Hit, Index, ItemId
+from .manifest import sha256_file
+from .preprocess import ImageLike
+
+GALLERY_FILE = "gallery.json"
+GALLERY_VERSION = 1
+
+
+@dataclass
+class AddReport:
+    """What :meth:`Retriever.add` did: how many items went in, and which inputs were skipped and why."""
+
+    added: int = 0
+    replaced: int = 0
+    skipped: list[tuple[ItemId, str]] = field(default_factory=list)
+
+
+class Retriever:
+    """Embeds images with an :class:`Encoder` and searches them in an :class:`Index`."""
+
+    def __init__(self, encoder: Encoder, index: Index | None = None) -> None:
+        self.encoder = encoder
+        self.index = index if index is not None else Index(encoder.dim)
+        if self.index.dim != encoder.dim:
+            raise BadInput(f"index dim {self.index.dim} does not match the encoder's dim {encoder.dim}")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(
+        self,
+        images: Sequence[ImageLike],
+        ids: Sequence[ItemId] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        batch_size: int = 32,
+        replace: bool = False,
+        skip_unreadable: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> AddReport:
+        """Embed and index ``images``; ``ids`` default to the image paths (so then all must be paths).
+
+        With ``skip_unreadable`` an image that cannot be decoded is recorded in the report instead of
+        raising. ``progress(n)`` is called after each batch with the number of images processed.
+        """
+        images = list(images)
+        if ids is None:
+            if not all(isinstance(im, (str, os.PathLike)) for im in images):
+                raise BadInput("ids are required unless every image is given as a path")
+            ids = [str(im) for im in images]
+        ids = list(ids)
+        metas = [dict(m) if m else {} for m in metadata] if metadata is not None else [{} for _ in images]
+        if not (len(images) == len(ids) == len(metas)):
+            raise BadInput(f"got {len(images)} images, {len(ids)} ids and {len(metas)} metadata entries")
+        report = AddReport()
+        pre = self.encoder.preprocessor
+        for start in range(0, len(images), batch_size):
+            arrays, keep = [], []
+            for i in range(start, min(start + batch_size, len(images))):
+                try:
+                    arrays.append(pre.image(images[i]))
+                    keep.append(i)
+                except BadInput as exc:
+                    if not skip_unreadable:
+                        raise
+                    report.skipped.append((ids[i], exc.message))
+            if keep:
+                vectors = self.encoder.encode_batch(np.stack(arrays))
+                batch_ids = [ids[i] for i in keep]
+                report.replaced += sum(1 for i in batch_ids if i in self.index)
+                self.index.add(vectors, batch_ids, [metas[i] for i in keep], replace=replace)
+                report.added += len(keep)
+            if progress is not None:
+                progress(min(start + batch_size, len(images)))
+        return report
+
+    def search(
+        self,
+        image_or_images: ImageLike | Sequence[ImageLike],
+        k: int = 5,
+        *,
+        ef: int | None = None,
+        filter: Filter | None = None,
+    ) -> list[Hit] | list[list[Hit]]:
+        """Top-``k`` hits for one image (a list of hits) or for several (one list per image)."""
+        single = is_single_image(image_or_images)
+        images = [image_or_images] if single else list(image_or_images)  # type: ignore[arg-type]
+        vectors = self.encoder.encode(images)
+        hits = self.index.search(vectors, k, ef=ef, filter=filter)
+        return hits[0] if single else hits
+
+    # -- gallery persistence -------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the gallery to ``folder`` atomically: a temp sibling folder, then a rename.
+
+        An existing gallery at ``folder`` is replaced only once the new one is complete; a folder that
+        exists but is not a gallery is refused rather than deleted.
+        """
+        folder = Path(folder).resolve()
+        if folder.exists() and not (folder / GALLERY_FILE).is_file() and (not folder.is_dir() or any(folder.iterdir())):
+            raise BadInput(
+                f"{folder} exists and is not a gallery", hint="choose a new --out folder; it is not overwritten"
+            )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            self.index.save(tmp)
+            info = {
+                "format_version": GALLERY_VERSION,
+                "bundle": {**self.encoder.bundle.signature, "path": str(self.encoder.bundle.path)},
+                "encoder": {"precision": self.encoder.precision, "artifact": self.encoder.artifact.file},
+                "index": self.index.params(),
+                "count": len(self.index),
+                "items_file": SIDECAR_FILE,
+                "items_sha256": sha256_file(tmp / SIDECAR_FILE),
+            }
+            (tmp / GALLERY_FILE).write_text(json.dumps(info, indent=2) + "\n")
+            _swap_into_place(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        bundle: str | Path | Bundle | None = None,
+        **encoder_options: Any,
+    ) -> Retriever:
+        """Open a gallery with ``bundle`` (default: the bundle path it records).
+
+        Raises :class:`BadInput` when the bundle is not the one the gallery was built with (manifest
+        sha256 or dim differ) and :class:`IntegrityError` when a gallery file was altered or truncated.
+        ``encoder_options`` go to :class:`Encoder` (precision, device, threads).
+        """
+        folder = Path(folder)
+        info = read_gallery_info(folder)
+        if bundle is None:
+            bundle = info["bundle"].get("path")
+            if not bundle:
+                raise BadInput(
+                    f"{folder / GALLERY_FILE} does not record its bundle", hint="pass the bundle explicitly (--bundle)"
+                )
+        if not isinstance(bundle, Bundle):
+            bundle = Bundle.load(bundle)
+        want = {key: info["bundle"].get(key) for key in ("manifest_sha256", "dim")}
+        if bundle.signature != want:
+            raise BadInput(
+                f"gallery {folder} was built with another model (manifest sha256 "
+                f"{str(want['manifest_sha256'])[:12]}…, dim {want['dim']}) than bundle {bundle.path} "
+                f"(sha256 {bundle.manifest_sha256[:12]}…, dim {bundle.dim})",
+                hint="search with the bundle that built it, or rebuild the gallery with `proxyembed index`",
+            )
+        if sha256_file(folder / SIDECAR_FILE) != info.get("items_sha256"):
+            raise IntegrityError(
+                f"{folder / SIDECAR_FILE} was altered or truncated (sha256 differs from {GALLERY_FILE})",
+                hint="rebuild the gallery",
+            )
+        index = Index.load(folder)
+        return cls(Encoder(bundle, **encoder_options), index)
+
+
+def read_gallery_info(folder: str | Path) -> dict[str, Any]:
+    """Parse and sanity-check ``gallery.json`` (no model is loaded)."""
+    path = Path(folder) / GALLERY_FILE
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise BadInput(
+            f"no gallery at {Path(folder)}: {GALLERY_FILE} is missing", hint="build one with `proxyembed index`"
+        ) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path} is not valid JSON: {exc}", hint="rebuild the gallery") from exc
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("bundle"), dict)
+        or not isinstance(info.get("format_version"), int)
+    ):
+        raise IntegrityError(f"{path} lacks the 'format_version' / 'bundle' fields", hint="rebuild the gallery")
+    if info["format_version"] != GALLERY_VERSION:
+        raise BadInput(
+            f"{path}: gallery format_version {info['format_version']} is not supported (expected {GALLERY_VERSION})"
+        )
+    return info
+
+
+def _swap_into_place(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an old ``target`` is moved aside first and deleted only afterwards."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / "gallery")
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old / "gallery", target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,256 @@
+"""Index: hnswlib against a brute-force oracle, ids and metadata, filters, edge cases, persistence, threads."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from proxyembed.runtime import BadInput, Index, IntegrityError
+from proxyembed.runtime.index import INDEX_FILE, SIDECAR_FILE
+from proxyembed.runtime.metrics import knn
+
+DIM = 32
+
+
+def clustered(n: int, seed: int = 0, n_classes: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, DIM))
+    x = centres[rng.integers(0, n_classes, n)] + 0.4 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    x = clustered(3200)
+    return x[:3000], x[3000:]
+
+
+@pytest.fixture
+def index(data: tuple[np.ndarray, np.ndarray]) -> Index:
+    gallery, _ = data
+    idx = Index(DIM, exact_below=0)  # force the graph, even at this size
+    idx.add(gallery, [f"item{i}" for i in range(len(gallery))], [{"cls": i % 4} for i in range(len(gallery))])
+    return idx
+
+
+def test_recall_against_brute_force_oracle(index: Index, data: tuple[np.ndarray, np.ndarray]) -> None:
+    gallery, queries = data
+    truth, truth_sims = knn(queries, gallery, 10)
+    hits = index.search(queries, 10)
+    found = [{int(h.id[4:]) for h in row} for row in hits]
+    recall = np.mean([len(f & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.95
+    # scores are cosine similarities, sorted best first
+    np.testing.assert_allclose(hits[0][0].score, truth_sims[0, 0], atol=1e-5)
+    assert all(row[i].score >= row[i + 1].score for row in hits for i in range(len(row) - 1))
+
+
+def test_exact_search_equals_oracle(index: Index, data: tuple[np.ndarray, np.ndarray]) -> None:
+    gallery, queries = data
+    truth, sims = knn(queries, gallery, 5)
+    hits = index.search(queries, 5, exact=True)
+    assert [[int(h.id[4:]) for h in row] for row in hits] == truth.tolist()
+    np.testing.assert_allclose([[h.score for h in row] for row in hits], sims, atol=1e-5)
+
+
+def test_small_gallery_is_searched_exactly() -> None:
+    x = clustered(50, seed=1)
+    idx = Index(DIM)
+    idx.add(x, list(range(50)))
+    truth, _ = knn(x[:5], x, 50)
+    assert [[h.id for h in row] for row in idx.search(x[:5], 50)] == truth.tolist()
+
+
+def test_growing_capacity_and_int_ids() -> None:
+    idx = Index(DIM, capacity=4)
+    x = clustered(100, seed=2)
+    for i in range(0, 100, 7):
+        idx.add(x[i : i + 7], list(range(i, min(i + 7, 100))))
+    assert len(idx) == 100 and idx.ids() == list(range(100))
+    assert idx.search(x[42], 1)[0][0].id == 42
+
+
+def test_duplicate_ids(index: Index, data: tuple[np.ndarray, np.ndarray]) -> None:
+    gallery, _ = data
+    with pytest.raises(BadInput, match="already in the index.*'item0'"):
+        index.add(gallery[:1], ["item0"])
+    with pytest.raises(BadInput, match="appears twice"):
+        index.add(gallery[:2], ["new", "new"])
+    assert len(index) == 3000 and "new" not in index  # nothing partially added
+    index.add(gallery[5:6], ["item0"], [{"cls": "moved"}], replace=True)
+    assert len(index) == 3000
+    hits = index.search(gallery[5], 2, exact=True)[0]
+    assert {h.id for h in hits} == {"item0", "item5"}
+    assert index.metadata("item0") == {"cls": "moved"}
+    assert [h.id for h in index.search(gallery[0], 3000, exact=True)[0]].count("item0") == 1
+
+
+def test_remove(index: Index, data: tuple[np.ndarray, np.ndarray]) -> None:
+    gallery, _ = data
+    assert index.search(gallery[7], 1)[0][0].id == "item7"
+    index.remove(["item7"])
+    assert "item7" not in index and len(index) == 2999
+    for exact in (False, True):
+        assert all(h.id != "item7" for h in index.search(gallery[7], 20, exact=exact)[0])
+    with pytest.raises(BadInput, match="unknown id"):
+        index.remove(["item7"])
+
+
+def test_filters(index: Index, data: tuple[np.ndarray, np.ndarray]) -> None:
+    _, queries = data
+    by_dict = index.search(queries[:3], 10, filter={"cls": 2})
+    by_func = index.search(queries[:3], 10, filter=lambda m: m["cls"] == 2)
+    assert all(h.metadata["cls"] == 2 for row in by_dict for h in row)
+    assert [[h.id for h in r] for r in by_dict] == [[h.id for h in r] for r in by_func]
+    exact = index.search(queries[:3], 10, filter={"cls": 2}, exact=True)
+    overlap = np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(by_dict, exact, strict=True)])
+    assert overlap >= 0.9
+    assert index.search(queries[:1], 10, filter={"cls": "nope"}) == [[]]
+    with pytest.raises(BadInput, match="filter must be"):
+        index.search(queries[:1], 10, filter=42)  # type: ignore[arg-type]
+
+
+def test_very_selective_filter_returns_all_matches() -> None:
+    x = clustered(3000, seed=6)
+    idx = Index(DIM, exact_below=0)
+    idx.add(x, list(range(3000)), [{"rare": i in (5, 1500, 2999)} for i in range(3000)])
+    hits = idx.search(x[:4], 10, filter={"rare": True})
+    assert [sorted(h.id for h in row) for row in hits] == [[5, 1500, 2999]] * 4
+
+
+def test_k_larger_than_live_count_returns_fewer() -> None:
+    idx = Index(DIM, exact_below=0)
+    x = clustered(30, seed=3)
+    idx.add(x, list(range(30)))
+    idx.remove(list(range(10)))
+    hits = idx.search(x[:2], 100)
+    assert [len(r) for r in hits] == [20, 20]
+    assert Index(DIM).search(x[:2], 5) == [[], []]
+
+
+def test_bad_queries_and_k(index: Index) -> None:
+    with pytest.raises(BadInput, match=r"shape \(N, 32\)"):
+        index.search(np.ones((2, 16), np.float32), 5)
+    for k in (0, -1):
+        with pytest.raises(BadInput, match="k must be a positive integer"):
+            index.search(np.ones(DIM, np.float32), k)
+    with pytest.raises(BadInput, match="NaN"):
+        index.search(np.full(DIM, np.nan, np.float32), 5)
+    with pytest.raises(BadInput, match="all-zero"):
+        index.add(np.zeros((1, DIM)), ["z"])
+    with pytest.raises(BadInput, match="JSON-serialisable"):
+        index.add(np.ones((1, DIM)), ["z"], [{"x": object()}])
+    with pytest.raises(BadInput, match="ids must be str or int"):
+        index.add(np.ones((1, DIM)), [1.5])  # type: ignore[list-item]
+
+
+def test_per_call_ef_and_ef_property(index: Index, data: tuple[np.ndarray, np.ndarray]) -> None:
+    _, queries = data
+    base = index.search(queries[:5], 10)
+    wide = index.search(queries[:5], 10, ef=400)
+    assert len(wide) == 5 and index.ef == 64 and index._hnsw.ef == 64  # restored
+    assert [len(r) for r in base] == [10] * 5
+    index.ef = 128
+    assert index._hnsw.ef == 128
+    with pytest.raises(BadInput, match="ef must be"):
+        index.ef = 0
+
+
+def test_inner_product_space() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(200, DIM)).astype(np.float32)
+    idx = Index(DIM, space="ip", exact_below=0)
+    idx.add(x, list(range(200)))
+    truth, sims = knn(x[:3], x, 5)
+    hits = idx.search(x[:3], 5, exact=True)
+    np.testing.assert_allclose([[h.score for h in r] for r in hits], sims, rtol=1e-5)
+
+
+def test_save_load_round_trip(index: Index, data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    _, queries = data
+    index.remove(["item3"])
+    index.ef = 100
+    index.save(tmp_path / "ix")
+    loaded = Index.load(tmp_path / "ix", exact_below=0)
+    assert len(loaded) == len(index) and loaded.ef == 100 and loaded.params() == index.params()
+    a, b = index.search(queries, 10), loaded.search(queries, 10)
+    assert [[(h.id, h.metadata) for h in r] for r in a] == [[(h.id, h.metadata) for h in r] for r in b]
+    assert "item3" not in loaded
+    loaded.add(queries[:1], ["fresh"])  # still writable after load
+    assert loaded.search(queries[0], 1)[0][0].id == "fresh"
+    assert not list((tmp_path / "ix").glob("*.tmp"))
+    assert "pickle" not in (tmp_path / "ix" / SIDECAR_FILE).read_text()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_index_file(index: Index, tmp_path: Path, damage: str) -> None:
+    index.save(tmp_path / "ix")
+    f = tmp_path / "ix" / INDEX_FILE
+    raw = bytearray(f.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 3]
+    else:
+        raw[100] ^= 0x01
+    f.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="altered or truncated"):
+        Index.load(tmp_path / "ix")
+
+
+def test_damaged_or_missing_sidecar(index: Index, tmp_path: Path) -> None:
+    index.save(tmp_path / "ix")
+    side = tmp_path / "ix" / SIDECAR_FILE
+    data = json.loads(side.read_text())
+    data["ids"] = data["ids"][:-1]
+    side.write_text(json.dumps(data))
+    with pytest.raises(IntegrityError, match="lists 2999 items"):
+        Index.load(tmp_path / "ix")
+    side.write_text("{")
+    with pytest.raises(IntegrityError, match="not valid JSON"):
+        Index.load(tmp_path / "ix")
+    side.unlink()
+    with pytest.raises(BadInput, match="sidecar missing"):
+        Index.load(tmp_path / "ix")
+
+
+def test_concurrent_search_add_remove_save(tmp_path: Path) -> None:
+    """Many readers search while writers add, remove and save: no crash, no error, consistent results."""
+    x = clustered(2600, seed=5)
+    idx = Index(DIM, exact_below=0, capacity=64)  # small capacity: adds must resize under readers
+    idx.add(x[:1000], list(range(1000)))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                q = x[rng.integers(0, 1000, 8)]
+                for row in idx.search(q, 5, exact=bool(rng.integers(0, 2))):
+                    assert 1 <= len(row) <= 5 and all(isinstance(h.id, int) for h in row)
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            errors.append(exc)
+
+    def writer() -> None:
+        try:
+            for i in range(1000, 2600, 100):
+                idx.add(x[i : i + 100], list(range(i, i + 100)))
+                idx.remove(list(range(i - 1000, i - 950)))
+                idx.save(tmp_path / "live")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    readers = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    w = threading.Thread(target=writer)
+    for t in readers:
+        t.start()
+    w.start()
+    w.join(timeout=60)
+    stop.set()
+    for t in readers:
+        t.join(timeout=10)
+    assert not errors, errors
+    assert len(idx) == 2600 - 16 * 50
+    assert len(Index.load(tmp_path / "live")) == len(idx)

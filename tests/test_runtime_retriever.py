@@ -1,0 +1,121 @@
+"""Retriever and the gallery folder: round trip, refusing another model, atomic saves, integrity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bundles import COLOURS, make_tiny_bundle, pattern_image
+from proxyembed.runtime import BadInput, Encoder, IntegrityError, Retriever
+from proxyembed.runtime import index as index_mod
+from proxyembed.runtime.retriever import GALLERY_FILE, read_gallery_info
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("ret") / "bundle", with_int8=False)
+
+
+@pytest.fixture
+def retriever(bundle_dir: Path) -> Retriever:
+    r = Retriever(Encoder(bundle_dir))
+    images = [pattern_image(c, v) for c in COLOURS for v in range(3)]
+    ids = [f"{c}/{v}" for c in COLOURS for v in range(3)]
+    r.add(images, ids, [{"label": c} for c in COLOURS for _ in range(3)], batch_size=4)
+    return r
+
+
+def test_search_finds_same_class(retriever: Retriever) -> None:
+    hits = retriever.search(pattern_image("green", 7), k=3)
+    assert [h.metadata["label"] for h in hits] == ["green"] * 3
+    many = retriever.search([pattern_image("red", 8), pattern_image("cyan", 9)], k=2)
+    assert [[h.metadata["label"] for h in row] for row in many] == [["red", "red"], ["cyan", "cyan"]]
+
+
+def test_gallery_round_trip(retriever: Retriever, bundle_dir: Path, tmp_path: Path) -> None:
+    out = retriever.save(tmp_path / "gal")
+    info = read_gallery_info(out)
+    assert info["count"] == 18 and info["bundle"]["dim"] == 16
+    assert info["bundle"]["path"] == str(bundle_dir.resolve())
+    assert info["bundle"]["manifest_sha256"] == retriever.encoder.bundle.manifest_sha256
+    loaded = Retriever.load(out)  # finds the bundle from gallery.json
+    query = pattern_image("purple", 11)
+    before, after = retriever.search(query, 5), loaded.search(query, 5)
+    assert [h.id for h in after] == [h.id for h in before]
+    assert [h.score for h in after] == pytest.approx([h.score for h in before])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_gallery_refuses_another_bundle(retriever: Retriever, tmp_path: Path) -> None:
+    retriever.save(tmp_path / "gal")
+    other = make_tiny_bundle(tmp_path / "other", with_int8=False, seed=1)
+    with pytest.raises(BadInput, match="built with another model"):
+        Retriever.load(tmp_path / "gal", bundle=other)
+    wider = make_tiny_bundle(tmp_path / "wide", dim=24, with_int8=False)
+    with pytest.raises(BadInput, match="dim 16.*dim 24"):
+        Retriever.load(tmp_path / "gal", bundle=wider)
+
+
+def test_missing_or_damaged_gallery(retriever: Retriever, tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="no gallery at"):
+        Retriever.load(tmp_path / "none")
+    out = retriever.save(tmp_path / "gal")
+    items = out / "index.json"
+    items.write_text(items.read_text().replace('"label": "red"', '"label": "blue"', 1))
+    with pytest.raises(IntegrityError, match="index.json was altered"):
+        Retriever.load(out)
+    (out / GALLERY_FILE).write_text("[]")
+    with pytest.raises(IntegrityError, match="format_version"):
+        Retriever.load(out)
+
+
+def test_atomic_overwrite_keeps_old_gallery_on_failure(
+    retriever: Retriever, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = retriever.save(tmp_path / "gal")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    retriever.add([pattern_image("red", 20)], ["extra"])
+
+    def crash(*args: object, **kwargs: object) -> str:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_mod, "sha256_file", crash)  # fails in the middle of writing the index
+    with pytest.raises(OSError, match="disk full"):
+        retriever.save(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gal"]  # temp folder cleaned up
+    monkeypatch.undo()
+    retriever.save(out)
+    assert read_gallery_info(out)["count"] == 19
+
+
+def test_save_refuses_to_replace_a_non_gallery_folder(retriever: Retriever, tmp_path: Path) -> None:
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(BadInput, match="is not a gallery"):
+        retriever.save(precious)
+    assert (precious / "cat.jpg").exists()
+
+
+def test_add_reports_skipped_and_requires_ids(retriever: Retriever, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    good = tmp_path / "good.png"
+    pattern_image("blue", 30).save(good)
+    with pytest.raises(BadInput, match="bad.jpg"):
+        retriever.add([good, bad])
+    report = retriever.add([good, bad], skip_unreadable=True)
+    assert report.added == 1 and report.skipped[0][0] == str(bad)
+    assert str(good) in retriever.index
+    with pytest.raises(BadInput, match="ids are required"):
+        retriever.add([pattern_image("red")])
+    with pytest.raises(BadInput, match="2 images, 1 ids"):
+        retriever.add([good, good], ["a"])
+
+
+def test_gallery_written_by_save_is_json_not_pickle(retriever: Retriever, tmp_path: Path) -> None:
+    out = retriever.save(tmp_path / "gal")
+    assert sorted(p.name for p in out.iterdir()) == ["gallery.json", "index.bin", "index.json"]
+    json.loads((out / "index.json").read_text())
