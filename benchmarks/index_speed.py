@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from _common import machine, machine_line, rss_mib, write_results
+
 from proxyembed.runtime import Index
 from proxyembed.runtime.metrics import knn
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from _common import machine, machine_line, write_results
 from PIL import Image
+
 from proxyembed.runtime import Bundle, Encoder, Index, Retriever, load_image
 
 K = 10

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, Manifest, sha256_file
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 

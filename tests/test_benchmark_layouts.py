@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from proxyembed.runtime.errors import BadInput
 
 from proxyembed.data import benchmarks
 from proxyembed.data.spec import DataSplit, Sample, resolve_data
+from proxyembed.runtime.errors import BadInput
 
 scipy_io = pytest.importorskip("scipy.io")
 

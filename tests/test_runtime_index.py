@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from proxyembed.runtime import BadInput, Index, IntegrityError
 from proxyembed.runtime.index import INDEX_FILE, SIDECAR_FILE
 from proxyembed.runtime.metrics import knn

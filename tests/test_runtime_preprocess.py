@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from bundles import pattern_image
 from PIL import Image
+
 from proxyembed.runtime import BadInput, Preprocessor, PreprocessSpec, load_image
 
 SPEC = PreprocessSpec(resize=36, crop=32)
