@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from proxyembed.runtime.errors import ProxyEmbedError
 
@@ -38,5 +39,5 @@ def user_errors(fn: F) -> F:
 def fail(exc: ProxyEmbedError) -> None:
     """Print a user error as one line and exit with its code."""
     msg = exc.message + (f" — {exc.hint}" if exc.hint else "")
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)

@@ -215,7 +215,7 @@ def synthetic_split(cfg: SyntheticConfig = SyntheticConfig()) -> DataSplit:
     names = {label: _class_name(s) for label, s in enumerate(specs)}
     crop = cfg.size - cfg.size // 9
     return DataSplit(
-        name=f"synthetic(seed={cfg.seed})",
+        name=f"synthetic(seed={cfg.seed},size={cfg.size})",
         train=[s for s in samples if s.label < cfg.train_classes],
         eval=[s for s in samples if s.label >= cfg.train_classes],
         class_names=names,

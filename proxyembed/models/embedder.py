@@ -1,0 +1,121 @@
+"""The embedding network that training optimises and export serialises.
+
+backbone (timm, by name) -> pooling (avg / max / avg+max as in Proxy-Anchor's official code) ->
+linear head -> L2 normalisation. The L2 normalisation is part of the network, so every exported
+artifact returns unit vectors and cosine similarity is a dot product everywhere downstream.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from proxyembed.runtime.errors import BadInput
+
+Pooling = Literal["avg", "max", "avg+max"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What it takes to rebuild the network from a checkpoint (weights come separately)."""
+
+    backbone: str = "resnet18"
+    embedding_dim: int = 128
+    pool: Pooling = "avg+max"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Embedder(nn.Module):
+    """Images (N, 3, H, W) in, L2-normalised embeddings (N, D) out."""
+
+    def __init__(self, config: ModelConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, config.embedding_dim)
+        # Proxy-Anchor's official head: kaiming-normal weights, zero bias
+        nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (N, C), before the head."""
+        f = self.backbone.forward_features(x)
+        if f.ndim == 4:  # convolutional feature map
+            if self.config.pool == "avg":
+                return f.mean(dim=(2, 3))
+            if self.config.pool == "max":
+                return f.amax(dim=(2, 3))
+            return f.mean(dim=(2, 3)) + f.amax(dim=(2, 3))
+        # token sequences (ViT and friends): the backbone's own pooling (class token or mean)
+        return self.backbone.forward_head(f, pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.features(x)), dim=1)
+
+
+def _create_backbone(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
+    if not timm.list_models(name) and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise BadInput(f"unknown backbone '{name}'", hint=f"timm names such as {', '.join(close) or 'resnet50, vit_small_patch16_224'}")
+    return timm.create_model(name, pretrained=pretrained, num_classes=0)
+
+
+def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local ``.safetensors`` / ``.pth`` / ``.bin`` file, never unpickling code."""
+    if not path.is_file():
+        raise BadInput(f"--pretrained: weights file '{path}' does not exist", hint="pass 'hub', 'none' or a path to a .safetensors/.pth file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to parse is the user's file, reported as such
+        raise BadInput(f"--pretrained: cannot read weights from '{path}': {exc.__class__.__name__}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInput(f"--pretrained: '{path}' does not hold a state dict of tensors")
+    return state
+
+
+def build_embedder(config: ModelConfig, pretrained: str = "none") -> Embedder:
+    """Build the network; ``pretrained`` is ``none``, ``hub`` (download via timm, random init if that
+    fails, with a warning) or a path to a local weights file for the backbone."""
+    if config.embedding_dim <= 0:
+        raise BadInput(f"--embedding-dim must be positive, got {config.embedding_dim}")
+    if pretrained == "hub":
+        try:
+            backbone = _create_backbone(config.backbone, pretrained=True)
+        except BadInput:
+            raise
+        except Exception as exc:  # offline, hub outage, no weights for this name
+            warnings.warn(f"pretrained weights for '{config.backbone}' unavailable ({exc.__class__.__name__}); using random init", stacklevel=2)
+            backbone = _create_backbone(config.backbone, pretrained=False)
+    else:
+        backbone = _create_backbone(config.backbone, pretrained=False)
+        if pretrained != "none":
+            state = load_weights_file(Path(pretrained))
+            own = backbone.state_dict()
+            usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            if not usable:
+                raise BadInput(
+                    f"--pretrained: no tensor in '{pretrained}' matches backbone '{config.backbone}'", hint="is it the right architecture?"
+                )
+            missing = len(own) - len(usable)
+            if missing:
+                warnings.warn(f"--pretrained: {missing} of {len(own)} backbone tensors not in '{pretrained}'; they keep random init", stacklevel=2)
+            backbone.load_state_dict(usable, strict=False)
+    return Embedder(config, backbone)

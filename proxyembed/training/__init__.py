@@ -1,0 +1,1 @@
+"""Training: config, checkpoints, the trainer loop and evaluation (imports torch)."""

@@ -1,0 +1,117 @@
+"""Checkpoints: tensors and plain data only, written atomically.
+
+A checkpoint loads with ``torch.load(weights_only=True)``: nothing is unpickled but tensors, numbers,
+strings, lists and dicts. It carries what export and eval need to rebuild the network without the run's
+config file: the model config, the preprocessing spec, the proxies (inside the loss state) and metrics.
+``last.pt`` also holds optimizer and scheduler state for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from proxyembed.models import Embedder, ModelConfig, build_embedder
+from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.preprocess import PreprocessSpec
+
+CHECKPOINT_FORMAT = 1
+BEST, LAST = "best.pt", "last.pt"
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus the format version) to ``path`` via a temp file and ``os.replace``."""
+    payload = {"format_version": CHECKPOINT_FORMAT, **payload}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_checkpoint(run_or_file: str | os.PathLike, prefer: str = BEST) -> Path:
+    """The checkpoint file for a run dir (best, else last) or the file itself."""
+    p = Path(run_or_file)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise BadInput(f"'{p}' does not exist", hint="give a run dir written by `proxyembed train` or a .pt checkpoint")
+    for name in (prefer, LAST if prefer == BEST else BEST):
+        if (p / name).is_file():
+            return p / name
+    raise BadInput(f"run dir '{p}' holds no checkpoint ({BEST} or {LAST})", hint="did training finish its first epoch? re-run `proxyembed train`")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint and the facts consumers need from it."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(**self.data["model_config"])
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.data["preprocess"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.data["config"]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.data.get("metrics", {})
+
+    @property
+    def epoch(self) -> int:
+        return int(self.data["epoch"])
+
+    def sha256(self) -> str:
+        """Hex digest of the checkpoint file (recorded in bundles to trace them to their source)."""
+        h = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        return h.hexdigest()
+
+    def build_model(self) -> Embedder:
+        """The embedding network with this checkpoint's weights, in eval mode, on the CPU."""
+        model = build_embedder(self.model_config)
+        model.load_state_dict(self.data["model"])
+        return model.eval()
+
+
+def load_checkpoint(run_or_file: str | os.PathLike, prefer: str = BEST) -> Checkpoint:
+    """Load and validate a checkpoint (run dir or file), refusing unknown formats and pickled code."""
+    path = find_checkpoint(run_or_file, prefer)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, or a pickle with code in it
+        raise BadInput(
+            f"cannot load checkpoint '{path}': {exc.__class__.__name__}",
+            hint="is it a proxyembed checkpoint? re-run training if it was cut short",
+        ) from exc
+    if not isinstance(data, dict) or "format_version" not in data:
+        raise BadInput(f"'{path}' is not a proxyembed checkpoint (no format_version)")
+    if data["format_version"] != CHECKPOINT_FORMAT:
+        raise BadInput(
+            f"checkpoint '{path}' has format_version {data['format_version']}; this proxyembed reads {CHECKPOINT_FORMAT}",
+            hint="use the proxyembed version that trained it, or retrain",
+        )
+    missing = [k for k in ("model_config", "model", "preprocess", "config", "epoch") if k not in data]
+    if missing:
+        raise BadInput(f"checkpoint '{path}' lacks {missing}", hint="it was not written by `proxyembed train`")
+    return Checkpoint(path=path, data=data)

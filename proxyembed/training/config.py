@@ -1,0 +1,125 @@
+"""The training configuration: one typed dataclass, resolved once as CLI over recipe over defaults.
+
+Recipes are JSON files in ``models/recipes/`` (``--recipe cub200``) or any JSON path; they hold the
+published settings for the standard benchmarks. The resolved config is written to the run dir, and
+``--resume`` reads it back, so a resumed run trains exactly as the original.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from proxyembed.runtime.errors import BadInput
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "models" / "recipes"
+
+Sampler = Literal["random", "balanced"]
+Schedule = Literal["cosine", "step", "none"]
+Amp = Literal["auto", "bf16", "fp16", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Defaults train the built-in synthetic data on a CPU in minutes."""
+
+    data: str = "synthetic"
+    eval_data: str | None = None
+    backbone: str = "resnet18"
+    pretrained: str = "none"  # none | hub | path to a weights file
+    pool: Literal["avg", "max", "avg+max"] = "avg+max"
+    embedding_dim: int = 128
+    loss: str = "proxy_anchor"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 6
+    batch_size: int = 64
+    sampler: Sampler = "random"
+    samples_per_class: int = 4
+    lr: float = 1e-3
+    head_lr_mult: float = 1.0
+    proxy_lr_mult: float = 100.0
+    aux_lr_mult: float = 50.0  # other loss parameters, e.g. NIR's flow (Roth 2022: flow lr x50)
+    weight_decay: float = 1e-4
+    schedule: Schedule = "cosine"
+    step_size: int = 10
+    step_gamma: float = 0.5
+    warmup_epochs: int = 0
+    freeze_bn: bool = False
+    grad_clip: float = 10.0
+    image_size: int | None = None  # training crop; default: the evaluation crop
+    resize: int | None = None  # evaluation resize (shorter side); default from the data
+    eval_every: int = 1
+    select_metric: str = "recall@1"
+    seed: int = 0
+    device: Device = "auto"
+    amp: Amp = "auto"
+    channels_last: bool = True
+    workers: int = 0
+
+    def validate(self) -> None:
+        """Reject values no run could use, naming the option."""
+        positive = ("epochs", "batch_size", "embedding_dim", "eval_every", "samples_per_class")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise BadInput(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise BadInput(f"--lr must be positive, got {self.lr}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs:
+            raise BadInput(f"--warmup-epochs {self.warmup_epochs} must be >= 0 and below --epochs {self.epochs}")
+        if self.sampler == "balanced" and self.batch_size % self.samples_per_class:
+            raise BadInput(
+                f"--batch-size {self.batch_size} is not a multiple of --samples-per-class {self.samples_per_class}",
+                hint="the balanced sampler draws P classes x K images",
+            )
+        for name, allowed in (("sampler", Sampler), ("schedule", Schedule), ("amp", Amp), ("device", Device)):
+            if getattr(self, name) not in allowed.__args__:
+                raise BadInput(f"--{name} '{getattr(self, name)}' is not one of {list(allowed.__args__)}")
+        if self.pool not in ("avg", "max", "avg+max"):
+            raise BadInput(f"--pool '{self.pool}' is not one of ['avg', 'max', 'avg+max']")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise BadInput(f"{source}: unknown setting(s) {unknown}", hint=f"valid settings: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped in ``models/recipes``."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """A recipe's settings, by shipped name or JSON path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise BadInput(f"--recipe: '{name_or_path}' not found", hint=f"shipped recipes: {', '.join(list_recipes()) or 'none'}; or give a JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInput(f"--recipe: cannot parse '{path}': {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"--recipe: '{path}' must hold a JSON object of settings")
+    data.pop("_comment", None)
+    return data
+
+
+def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
+    """Defaults, then the recipe, then explicit CLI values (``None`` means "not given")."""
+    merged: dict[str, Any] = {}
+    if recipe:
+        merged.update(load_recipe(recipe))
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig.from_dict(merged, source=f"recipe '{recipe}'" if recipe else "options")
+    cfg.validate()
+    return cfg

@@ -1,0 +1,319 @@
+"""The training loop: proxy losses on a zero-shot split, evaluated on the unseen classes.
+
+Writes the run dir of DESIGN.md: ``config.json`` (resolved), ``metrics.jsonl`` (one line per epoch,
+epoch 0 = the untrained network), ``best.pt`` / ``last.pt`` and ``training_curves.png``. A killed run
+continues with ``resume=True`` from ``last.pt``; per-epoch reseeding makes the continuation draw the
+same batches and augmentations the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from proxyembed.data import resolve_data
+from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, train_transform
+from proxyembed.losses import build_loss
+from proxyembed.models import ModelConfig, build_embedder
+from proxyembed.runtime.errors import BadInput, ProxyEmbedError
+from proxyembed.runtime.preprocess import PreprocessSpec
+
+from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .evaluate import evaluate_model
+from .plots import plot_curves
+
+CONFIG_NAME, METRICS_NAME, CURVES_NAME = "config.json", "metrics.jsonl", "training_curves.png"
+
+
+class TrainingFailed(ProxyEmbedError):
+    """Training itself went wrong (e.g. the loss diverged): exit code 1, with what to try."""
+
+    exit_code = 1
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: its folder and the metrics before and after training."""
+
+    run_dir: Path
+    initial: dict[str, float]
+    final: dict[str, float]
+    best: dict[str, float]
+    best_epoch: int
+
+
+class Reporter:
+    """Hooks the CLI uses to show progress; the defaults print nothing (library use, tests)."""
+
+    def log(self, message: str) -> None:
+        """A line of information."""
+
+    def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
+        """A phase (``train`` or ``eval``) of an epoch begins with ``steps`` units of work."""
+
+    def advance(self, n: int, **fields: float) -> None:
+        """``n`` more units done; ``fields`` such as loss and images/s for display."""
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        """An epoch's metrics.jsonl record."""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _select_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available", hint="use --device cpu or auto")
+    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def _amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or choice == "none":
+        return None
+    if choice == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def _eval_spec(cfg: TrainConfig, data_spec: PreprocessSpec | None) -> PreprocessSpec:
+    base = data_spec or PreprocessSpec()
+    crop = cfg.image_size or base.crop
+    resize = cfg.resize or (base.resize if crop == base.crop else round(crop * 8 / 7))
+    return PreprocessSpec(resize=resize, crop=crop, mean=base.mean, std=base.std, interpolation=base.interpolation)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _read_history(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [h for h in lines if h["epoch"] <= up_to_epoch]
+
+
+class Trainer:
+    """One training run. Build it with a resolved config and an output folder, then :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> None:
+        self.out = Path(out)
+        self.reporter = reporter or Reporter()
+        self.resume_from = None
+        if resume:
+            if not (self.out / LAST).is_file():
+                raise BadInput(f"--resume: '{self.out}' has no {LAST} to resume from", hint="start a new run without --resume")
+            self.resume_from = load_checkpoint(self.out, prefer=LAST)
+            saved = TrainConfig.from_dict(self.resume_from.config, source=str(self.out / LAST))
+            saved.epochs = max(cfg.epochs, saved.epochs) if cfg.epochs != TrainConfig.epochs else saved.epochs
+            cfg = saved
+        elif self.out.exists() and any((self.out / n).exists() for n in (BEST, LAST, METRICS_NAME)):
+            raise BadInput(f"--out '{self.out}' already holds a run", hint="pass --resume to continue it, or choose another --out")
+        elif self.out.exists() and not self.out.is_dir():
+            raise BadInput(f"--out '{self.out}' is a file", hint="give a folder path for the run dir")
+        cfg.validate()
+        self.cfg = cfg
+        self.device = _select_device(cfg.device)
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        _seed_everything(cfg.seed)
+        self.data = resolve_data(cfg.data, eval_data=cfg.eval_data)
+        for w in self.data.warnings:
+            self.reporter.log(f"[yellow]warning:[/] {w}")
+        if not self.data.train:
+            raise BadInput(f"--data '{cfg.data}' has no training classes")
+        self.spec = _eval_spec(cfg, self.data.preprocess)
+        self.dataset = TrainDataset(self.data.train, train_transform(self.spec, cfg.image_size))
+        self.model_config = ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pretrained = "none" if self.resume_from else cfg.pretrained
+            self.model = build_embedder(self.model_config, pretrained=pretrained)
+        for w in caught:
+            self.reporter.log(f"[yellow]warning:[/] {w.message}")
+        self.loss_fn = build_loss(cfg.loss, self.dataset.num_classes, cfg.embedding_dim, **cfg.loss_params)
+        self.model.to(self.device)
+        self.loss_fn.to(self.device)
+        if cfg.channels_last and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        backbone = list(self.model.backbone.parameters())
+        groups = [
+            {"params": backbone, "lr": cfg.lr, "name": "backbone"},
+            {"params": list(self.model.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult, "name": "head"},
+            {"params": list(self.loss_fn.proxy_parameters()), "lr": cfg.lr * cfg.proxy_lr_mult, "name": "proxies", "weight_decay": 0.0},
+            {"params": list(self.loss_fn.other_parameters()), "lr": cfg.lr * cfg.aux_lr_mult, "name": "loss"},
+        ]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+        if cfg.schedule == "cosine":
+            cosine = lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs))  # noqa: E731
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
+        elif cfg.schedule == "step":
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.start_epoch = 0
+        self.best_value = -math.inf
+        self.history: list[dict[str, Any]] = []
+        if self.resume_from is not None:
+            d = self.resume_from.data
+            self.model.load_state_dict(d["model"])
+            self.loss_fn.load_state_dict(d["loss"])
+            self.optimizer.load_state_dict(d["optimizer"])
+            self.scheduler.load_state_dict(d["scheduler"])
+            self.scaler.load_state_dict(d["scaler"])
+            self.start_epoch = int(d["epoch"])
+            self.best_value = float(d["best_value"])
+            self.history = _read_history(self.out / METRICS_NAME, self.start_epoch)
+            self.reporter.log(f"resuming '{self.out}' after epoch {self.start_epoch}")
+
+    def _loader(self, epoch: int) -> DataLoader:
+        cfg = self.cfg
+        kw: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": self.device.type == "cuda", "persistent_workers": False}
+        if cfg.sampler == "balanced":
+            sampler = BalancedSampler(self.dataset.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed)
+            sampler.set_epoch(epoch)
+            return DataLoader(self.dataset, batch_sampler=sampler, **kw)
+        if len(self.dataset) < cfg.batch_size:
+            raise BadInput(f"--batch-size {cfg.batch_size} exceeds the {len(self.dataset)} training images", hint="lower --batch-size")
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        return DataLoader(self.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen, **kw)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        n = len(self.data.eval) + len(self.data.gallery or [])
+        self.reporter.epoch_start(epoch, n, "eval")
+        return evaluate_model(
+            self.model, self.data, self.spec, device=self.device, autocast_dtype=self.amp_dtype,
+            on_batch=lambda k: self.reporter.advance(k),
+        )
+
+    def _set_train_mode(self, epoch: int) -> None:
+        self.model.train()
+        frozen = epoch <= self.cfg.warmup_epochs
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(not frozen)
+        if self.cfg.freeze_bn or frozen:
+            for m in self.model.backbone.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        torch.manual_seed(self.cfg.seed * 100003 + epoch)
+        self._set_train_mode(epoch)
+        loader = self._loader(epoch)
+        self.reporter.epoch_start(epoch, len(loader), "train")
+        total, count, seen, t0 = 0.0, 0, 0, time.perf_counter()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for step, (x, y) in enumerate(loader, 1):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if self.cfg.channels_last and self.device.type == "cuda":
+                x = x.to(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                emb = self.model(x)
+            loss = self.loss_fn(emb.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingFailed(
+                    f"the loss became {loss.item()} at epoch {epoch}, step {step}",
+                    hint="lower --lr or --proxy-lr-mult, or use --amp none; the last good checkpoint is kept",
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.item() * len(x)
+            count += len(x)
+            seen += len(x)
+            self.reporter.advance(1, loss=total / count, ips=seen / (time.perf_counter() - t0))
+        return total / max(count, 1), seen / (time.perf_counter() - t0)
+
+    def _payload(self, epoch: int, metrics: dict[str, float], full: bool) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model_config": self.model_config.to_dict(),
+            "model": self.model.state_dict(),
+            "loss_name": self.cfg.loss,
+            "loss": self.loss_fn.state_dict(),
+            "preprocess": self.spec.to_dict(),
+            "config": self.cfg.to_dict(),
+            "epoch": epoch,
+            "metrics": metrics,
+            "best_value": self.best_value,
+            "train_classes": self.dataset.num_classes,
+        }
+        if full:
+            payload.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict())
+        return payload
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        _atomic_write_text(self.out / METRICS_NAME, "".join(json.dumps(h) + "\n" for h in self.history))
+        plot_curves(self.history, self.out / CURVES_NAME, title=f"{self.cfg.backbone} / {self.cfg.loss} on {self.data.name}")
+        self.reporter.epoch_end(record)
+
+    def run(self) -> TrainResult:
+        """Train for the configured epochs (continuing a resumed run) and return the metrics."""
+        self._setup()
+        self.out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.out / CONFIG_NAME, json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        self.reporter.log(self.data.describe())
+        amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
+        self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
+        metric = self.cfg.select_metric
+        if self.start_epoch == 0:
+            t0 = time.perf_counter()
+            initial = self._evaluate(0)
+            if metric not in initial:
+                raise BadInput(f"--select-metric '{metric}' is not computed", hint=f"choose one of {sorted(initial)}")
+            self._record({"epoch": 0, "loss": None, **initial, "time_s": time.perf_counter() - t0})
+        else:
+            initial = {k: v for k, v in self.history[0].items() if k not in ("epoch", "loss", "lr", "images_per_s", "time_s")} if self.history else {}
+        last_metrics: dict[str, float] = {}
+        for epoch in range(self.start_epoch + 1, self.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss, ips = self._train_epoch(epoch)
+            self.scheduler.step()
+            record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips}
+            if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
+                last_metrics = self._evaluate(epoch)
+                record.update(last_metrics)
+                if last_metrics[metric] > self.best_value:
+                    self.best_value = last_metrics[metric]
+                    save_checkpoint(self.out / BEST, self._payload(epoch, last_metrics, full=False))
+            record["time_s"] = time.perf_counter() - t0
+            save_checkpoint(self.out / LAST, self._payload(epoch, last_metrics, full=True))
+            self._record(record)
+        best_rec = max((h for h in self.history if metric in h and h["epoch"] > 0), key=lambda h: h[metric], default=self.history[-1])
+        keep = lambda h: {k: v for k, v in h.items() if k not in ("epoch", "loss", "lr", "images_per_s", "time_s")}  # noqa: E731
+        return TrainResult(self.out, initial, keep(self.history[-1]), keep(best_rec), best_rec["epoch"])
+
+
+def train(cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+    """Run a training job (see :class:`Trainer`)."""
+    return Trainer(cfg, out, resume=resume, reporter=reporter).run()

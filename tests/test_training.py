@@ -1,0 +1,158 @@
+"""The trainer end to end on tiny data: run dir contract, improvement, resume, failures, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from proxyembed.cli import app
+from proxyembed.runtime.errors import BadInput
+from proxyembed.training.checkpoint import load_checkpoint
+from proxyembed.training.config import TrainConfig, list_recipes, load_recipe, resolve_config
+from proxyembed.training.trainer import Reporter, TrainingFailed, train
+
+TINY = "synthetic:train_classes=12,eval_classes=10,per_class=8,size=40"
+
+
+def tiny_config(**over) -> TrainConfig:
+    base = dict(data=TINY, epochs=2, batch_size=32, image_size=32, resize=36, embedding_dim=32, lr=2e-3, channels_last=False)
+    base.update(over)
+    return resolve_config(base)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(epochs=3), out)
+    return out
+
+
+def test_run_dir_contract(trained: Path) -> None:
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.json", "metrics.jsonl", "best.pt", "last.pt", "training_curves.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in lines] == [0, 1, 2, 3]
+    assert lines[0]["loss"] is None and all(h["loss"] > 0 for h in lines[1:])
+    for h in lines:
+        assert {"recall@1", "map@r", "r_precision", "nmi", "time_s"} <= set(h)
+    data = torch.load(trained / "last.pt", weights_only=True)  # tensors and plain data only
+    assert data["epoch"] == 3 and "optimizer" in data and data["loss"]["proxies"].shape == (12, 32)
+    assert json.loads((trained / "config.json").read_text())["data"] == TINY
+
+
+def test_training_improves_recall_on_unseen_classes(trained: Path) -> None:
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert max(h["recall@1"] for h in lines[1:]) > lines[0]["recall@1"] + 0.05
+
+
+def test_best_checkpoint_reproduces_its_metrics(trained: Path) -> None:
+    from proxyembed.data import resolve_data
+    from proxyembed.training.evaluate import evaluate_model
+
+    ckpt = load_checkpoint(trained)
+    again = evaluate_model(ckpt.build_model(), resolve_data(TINY), ckpt.preprocess)
+    assert again["recall@1"] == pytest.approx(ckpt.metrics["recall@1"], abs=1e-6)
+
+
+def test_resume_continues_as_the_uninterrupted_run(tmp_path: Path, trained: Path) -> None:
+    class Killer(Reporter):
+        def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
+            if epoch == 3 and phase == "train":
+                raise KeyboardInterrupt  # the process dies during epoch 3
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(epochs=3), out, reporter=Killer())
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+    train(tiny_config(epochs=3), out, resume=True)
+    full = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in resumed] == [0, 1, 2, 3]
+    assert resumed[3]["loss"] == pytest.approx(full[3]["loss"], rel=1e-4)
+    assert resumed[3]["recall@1"] == pytest.approx(full[3]["recall@1"], abs=1e-6)
+
+
+def test_existing_run_dir_needs_resume(trained: Path) -> None:
+    with pytest.raises(BadInput, match="--resume"):
+        train(tiny_config(), trained)
+
+
+def test_resume_without_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="nothing to resume|no last.pt"):
+        train(tiny_config(), tmp_path / "new", resume=True)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import proxyembed.training.trainer as trainer_mod
+
+    real = trainer_mod.build_loss
+
+    def nan_loss(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        loss.forward = lambda emb, y: emb.sum() * float("nan")
+        return loss
+
+    monkeypatch.setattr(trainer_mod, "build_loss", nan_loss)
+    with pytest.raises(TrainingFailed, match="nan at epoch 1"):
+        train(tiny_config(epochs=1), tmp_path / "nan")
+
+
+@pytest.mark.parametrize("loss", ["proxy_nca", "proxy_nca++", "triplet", "nir"])
+def test_every_loss_trains_one_epoch(tmp_path: Path, loss: str) -> None:
+    sampler = "balanced" if loss == "triplet" else "random"
+    result = train(tiny_config(epochs=1, loss=loss, sampler=sampler), tmp_path / loss)
+    assert 0 <= result.final["recall@1"] <= 1
+
+
+def test_config_precedence_and_validation() -> None:
+    cfg = resolve_config({"epochs": 7, "lr": None}, recipe="cub200")
+    assert cfg.epochs == 7 and cfg.backbone == "resnet50" and cfg.lr == 1e-4
+    assert set(list_recipes()) >= {"cub200", "cars196", "sop", "inshop"}
+    assert load_recipe("sop")["lr"] == 6e-4
+    with pytest.raises(BadInput, match="unknown setting"):
+        resolve_config({"epoch": 3})
+    with pytest.raises(BadInput, match="multiple"):
+        resolve_config({"sampler": "balanced", "batch_size": 30, "samples_per_class": 4})
+    with pytest.raises(BadInput, match="--recipe"):
+        resolve_config({}, recipe="nope")
+
+
+def test_cli_train_then_eval_reproduces(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    args = ["train", "--out", str(out), "--data", TINY, "--epochs", "1", "--batch-size", "32", "--image-size", "32", "--embedding-dim", "16"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "Recall@1 on unseen classes" in res.output
+    res = runner.invoke(app, ["eval", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    reported = json.loads(res.output)["metrics"]["recall@1"]
+    assert reported == pytest.approx(load_checkpoint(out).metrics["recall@1"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "/no/such/folder"], "does not exist"),
+        (["train", "--loss", "arcface", "--data", TINY], "arcface"),
+        (["train", "--backbone", "resnet_nope", "--data", TINY, "--epochs", "1"], "unknown backbone"),
+        (["train", "--epochs", "0"], "--epochs must be positive"),
+        (["train", "--loss-param", "alpha"], "KEY=VALUE"),
+        (["eval", "/no/such/run"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r")] if args[0] == "train" else args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_cli_eval_of_a_run_without_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "holds no checkpoint" in res.output
