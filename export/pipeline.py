@@ -1,0 +1,240 @@
+"""``proxyembed export`` as a plain function: checkpoint -> artifacts -> validation -> bundle.
+
+Order matters for "fail loudly, lose nothing": every cheap check on user input (``--out``, the
+checkpoint, the data, the calibration images) runs before the first artifact is written, and all
+artifacts are written into the bundle writer's temp folder, which only a commit moves to ``--out``.
+
+Exit-1 semantics (a decision the issue leaves open): artifacts over their Recall@1 limit are refused,
+i.e. deleted from the temp folder and listed under ``validation.refused`` in the manifest with their
+numbers; the bundle is still written with the artifacts that passed, because each of them was validated
+on its own and the bundle stays consistent. :meth:`ExportResult.raise_if_refused` then raises
+:class:`CheckFailed` (exit 1) naming each refused artifact, its drop and what to try. If the fp32 ONNX
+itself is refused (or fails numerical parity) nothing is written: a bundle without its reference-grade
+model is not worth shipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxyembed import __version__
+from proxyembed.data.spec import DataSplit
+from proxyembed.runtime.errors import BadInput, CheckFailed
+from proxyembed.runtime.manifest import Artifact, Manifest, sha256_file
+from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
+
+from .bundle import BundleWriter, check_out_path
+from .int8 import Int8Options, calibration_batch
+from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+from .parity import ParityResult
+from .runners import Runner
+from .tensorrt import BatchProfile
+from .validate import DEFAULT_MAX_DROP, Candidate, Score, ValidationReport
+
+FP32, FP16 = "model.onnx", "model_fp16.onnx"
+INT8 = {"cpu": "model_int8_cpu.onnx", "gpu": "model_int8_gpu.onnx"}
+ENGINE = "engine_{precision}.plan"
+PARITY_IMAGES = 8
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``proxyembed export`` can be told (CLI options map one to one)."""
+
+    run: Path
+    out: Path
+    fp16: bool = False
+    int8: bool = False
+    tensorrt: bool = False
+    data: str | None = None
+    calibration_size: int = 256
+    int8_options: Int8Options = field(default_factory=Int8Options)
+    max_drop: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_DROP))
+    profile: BatchProfile = field(default_factory=BatchProfile)
+    force: bool = False
+    opset: int = DEFAULT_OPSET
+    batch_size: int = 64
+
+
+class Reporter:
+    """Where progress goes; the default says nothing (library use), the CLI prints with rich."""
+
+    def step(self, text: str) -> None:
+        """A stage begins (e.g. "int8 (cpu): calibrating on 256 training images")."""
+
+    def note(self, text: str) -> None:
+        """A one-line fact worth showing (a skipped stage, a CPU caveat)."""
+
+    @contextlib.contextmanager
+    def embedding(self, total: int) -> Iterator[Callable[[int], None]]:
+        """Track validation's embedding of ``total`` images; yields the per-batch callback."""
+        yield lambda n: None
+
+
+@dataclass
+class ExportResult:
+    """What the export produced; ``bundle`` is None when nothing was written (fp32 refused)."""
+
+    bundle: Path | None
+    report: ValidationReport
+    parity: ParityResult
+    artifacts: list[Artifact]
+    refused: list[Score]
+    notes: list[str]
+
+    def raise_if_refused(self) -> None:
+        """Raise :class:`CheckFailed` (exit 1) naming every refused artifact, its drop and what to try."""
+        if not self.refused:
+            return
+        parts = [f"{s.file} ({s.precision}) lost {s.drop['recall@1']:.2f} points of Recall@1 (limit {s.threshold:g})" for s in self.refused]
+        where = f"bundle written to {self.bundle} without it" if self.bundle else "no bundle written"
+        raise CheckFailed(
+            f"refused {'; '.join(parts)}; {where}",
+            hint=_advice(self.refused),
+        )
+
+
+def _advice(refused: list[Score]) -> str:
+    precisions = {s.precision for s in refused}
+    tips = []
+    if "int8" in precisions:
+        tips.append("int8: more --calibration-size images, another --calibration-method (minmax/percentile/entropy), "
+                    "--int8-float-first-conv or --int8-reduce-range to keep more in float")
+    if "fp16" in precisions:
+        tips.append("fp16: ship fp32 or int8 instead, or raise --max-recall-drop fp16=... if the drop is acceptable")
+    if "fp32" in precisions:
+        tips.append("fp32: the exported graph disagrees with PyTorch; try another --opset")
+    return "; ".join(tips)
+
+
+def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
+    """Export, validate and write the bundle (see the module docstring for the failure semantics)."""
+    from proxyembed.data import resolve_data
+    from proxyembed.training.checkpoint import load_checkpoint
+
+    from . import tensorrt
+    from .runners import torch_runner
+
+    rep = reporter or Reporter()
+    opts.out = Path(opts.out)
+    check_out_path(opts.out, opts.force)
+    notes: list[str] = []
+    trt_skip = tensorrt.unavailable_reason() if opts.tensorrt else None
+    if trt_skip:
+        notes.append(f"TensorRT: skipped, {trt_skip}; the ONNX artifacts are exported")
+        rep.note(notes[-1])
+
+    ckpt = load_checkpoint(opts.run)
+    data_spec = opts.data or ckpt.config.get("data")
+    if not data_spec:
+        raise BadInput(f"checkpoint '{ckpt.path}' records no training data", hint="pass --data SPEC")
+    rep.step(f"data: {data_spec}")
+    data = resolve_data(data_spec, eval_data=None if opts.data else ckpt.config.get("eval_data"))
+    spec = ckpt.preprocess
+    calibration = None
+    if opts.int8:
+        rep.step(f"int8: preparing {opts.calibration_size} calibration images from the training classes")
+        calibration = calibration_batch(data.train, spec, opts.calibration_size)
+    model = ckpt.build_model()
+    mc = ckpt.model_config
+    reference = torch_runner(model)
+
+    with BundleWriter(opts.out, force=opts.force) as writer:
+        parity, candidates, artifacts = _write_artifacts(
+            opts, writer.dir, _Inputs(model, mc.backbone, spec, data, calibration, reference), rep, export_engines=opts.tensorrt and not trt_skip
+        )
+        rep.step(f"validating {len(candidates)} artifact(s) on {len(data.eval) + len(data.gallery or [])} evaluation images")
+        from .validate import validate
+
+        with rep.embedding(len(data.eval) + len(data.gallery or [])) as on_batch:
+            report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=on_batch)
+        refused = [s for s in report.scores if not s.passed]
+        kept: list[Artifact] = []
+        for score in report.scores:
+            art = artifacts[score.file]
+            if score.passed:
+                art.sha256 = sha256_file(writer.dir / art.file)
+                art.validation = score.to_dict()
+                kept.append(art)
+            else:
+                writer.discard(art.file)
+        bundle = None
+        if FP32 in {a.file for a in kept}:
+            manifest = Manifest(
+                embedding_dim=mc.embedding_dim,
+                preprocess=spec,
+                artifacts=kept,
+                input_name=INPUT_NAME,
+                output_name=OUTPUT_NAME,
+                proxyembed_version=__version__,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                source={"checkpoint": str(ckpt.path), "sha256": ckpt.sha256(), "backbone": mc.backbone, "epoch": ckpt.epoch,
+                        "pool": mc.pool},
+                validation=report.section(opts.max_drop),
+            )
+            bundle = writer.commit(manifest)
+    return ExportResult(bundle=bundle, report=report, parity=parity, artifacts=kept, refused=refused, notes=notes)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What the artifacts are made from: the eval-mode model and the data that checks and calibrates it."""
+
+    model: Any
+    backbone: str
+    spec: PreprocessSpec
+    data: DataSplit
+    calibration: np.ndarray | None
+    reference: Runner
+
+
+def _write_artifacts(
+    opts: ExportOptions, out_dir: Path, src: _Inputs, rep: Reporter, *, export_engines: bool
+) -> tuple[ParityResult, list[Candidate], dict[str, Artifact]]:
+    """Write every requested artifact into ``out_dir``; returns (parity, candidates, artifacts by file)."""
+    from . import tensorrt
+    from .fp16 import convert_fp16
+    from .int8 import quantize_int8
+    from .onnx_export import export_onnx
+    from .parity import check_parity, require_parity
+    from .runners import ort_runner
+
+    rep.step(f"ONNX fp32: exporting {src.backbone} (opset {opts.opset}, dynamic batch)")
+    export_onnx(src.model, out_dir / FP32, crop=src.spec.crop, backbone=src.backbone, opset=opts.opset)
+    real = Preprocessor(src.spec)([s.source for s in src.data.eval[:PARITY_IMAGES]])
+    parity = check_parity(src.reference, ort_runner(out_dir / FP32), real)
+    require_parity(parity, f"{FP32} on ONNX Runtime")
+    rep.note(f"parity with PyTorch: max |diff| {parity.max_abs_diff:.1e} at batch 1 and 8, real and random images")
+    artifacts = {FP32: Artifact(FP32, "onnx", "fp32", "", details={"opset": opts.opset, "parity_max_abs_diff": parity.diffs})}
+    onnx_for = {"fp32": FP32}
+    if opts.fp16:
+        rep.step("fp16: converting (inputs/outputs and head + L2 normalisation kept fp32)")
+        kept = convert_fp16(out_dir / FP32, out_dir / FP16)
+        artifacts[FP16] = Artifact(FP16, "onnx", "fp16", "", details={"fp32_nodes": kept})
+        onnx_for["fp16"] = FP16
+        rep.note("fp16 is for GPUs (ONNX Runtime CUDA / TensorRT): on a CPU it is validated here but runs slower than fp32")
+    if src.calibration is not None:
+        for target in ("cpu", "gpu"):
+            what = "uint8 activations, fast on x86 CPUs" if target == "cpu" else "symmetric int8, for TensorRT"
+            rep.step(f"int8 ({target}): {opts.int8_options.method} calibration on {len(src.calibration)} training images, {what}")
+            kept = quantize_int8(out_dir / FP32, out_dir / INT8[target], src.calibration, target, opts.int8_options)
+            details = {**opts.int8_options.details(target), "calibration_images": len(src.calibration), "float_nodes": kept}
+            artifacts[INT8[target]] = Artifact(INT8[target], "onnx", "int8", "", target=target, details=details)
+        onnx_for["int8"] = INT8["gpu"]
+    candidates = [Candidate(f, a.precision, a.target, ort_runner(out_dir / f)) for f, a in artifacts.items()]
+    if export_engines:
+        for precision, source in onnx_for.items():
+            engine = ENGINE.format(precision=precision)
+            rep.step(f"TensorRT {precision}: building from {source} (batch {opts.profile.min}/{opts.profile.opt}/{opts.profile.max})")
+            device = tensorrt.build_engine(out_dir / source, out_dir / engine, precision, opts.profile, src.spec.crop)
+            artifacts[engine] = Artifact(engine, "tensorrt", precision, "", target="gpu", device=device,
+                                         details={"source": source, "profile": asdict(opts.profile)})
+            candidates.append(Candidate(engine, precision, "gpu", tensorrt.engine_runner(out_dir / engine)))
+    return parity, candidates, artifacts

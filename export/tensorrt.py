@@ -1,0 +1,130 @@
+"""TensorRT engines from the validated ONNX files, and a runner to validate them on the GPU.
+
+REFERENCES.md ("Export"): TensorRT 10 builds with ``Builder`` / ``OnnxParser``, precision through
+``BuilderConfig.set_flag(BuilderFlag.FP16 / INT8)`` (int8 from explicit Q/DQ nodes; the implicit
+calibrators are deprecated), optimization profiles and ``build_serialized_network``. TensorRT 11 networks
+are strongly typed and the precision flags are gone: fp16 comes from the fp16 ONNX graph, int8 from the
+symmetric (S8S8) Q/DQ graph. Both versions are therefore fed the same per-precision ONNX file; only the
+flags differ. An engine is tied to its GPU model and TensorRT version, so the artifact records them
+(``device``: gpu_name, compute_capability, tensorrt_version) and the runtime refuses a mismatch.
+
+``tensorrt`` is optional and imported inside the functions; the validation runner uses torch CUDA
+tensors for device memory (export already depends on torch), so no cuda-python is needed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxyembed.runtime.errors import BadInput, MissingDependency, require
+
+from .onnx_export import INPUT_NAME, OUTPUT_NAME
+from .runners import Runner
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The optimization profile's batch sizes: an engine accepts ``min..max`` and is tuned for ``opt``."""
+
+    min: int = 1
+    opt: int = 16
+    max: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise BadInput(
+                f"--trt-min-batch {self.min}, --trt-opt-batch {self.opt}, --trt-max-batch {self.max} are inconsistent",
+                hint="need 1 <= min <= opt <= max",
+            )
+
+
+def unavailable_reason() -> str | None:
+    """Why no engine can be built here (one line), or None when TensorRT and a CUDA GPU are present."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return 'tensorrt is not installed (pip install "proxyembed[gpu]")'
+    torch = require("torch", "train")
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def device_info() -> dict[str, Any]:
+    """The GPU and TensorRT version an engine built now is tied to (the artifact's ``device``)."""
+    trt = require("tensorrt", "gpu")
+    torch = require("torch", "train")
+    major, minor = torch.cuda.get_device_capability(0)
+    return {
+        "gpu_name": torch.cuda.get_device_name(0),
+        "compute_capability": f"{major}.{minor}",
+        "tensorrt_version": str(trt.__version__),
+    }
+
+
+def build_engine(onnx_file: Path, engine_file: Path, precision: str, profile: BatchProfile, crop: int) -> dict[str, Any]:
+    """Build and serialise an engine for ``precision`` from ``onnx_file``; returns the ``device`` dict."""
+    trt = require("tensorrt", "gpu")
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise MissingDependency(f"TensorRT {trt.__version__} is too old", hint='pip install "tensorrt>=10"')
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = major >= 11
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_file)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise BadInput(f"TensorRT cannot parse {onnx_file.name}: {errors}", hint="export without --tensorrt, or another backbone")
+    config = builder.create_builder_config()
+    if not strongly_typed:  # TensorRT 10: precision by flag; int8 layers are the Q/DQ ones, the rest stays fp32
+        if precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+    opt_profile = builder.create_optimization_profile()
+    shape = (3, crop, crop)
+    opt_profile.set_shape(INPUT_NAME, (profile.min, *shape), (profile.opt, *shape), (profile.max, *shape))
+    config.add_optimization_profile(opt_profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BadInput(f"TensorRT could not build a {precision} engine from {onnx_file.name}", hint="see the TensorRT log above")
+    engine_file.write_bytes(bytes(serialized))
+    return device_info()
+
+
+def engine_runner(engine_file: Path) -> Runner:
+    """Run a serialised engine on CUDA device 0 with torch-managed buffers; batches over max are split."""
+    trt = require("tensorrt", "gpu")
+    torch = require("torch", "train")
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_file.read_bytes())
+    if engine is None:
+        raise BadInput(f"TensorRT cannot load the engine it just built ({engine_file.name})")
+    context = engine.create_execution_context()
+    max_batch = int(engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0])
+    dtypes = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
+    in_dtype = dtypes[np.dtype(trt.nptype(engine.get_tensor_dtype(INPUT_NAME)))]
+    out_dtype = dtypes[np.dtype(trt.nptype(engine.get_tensor_dtype(OUTPUT_NAME)))]
+
+    def run_chunk(chunk: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(chunk)).to("cuda", in_dtype)
+        context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=out_dtype, device="cuda")
+        context.set_tensor_address(INPUT_NAME, x.data_ptr())
+        context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT execution failed for {engine_file.name}")
+        stream.synchronize()
+        return out.float().cpu().numpy()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([run_chunk(batch[i : i + max_batch]) for i in range(0, len(batch), max_batch)])
+
+    return run

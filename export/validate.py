@@ -1,0 +1,170 @@
+"""Judging artifacts the way users will: retrieval on held-out classes, next to the PyTorch fp32 model.
+
+Every runner (the reference and each artifact) embeds the same evaluation images, preprocessed once by
+the runtime :class:`Preprocessor` and fed batch by batch to all of them. Per artifact we report Recall@K
+(the data's Ks, always with K=1), MAP@R and R-Precision, the drop against the reference in *points*
+(100 x the difference of fractions), and the per-sample cosine to the reference (min and mean: the worst
+image matters more than the average, REFERENCES.md "Validation practice"). An artifact passes when its
+Recall@1 drop is at most its precision's threshold.
+
+Manifest layout: ``validation`` = ``{"data", "reference", "thresholds", "k", "refused"}``; each
+artifact's ``validation`` = ``{"passed", "metrics", "drop", "cosine_min", "cosine_mean", "threshold"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from proxyembed.data.spec import DataSplit, Sample
+from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.metrics import retrieval_metrics
+from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
+
+from .runners import Runner
+
+DEFAULT_MAX_DROP: dict[str, float] = {"fp32": 0.1, "fp16": 0.5, "int8": 1.0}
+GATE_METRIC = "recall@1"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An artifact to judge: its bundle file name, precision, target device and a runner for it."""
+
+    file: str
+    precision: str
+    target: str
+    run: Runner
+
+
+@dataclass
+class Score:
+    """One artifact's validation numbers (metrics are fractions, drops are points)."""
+
+    file: str
+    precision: str
+    target: str
+    metrics: dict[str, float]
+    drop: dict[str, float]
+    cosine_min: float
+    cosine_mean: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.drop[GATE_METRIC] <= self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        """The artifact's ``validation`` entry in the manifest."""
+        return {
+            "passed": self.passed,
+            "metrics": self.metrics,
+            "drop": self.drop,
+            "cosine_min": self.cosine_min,
+            "cosine_mean": self.cosine_mean,
+            "threshold": self.threshold,
+            "gate": GATE_METRIC,
+        }
+
+
+@dataclass
+class ValidationReport:
+    """The reference's metrics and every artifact's score, in the order they were given."""
+
+    data: dict[str, Any]
+    ks: list[int]
+    reference: dict[str, float]
+    scores: list[Score] = field(default_factory=list)
+
+    def section(self, thresholds: dict[str, float]) -> dict[str, Any]:
+        """The manifest's top-level ``validation`` section; refused artifacts are listed with their numbers."""
+        return {
+            "data": self.data,
+            "reference": self.reference,
+            "thresholds": thresholds,
+            "k": self.ks,
+            "refused": [{"file": s.file, "precision": s.precision, "target": s.target, **s.to_dict()} for s in self.scores if not s.passed],
+        }
+
+
+def parse_max_drop(values: Sequence[str]) -> dict[str, float]:
+    """``["fp16=0.5,int8=1.0", "fp32=0.1"]`` -> thresholds in points, over :data:`DEFAULT_MAX_DROP`."""
+    out = dict(DEFAULT_MAX_DROP)
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            prec, sep, num = item.partition("=")
+            if not sep or prec.strip() not in DEFAULT_MAX_DROP:
+                raise BadInput(f"--max-recall-drop '{item}' is not PRECISION=POINTS", hint="e.g. --max-recall-drop fp16=0.5,int8=1.0")
+            try:
+                out[prec.strip()] = float(num)
+            except ValueError as exc:
+                raise BadInput(f"--max-recall-drop '{item}': '{num}' is not a number of points") from exc
+    return out
+
+
+def embed_all(
+    samples: Sequence[Sample],
+    spec: PreprocessSpec,
+    runners: dict[str, Runner],
+    *,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """L2-normalised float32 embeddings of ``samples`` from every runner, each image decoded once."""
+    out: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    for batch in Preprocessor(spec).batches((s.source for s in samples), batch_size):
+        for name, run in runners.items():
+            emb = run(batch).astype(np.float32)
+            out[name].append(emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12))
+        if on_batch:
+            on_batch(len(batch))
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def _metrics(emb: np.ndarray, data: DataSplit, ks: list[int]) -> dict[str, float]:
+    labels = np.array([s.label for s in data.eval])
+    if data.gallery is None:
+        return retrieval_metrics(emb, labels, ks=ks)
+    n = len(data.eval)
+    g_labels = np.array([s.label for s in data.gallery])
+    return retrieval_metrics(emb[:n], labels, ks=ks, gallery=emb[n:], gallery_labels=g_labels)
+
+
+def validate(
+    data: DataSplit,
+    spec: PreprocessSpec,
+    reference: Runner,
+    candidates: Sequence[Candidate],
+    thresholds: dict[str, float],
+    *,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> ValidationReport:
+    """Embed the evaluation classes with the reference and every candidate, and score each candidate."""
+    samples = list(data.eval) + list(data.gallery or [])
+    if len(data.eval) < 2:
+        raise BadInput(f"--data {data.name}: {len(data.eval)} evaluation image(s); validation needs at least two")
+    ks = sorted({1, *data.ks})
+    runners = {"reference": reference, **{c.file: c.run for c in candidates}}
+    emb = embed_all(samples, spec, runners, batch_size=batch_size, on_batch=on_batch)
+    ref = _metrics(emb["reference"], data, ks)
+    report = ValidationReport(data=data.fingerprint(), ks=ks, reference=ref)
+    for c in candidates:
+        m = _metrics(emb[c.file], data, ks)
+        cos = (emb[c.file] * emb["reference"]).sum(axis=1)
+        report.scores.append(
+            Score(
+                file=c.file,
+                precision=c.precision,
+                target=c.target,
+                metrics=m,
+                drop={k: round(100.0 * (ref[k] - m[k]), 6) for k in ref},
+                cosine_min=float(cos.min()),
+                cosine_mean=float(cos.mean()),
+                threshold=thresholds[c.precision],
+            )
+        )
+    return report
