@@ -1,9 +1,242 @@
-"""CLI commands for the check stage (filled in by its issue)."""
+"""``proxyembed check``: the CI gate on retrieval accuracy (logic in :mod:`proxyembed.check`).
+
+Output contract for CI logs: a table per run, notes, then exactly one last line that says how it ended
+— ``check passed ...`` (exit 0), ``check FAILED: ...`` (exit 1) or ``check error: ...`` (exit 2). The
+same verdict goes to ``--json`` and to the Markdown ``--summary`` (appended, as GITHUB_STEP_SUMMARY
+expects), so a failed run is explained wherever it is read. Torch is never imported.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
 import typer
+
+from ._common import console, err_console
+
+if TYPE_CHECKING:
+    from proxyembed.check import CheckReport, MetricRow
+    from proxyembed.runtime.errors import ProxyEmbedError
+
+_STATUS_STYLE = {"pass": "green", "improved": "bold green", "fail": "bold red", "accepted": "yellow", "new": "cyan"}
+_STATUS_TEXT = {"pass": "PASS", "improved": "IMPROVED", "fail": "FAIL", "accepted": "accepted", "new": "new"}
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+    app.command("check", rich_help_panel="CI")(check_command)
+
+
+def check_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder to check (the new model).", show_default=False)],
+    data: Annotated[str, typer.Option(help="Evaluation data: synthetic[:opts], a class-folder, or a CUB/Cars/SOP/In-Shop root.")],
+    baseline: Annotated[Path | None, typer.Option(help="Baseline JSON to compare with (or to write, with --write-baseline).")] = None,
+    against: Annotated[Path | None, typer.Option(help="Compare with this older bundle instead of a baseline file.")] = None,
+    artifact: Annotated[str, typer.Option(help="fp32, fp16, int8, all, or auto: what the runtime would pick here.")] = "auto",
+    max_drop: Annotated[
+        list[str] | None,
+        typer.Option(help="Allowed drop in points per metric, e.g. recall@1=1.0,map@r=2 (all=X for every metric). Default recall@1=1, others 2."),
+    ] = None,
+    min_value: Annotated[list[str] | None, typer.Option("--min", help="Absolute floors as fractions, e.g. recall@1=0.80.")] = None,
+    write_baseline: Annotated[bool, typer.Option(help="Record this run's numbers in --baseline (atomic); drops accepted, floors kept.")] = False,
+    allow_data_change: Annotated[bool, typer.Option(help="Compare even though the baseline was made on other data.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    summary: Annotated[Path | None, typer.Option(help='Append a Markdown summary here, e.g. "$GITHUB_STEP_SUMMARY".')] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads; fix it in CI (default: all cores).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Check BUNDLE's retrieval accuracy against a baseline (or --against an older bundle): exit 0 pass, 1 regression, 2 bad input."""
+    from proxyembed.runtime.errors import ProxyEmbedError
+
+    try:
+        report = _run(
+            bundle, data, baseline, against, artifact, max_drop or [], min_value or [], write_baseline, allow_data_change, threads, batch_size, device
+        )
+        _print_report(report)
+        if json_out is not None:
+            _write_json(json_out, report.to_dict())
+        if summary is not None:
+            _append(summary, markdown_summary(report))
+    except ProxyEmbedError as exc:
+        _finish_error(exc, json_out, summary)
+    verdict = report.verdict()
+    console.print(verdict, style="bold green" if report.passed else "bold red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def _run(
+    bundle: Path,
+    data: str,
+    baseline: Path | None,
+    against: Path | None,
+    artifact: str,
+    max_drop: list[str],
+    floors: list[str],
+    write: bool,
+    allow_data_change: bool,
+    threads: int | None,
+    batch_size: int,
+    device: str,
+) -> CheckReport:
+    from proxyembed.check import CheckOptions, check_against_baseline, check_against_bundle, parse_tolerances
+    from proxyembed.data.spec import resolve_eval_data
+    from proxyembed.runtime.errors import BadInput
+
+    if (baseline is None) == (against is None):
+        raise BadInput("give either --baseline FILE or --against OLD_BUNDLE", hint="e.g. proxyembed check NEW --data SPEC --baseline baseline.json")
+    if against is not None and (write or allow_data_change):
+        raise BadInput("--write-baseline and --allow-data-change need --baseline, not --against")
+    if device not in ("auto", "cpu", "cuda"):
+        raise BadInput(f"--device '{device}' is unknown", hint="use auto, cpu or cuda")
+    tol = parse_tolerances(max_drop, floors)
+    opts = CheckOptions(artifact=artifact, device=device, threads=threads, batch_size=batch_size)
+    split = resolve_eval_data(data)
+    with _progress() as advance:
+        if baseline is None:
+            return check_against_bundle(bundle, against, split, data, tol, opts, progress=advance)  # type: ignore[arg-type]
+        return check_against_baseline(bundle, split, data, baseline, tol, opts, write=write, allow_data_change=allow_data_change, progress=advance)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[int], None]]:
+    """A transient progress line on stderr; the callback takes how many embeddings were just computed."""
+    from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("embedding (images x artifacts)"), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True)
+    task = bar.add_task("embedding", total=None)
+    with bar:
+        yield lambda n: bar.advance(task, n)
+
+
+def _finish_error(exc: ProxyEmbedError, json_out: Path | None, summary: Path | None) -> NoReturn:
+    """Report a user error as the last line (and in --json / --summary), then exit with its code."""
+    from proxyembed.runtime.errors import ProxyEmbedError
+
+    line = f"check error: {exc.message}" + (f" — {exc.hint}" if exc.hint else "")
+    code = exc.exit_code
+    with suppress(ProxyEmbedError):  # the error may be about these very files
+        if json_out is not None:
+            _write_json(json_out, {"status": "error", "exit_code": code, "verdict": line})
+        if summary is not None:
+            _append(summary, f"### ❌ proxyembed check: error\n\n```\n{line}\n```\n\n")
+    err_console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    from proxyembed.check import write_json_atomic
+    from proxyembed.runtime.errors import BadInput
+
+    try:
+        write_json_atomic(path, payload)
+    except OSError as exc:
+        raise BadInput(f"--json: cannot write {path}: {exc.strerror}", hint="give a writable path") from None
+
+
+def _append(path: Path, text: str) -> None:
+    from proxyembed.runtime.errors import BadInput
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise BadInput(f"--summary: cannot append to {path}: {exc.strerror}", hint="give a writable path") from None
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}"
+
+
+def _change(row: MetricRow) -> str:
+    return "—" if row.change is None else f"{row.change:+.2f}"
+
+
+def _limit(row: MetricRow) -> str:
+    parts = [f"{row.limit:.2f}"] if row.reference is not None else []
+    if row.floor is not None:
+        parts.append(f"≥{100 * row.floor:.2f}")
+    return " ".join(parts) or "—"
+
+
+def _reference_name(report: CheckReport) -> str:
+    return "old" if report.mode == "against" else "baseline"
+
+
+def _print_report(report: CheckReport) -> None:
+    from rich import box
+    from rich.table import Table
+
+    cand, ref = report.candidate, report.reference
+    data = cand.data
+    _say(f"bundle   {cand.bundle['path']} (manifest sha256 {cand.bundle['manifest_sha256'][:12]}, dim {cand.bundle['dim']})")
+    if report.mode == "against" and ref is not None:
+        _say(f"against  {ref.bundle['path']} (manifest sha256 {ref.bundle['manifest_sha256'][:12]}, dim {ref.bundle['dim']})")
+    else:
+        _say(f"baseline {report.baseline_path}" + (f" (created {ref.created})" if ref is not None else " (none yet)"))
+    _say(f"data     {data['spec']}: {data['images']} images / {data['classes']} classes, fingerprint {data['sha256'][:12]}")
+    table = Table(title="metrics in %; change and limit (max drop) in points; ≥ floor", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (("artifact", "left"), ("metric", "left"), (_reference_name(report), "right"), ("now", "right"),
+                          ("change", "right"), ("limit", "right"), ("status", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for result in report.results:
+        if not result.rows:
+            why = "FAIL: " + result.reason if result.state == "missing" else f"skipped: {result.reason}"
+            table.add_row(result.precision, "—", "", "", "", "", why, style="bold red" if result.state == "missing" else "yellow")
+        for i, row in enumerate(result.rows):
+            table.add_row(
+                result.precision if i == 0 else "", row.metric, _pct(row.reference), _pct(row.now), _change(row), _limit(row),
+                _STATUS_TEXT[row.status], style=_STATUS_STYLE[row.status] if row.status != "pass" else None,
+            )
+        table.add_section()
+    console.print(table)
+    for precision, run in cand.artifacts.items():
+        _say(f"{precision}: {run.file} on {run.provider}" + ("" if run.validated else " (NOT validated at export)"))
+    for note in report.notes:
+        _say(f"note: {note}")
+
+
+def _say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def markdown_summary(report: CheckReport) -> str:
+    """The ``--summary`` Markdown: verdict, what was compared, one table row per metric, notes."""
+    cand, ref = report.candidate, report.reference
+    icon, word = ("✅", "passed") if report.passed else ("❌", "FAILED")
+    against = (
+        f"old bundle `{ref.bundle['path']}`" if report.mode == "against" and ref is not None else f"baseline `{report.baseline_path}`"
+    )
+    lines = [
+        f"### {icon} proxyembed check {word}",
+        "",
+        f"`{_md(report.verdict())}`",
+        "",
+        f"Bundle `{cand.bundle['path']}` (manifest `{cand.bundle['manifest_sha256'][:12]}`) vs {against}; "
+        f"data `{cand.data['spec']}`: {cand.data['images']} images / {cand.data['classes']} classes.",
+        "",
+        f"| artifact | metric | {_reference_name(report)} % | now % | change (points) | limit | status |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for result in report.results:
+        if not result.rows:
+            lines.append(f"| {result.precision} | — | | | | | {'**FAIL**' if result.state == 'missing' else 'skipped'}: {_md(result.reason)} |")
+        for row in result.rows:
+            status = _STATUS_TEXT[row.status]
+            status = f"**{status}**" if row.status == "fail" else status
+            cells = [result.precision, row.metric, _pct(row.reference), _pct(row.now), _change(row), _limit(row), status]
+            lines.append("| " + " | ".join(cells) + " |")
+    if report.notes:
+        lines += ["", "<details><summary>notes</summary>", "", *[f"- {_md(n)}" for n in report.notes], "", "</details>"]
+    return "\n".join(lines) + "\n\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("`", "'")
