@@ -22,8 +22,8 @@ _MAX_LISTED = 20
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
-    app.command("index")(index_command)
-    app.command("search")(search_command)
+    app.command("index", rich_help_panel="Runtime")(index_command)
+    app.command("search", rich_help_panel="Runtime")(search_command)
 
 
 # -- index -------------------------------------------------------------------------------------------
