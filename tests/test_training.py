@@ -77,6 +77,18 @@ def test_resume_continues_as_the_uninterrupted_run(tmp_path: Path, trained: Path
     assert resumed[3]["recall@1"] == pytest.approx(full[3]["recall@1"], abs=1e-6)
 
 
+def test_validation_classes_pick_the_best_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "val"
+    result = train(tiny_config(epochs=2, val_fraction=0.25), out)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("val/recall@1" in h and "recall@1" in h for h in lines)
+    best = max(lines[1:], key=lambda h: h["val/recall@1"])
+    assert result.best_epoch == best["epoch"] == load_checkpoint(out).epoch
+    assert load_checkpoint(out).data["train_classes"] == 9  # 12 training classes minus 3 held out
+    with pytest.raises(BadInput, match="--val-fraction"):
+        train(tiny_config(val_fraction=0.05), tmp_path / "few")
+
+
 def test_existing_run_dir_needs_resume(trained: Path) -> None:
     with pytest.raises(BadInput, match="--resume"):
         train(tiny_config(), trained)

@@ -84,6 +84,9 @@ def train_cmd(
     image_size: Annotated[int | None, typer.Option("--image-size", help="Crop size for training and evaluation.")] = None,
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Evaluate every N epochs.")] = None,
     select_metric: Annotated[str | None, typer.Option("--select-metric", help="Metric that picks best.pt, e.g. recall@1 or map@r.")] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option("--val-fraction", help="Hold out this fraction of training classes to pick best.pt (not the test classes).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     amp: Annotated[str | None, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or none.")] = None,
@@ -109,7 +112,7 @@ def train_cmd(
         loss=loss, loss_params=params or None, epochs=epochs, batch_size=batch_size, sampler=sampler,
         samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, weight_decay=weight_decay,
         schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, image_size=image_size,
-        eval_every=eval_every, select_metric=select_metric, seed=seed, device=device, amp=amp, workers=workers,
+        eval_every=eval_every, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
     )
     cfg = resolve_config(overrides, recipe)
     with _RichReporter() as reporter:

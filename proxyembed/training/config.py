@@ -53,6 +53,7 @@ class TrainConfig:
     resize: int | None = None  # evaluation resize (shorter side); default from the data
     eval_every: int = 1
     select_metric: str = "recall@1"
+    val_fraction: float = 0.0  # training classes held out to pick best.pt, instead of the test classes
     seed: int = 0
     device: Device = "auto"
     amp: Amp = "auto"
@@ -77,6 +78,8 @@ class TrainConfig:
         for name, allowed in (("sampler", Sampler), ("schedule", Schedule), ("amp", Amp), ("device", Device)):
             if getattr(self, name) not in allowed.__args__:
                 raise BadInput(f"--{name} '{getattr(self, name)}' is not one of {list(allowed.__args__)}")
+        if not 0 <= self.val_fraction < 0.5:
+            raise BadInput(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}", hint="e.g. 0.2 holds out a fifth of the training classes")
         if self.pool not in ("avg", "max", "avg+max"):
             raise BadInput(f"--pool '{self.pool}' is not one of ['avg', 'max', 'avg+max']")
 

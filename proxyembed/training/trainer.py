@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from proxyembed.data import resolve_data
+from proxyembed.data import DataSplit, resolve_data
 from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, train_transform
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
@@ -145,6 +145,7 @@ class Trainer:
         if not self.data.train:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = _eval_spec(cfg, self.data.preprocess)
+        self.val = self._hold_out_validation()
         self.dataset = TrainDataset(self.data.train, train_transform(self.spec, cfg.image_size))
         self.model_config = ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)
         with warnings.catch_warnings(record=True) as caught:
@@ -189,6 +190,27 @@ class Trainer:
             self.history = _read_history(self.out / METRICS_NAME, self.start_epoch)
             self.reporter.log(f"resuming '{self.out}' after epoch {self.start_epoch}")
 
+    def _hold_out_validation(self) -> DataSplit | None:
+        """Move the last ``val_fraction`` of the training classes into a validation split.
+
+        Selecting best.pt on the test classes inflates the reported number (a known pitfall of published
+        DML results); with validation classes, best.pt is chosen on them and the test metrics of that
+        epoch are an honest figure.
+        """
+        if not self.cfg.val_fraction:
+            return None
+        classes = sorted({s.label for s in self.data.train})
+        n_val = round(len(classes) * self.cfg.val_fraction)
+        if n_val < 2 or len(classes) - n_val < 2:
+            raise BadInput(
+                f"--val-fraction {self.cfg.val_fraction} leaves {n_val} validation and {len(classes) - n_val} training classes",
+                hint="each side needs at least 2 classes; change --val-fraction",
+            )
+        val_classes = set(classes[-n_val:])
+        val = [s for s in self.data.train if s.label in val_classes]
+        self.data.train = [s for s in self.data.train if s.label not in val_classes]
+        return DataSplit(name=f"{self.data.name} validation classes", train=[], eval=val, ks=self.data.ks)
+
     def _loader(self, epoch: int) -> DataLoader:
         cfg = self.cfg
         kw: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": self.device.type == "cuda", "persistent_workers": False}
@@ -203,12 +225,18 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _evaluate(self, epoch: int) -> dict[str, float]:
-        n = len(self.data.eval) + len(self.data.gallery or [])
+        """Test-class metrics, plus ``val/``-prefixed ones when validation classes are held out."""
+        splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
+        n = sum(len(d.eval) + len(d.gallery or []) for _, d in splits)
         self.reporter.epoch_start(epoch, n, "eval")
-        return evaluate_model(
-            self.model, self.data, self.spec, device=self.device, autocast_dtype=self.amp_dtype,
-            on_batch=lambda k: self.reporter.advance(k),
-        )
+        out: dict[str, float] = {}
+        for prefix, split in splits:
+            metrics = evaluate_model(
+                self.model, split, self.spec, device=self.device, autocast_dtype=self.amp_dtype,
+                on_batch=lambda k: self.reporter.advance(k),
+            )
+            out.update({prefix + k: v for k, v in metrics.items()})
+        return out
 
     def _set_train_mode(self, epoch: int) -> None:
         self.model.train()
@@ -284,12 +312,13 @@ class Trainer:
         self.reporter.log(self.data.describe())
         amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
         self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
-        metric = self.cfg.select_metric
+        metric = ("val/" if self.val else "") + self.cfg.select_metric
         if self.start_epoch == 0:
             t0 = time.perf_counter()
             initial = self._evaluate(0)
             if metric not in initial:
-                raise BadInput(f"--select-metric '{metric}' is not computed", hint=f"choose one of {sorted(initial)}")
+                choices = sorted(k for k in initial if not k.startswith("val/"))
+                raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
             self._record({"epoch": 0, "loss": None, **initial, "time_s": time.perf_counter() - t0})
         else:
             initial = {k: v for k, v in self.history[0].items() if k not in ("epoch", "loss", "lr", "images_per_s", "time_s")} if self.history else {}
