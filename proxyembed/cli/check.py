@@ -166,6 +166,15 @@ def _limit(row: MetricRow) -> str:
     return " ".join(parts) or "—"
 
 
+def _cells(precision: str, row: MetricRow) -> list[str]:
+    """One metric row as table cells: artifact, metric, reference, now, change, limit, status."""
+    return [precision, row.metric, _pct(row.reference), _pct(row.now), _change(row), _limit(row), _STATUS_TEXT[row.status]]
+
+
+def _describe_bundle(bundle: dict[str, Any]) -> str:
+    return f"{bundle['path']} (manifest sha256 {bundle['manifest_sha256'][:12]}, dim {bundle['dim']})"
+
+
 def _reference_name(report: CheckReport) -> str:
     return "old" if report.mode == "against" else "baseline"
 
@@ -176,9 +185,9 @@ def _print_report(report: CheckReport) -> None:
 
     cand, ref = report.candidate, report.reference
     data = cand.data
-    _say(f"bundle   {cand.bundle['path']} (manifest sha256 {cand.bundle['manifest_sha256'][:12]}, dim {cand.bundle['dim']})")
+    _say(f"bundle   {_describe_bundle(cand.bundle)}")
     if report.mode == "against" and ref is not None:
-        _say(f"against  {ref.bundle['path']} (manifest sha256 {ref.bundle['manifest_sha256'][:12]}, dim {ref.bundle['dim']})")
+        _say(f"against  {_describe_bundle(ref.bundle)}")
     else:
         _say(f"baseline {report.baseline_path}" + (f" (created {ref.created})" if ref is not None else " (none yet)"))
     _say(f"data     {data['spec']}: {data['images']} images / {data['classes']} classes, fingerprint {data['sha256'][:12]}")
@@ -191,10 +200,7 @@ def _print_report(report: CheckReport) -> None:
             why = "FAIL: " + result.reason if result.state == "missing" else f"skipped: {result.reason}"
             table.add_row(result.precision, "—", "", "", "", "", why, style="bold red" if result.state == "missing" else "yellow")
         for i, row in enumerate(result.rows):
-            table.add_row(
-                result.precision if i == 0 else "", row.metric, _pct(row.reference), _pct(row.now), _change(row), _limit(row),
-                _STATUS_TEXT[row.status], style=_STATUS_STYLE[row.status] if row.status != "pass" else None,
-            )
+            table.add_row(*_cells(result.precision if i == 0 else "", row), style=_STATUS_STYLE[row.status] if row.status != "pass" else None)
         table.add_section()
     console.print(table)
     for precision, run in cand.artifacts.items():
@@ -229,10 +235,8 @@ def markdown_summary(report: CheckReport) -> str:
         if not result.rows:
             lines.append(f"| {result.precision} | — | | | | | {'**FAIL**' if result.state == 'missing' else 'skipped'}: {_md(result.reason)} |")
         for row in result.rows:
-            status = _STATUS_TEXT[row.status]
-            status = f"**{status}**" if row.status == "fail" else status
-            cells = [result.precision, row.metric, _pct(row.reference), _pct(row.now), _change(row), _limit(row), status]
-            lines.append("| " + " | ".join(cells) + " |")
+            *cells, status = _cells(result.precision, row)
+            lines.append("| " + " | ".join([*cells, f"**{status}**" if row.status == "fail" else status]) + " |")
     if report.notes:
         lines += ["", "<details><summary>notes</summary>", "", *[f"- {_md(n)}" for n in report.notes], "", "</details>"]
     return "\n".join(lines) + "\n\n"

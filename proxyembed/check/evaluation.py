@@ -1,0 +1,217 @@
+"""Evaluating a bundle: embed the data with each chosen artifact through the runtime and compute its metrics.
+
+An :class:`Evaluation` is both what a check computes and what a baseline file stores.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxyembed import __version__
+from proxyembed.data.spec import DataSplit
+from proxyembed.runtime.bundle import Bundle
+from proxyembed.runtime.encoder import Encoder
+from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError
+from proxyembed.runtime.manifest import PRECISIONS
+from proxyembed.runtime.metrics import retrieval_metrics
+
+ARTIFACT_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS, "all")
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How to evaluate: artifact choice, device, threads, batch size (the same for both sides)."""
+
+    artifact: str = "auto"
+    device: str = "auto"
+    threads: int | None = None
+    batch_size: int = 32
+
+
+@dataclass
+class ArtifactRun:
+    """One artifact's numbers on the data, and how they were produced (for explaining small moves)."""
+
+    precision: str
+    file: str
+    sha256: str
+    provider: str
+    threads: int | None
+    batch_size: int
+    metrics: dict[str, float]
+    validated: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> ArtifactRun:
+        redo = "re-create the baseline with --write-baseline"
+        if not isinstance(d, dict) or not isinstance(d.get("metrics"), dict):
+            raise BadInput(f"{where}: artifact entry has no 'metrics' object", hint=redo)
+        metrics = d["metrics"]
+        bad = [k for k, v in metrics.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1]
+        if bad:
+            raise BadInput(f"{where}: metric(s) {bad} are not fractions between 0 and 1", hint=redo)
+        try:
+            return cls(
+                precision=str(d["precision"]),
+                file=str(d.get("file", "")),
+                sha256=str(d.get("sha256", "")),
+                provider=str(d.get("provider", "")),
+                threads=d.get("threads"),
+                batch_size=int(d.get("batch_size", 0)),
+                metrics={str(k): float(v) for k, v in metrics.items()},
+                validated=bool(d.get("validated", True)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(f"{where}: malformed artifact entry ({exc})", hint=redo) from None
+
+
+@dataclass
+class Evaluation:
+    """A bundle's metrics on one data set: what a baseline file stores, and what a check computes."""
+
+    bundle: dict[str, Any]
+    data: dict[str, Any]
+    ks: list[int]
+    artifacts: dict[str, ArtifactRun]
+    skipped: dict[str, str] = field(default_factory=dict)  # precision -> why it could not run here
+    notes: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    proxyembed_version: str = ""
+
+
+def evaluate(
+    bundle_path: str | Path,
+    split: DataSplit,
+    spec: str,
+    opts: CheckOptions = CheckOptions(),
+    *,
+    only: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Embed ``split``'s evaluation data with the chosen artifacts of a bundle and compute its metrics.
+
+    ``opts.artifact`` is ``auto`` (what the runtime would pick), a precision, or ``all``; ``only`` names
+    the precisions exactly instead (to run a reference bundle on the candidate's choice).
+    """
+    if opts.batch_size <= 0:
+        raise BadInput(f"--batch-size must be positive, got {opts.batch_size}")
+    bundle = Bundle.load(bundle_path)
+    encoders, skipped, notes = _encoders(bundle, opts.artifact, opts.device, opts.threads, only)
+    if not encoders:
+        raise BadInput(f"no artifact of bundle {bundle.path} can run on this machine: {skipped}", hint="run the check where they can run")
+    labels = np.array([s.label for s in split.eval])
+    queries = _embed(encoders, [s.source for s in split.eval], opts.batch_size, progress)
+    if split.gallery:
+        galleries: list[np.ndarray | None] = list(_embed(encoders, [s.source for s in split.gallery], opts.batch_size, progress))
+        gallery_labels = np.array([s.label for s in split.gallery])
+    else:
+        galleries, gallery_labels = [None] * len(encoders), None
+    runs = {
+        enc.precision: ArtifactRun(
+            precision=enc.precision,
+            file=enc.artifact.file,
+            sha256=enc.artifact.sha256,
+            provider=enc.provider,
+            threads=opts.threads,
+            batch_size=opts.batch_size,
+            metrics=retrieval_metrics(q, labels, ks=split.ks, gallery=g, gallery_labels=gallery_labels),
+            validated=enc.artifact.passed,
+        )
+        for enc, q, g in zip(encoders, queries, galleries, strict=True)
+    }
+    return Evaluation(
+        bundle={"path": str(bundle.path), **bundle.signature},
+        data=data_fingerprint(split, spec),
+        ks=sorted(set(split.ks)),
+        artifacts=runs,
+        skipped=skipped,
+        notes=notes,
+        environment=environment(),
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        proxyembed_version=__version__,
+    )
+
+
+def data_fingerprint(split: DataSplit, spec: str) -> dict[str, Any]:
+    """The data's fingerprint (file list and labels), plus the spec as given and the query count, for the report."""
+    return {**split.fingerprint(), "spec": spec, "queries": len(split.eval)}
+
+
+def environment() -> dict[str, Any]:
+    """What can make numbers move between machines: CPU, core count, onnxruntime version."""
+    import onnxruntime
+
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "proxyembed": __version__,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _encoders(
+    bundle: Bundle, choice: str, device: str, threads: int | None, only: Sequence[str] | None
+) -> tuple[list[Encoder], dict[str, str], list[str]]:
+    """Encoders for the chosen artifacts, the precisions skipped (cannot run here) and warnings raised."""
+    have = [p for p in PRECISIONS if any(a.precision == p for a in bundle.manifest.artifacts)]
+    if choice not in ARTIFACT_CHOICES:
+        raise BadInput(f"--artifact '{choice}' is unknown", hint=f"use one of {', '.join(ARTIFACT_CHOICES)}")
+    wanted = list(only) if only is not None else (have if choice == "all" else [choice])
+    for precision in wanted:
+        if precision != "auto" and precision not in have:
+            raise BadInput(
+                f"bundle {bundle.path} has no {precision} artifact (it has {', '.join(have)})",
+                hint="choose one it has with --artifact, or --artifact all",
+            )
+    encoders, skipped, notes = [], {}, []
+    for precision in wanted:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                encoders.append(Encoder(bundle, precision=precision, device=device, threads=threads))  # type: ignore[arg-type]
+            except IntegrityError:
+                raise
+            except ProxyEmbedError as exc:
+                if choice != "all":
+                    raise
+                skipped[precision] = str(exc)
+        notes += [f"{bundle.path.name}: {w.message}" for w in caught]
+    return encoders, skipped, notes
+
+
+def _embed(encoders: Sequence[Encoder], sources: Sequence[Any], batch_size: int, progress: Progress | None) -> list[np.ndarray]:
+    """Embed ``sources`` with every encoder, decoding and preprocessing each batch once (same manifest)."""
+    outs: list[list[np.ndarray]] = [[] for _ in encoders]
+    for batch in encoders[0].preprocessor.batches(sources, batch_size):
+        for enc, out in zip(encoders, outs, strict=True):
+            out.append(enc.encode_batch(batch))
+        if progress is not None:
+            progress(len(batch) * len(encoders))
+    return [np.concatenate(o) if o else np.zeros((0, e.dim), np.float32) for e, o in zip(encoders, outs, strict=True)]
