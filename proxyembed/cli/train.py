@@ -72,11 +72,14 @@ def train_cmd(
     loss: Annotated[str | None, typer.Option(help="proxy_anchor, proxy_nca, proxy_nca++, nir or triplet.")] = None,
     loss_param: Annotated[list[str] | None, typer.Option("--loss-param", help="Loss hyper-parameter KEY=VALUE (repeatable), e.g. alpha=32.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch (per process under torchrun).")] = None,
     sampler: Annotated[str | None, typer.Option(help="random (as Proxy-Anchor) or balanced (P classes x K images).")] = None,
     samples_per_class: Annotated[int | None, typer.Option("--samples-per-class", help="K of the balanced sampler.")] = None,
     lr: Annotated[float | None, typer.Option(help="Backbone learning rate (AdamW).")] = None,
     proxy_lr_mult: Annotated[float | None, typer.Option("--proxy-lr-mult", help="Proxy learning rate as a multiple of --lr.")] = None,
+    aux_lr_mult: Annotated[
+        float | None, typer.Option("--aux-lr-mult", help="Learning rate of other loss parameters (NIR's flow) as a multiple of --lr.")
+    ] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
     schedule: Annotated[str | None, typer.Option(help="cosine, step (x0.5 every --step-size epochs) or none.")] = None,
     warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Epochs with the backbone frozen at the start.")] = None,
@@ -91,11 +94,18 @@ def train_cmd(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     amp: Annotated[str | None, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or none.")] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loading worker processes.")] = None,
+    sync_bn: Annotated[
+        bool | None, typer.Option("--sync-bn/--no-sync-bn", help="BatchNorm statistics over all torchrun processes (default: on on CUDA).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
 ) -> None:
-    """Train an embedding network with a proxy loss and evaluate it on unseen classes."""
+    """Train an embedding network with a proxy loss and evaluate it on unseen classes.
+
+    Data-parallel on several GPUs or machines: launch with ``torchrun --nproc-per-node N -m proxyembed train ...``.
+    """
     from proxyembed.runtime.errors import BadInput
     from proxyembed.training.config import resolve_config
+    from proxyembed.training.distributed import is_main_process
     from proxyembed.training.trainer import train
 
     params: dict[str, Any] = {}
@@ -110,13 +120,16 @@ def train_cmd(
     overrides = dict(
         data=data, eval_data=eval_data, backbone=backbone, pretrained=pretrained, pool=pool, embedding_dim=embedding_dim,
         loss=loss, loss_params=params or None, epochs=epochs, batch_size=batch_size, sampler=sampler,
-        samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, weight_decay=weight_decay,
+        samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, aux_lr_mult=aux_lr_mult, weight_decay=weight_decay,
         schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, image_size=image_size,
         eval_every=eval_every, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
+        sync_bn=sync_bn,
     )
     cfg = resolve_config(overrides, recipe)
     with _RichReporter() as reporter:
         result = train(cfg, out, resume=resume, reporter=reporter)
+    if not is_main_process():
+        return
     r0, r1 = result.initial.get("recall@1"), result.final.get("recall@1")
     console.print(
         f"[bold green]done[/]: Recall@1 on unseen classes {r0:.4f} (untrained) -> {r1:.4f} (final), "

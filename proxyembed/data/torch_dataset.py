@@ -1,4 +1,8 @@
-"""Torch views of the plain sample lists: the training Dataset, its transforms and the samplers."""
+"""Torch views of the plain sample lists: the training Dataset, its transforms and the samplers.
+
+Both samplers reseed per epoch and, for data-parallel training, give each of ``num_replicas`` ranks its
+own share of one epoch: the ranks draw the same sequence from the same seed and take disjoint parts of it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 from torchvision import transforms as T
 
 from proxyembed.runtime.errors import BadInput
@@ -69,9 +73,18 @@ class TrainDataset(Dataset):
 
 
 class BalancedSampler(Sampler[list[int]]):
-    """Batches of P classes x K images each (with replacement within a class when it has fewer than K)."""
+    """Batches of P classes x K images each (with replacement within a class when it has fewer than K).
 
-    def __init__(self, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int = 0) -> None:
+    With ``num_replicas`` > 1 every rank draws the same sequence of ``num_replicas`` x ``len(self)``
+    batches and keeps every ``num_replicas``-th one from position ``rank``, so all ranks take the same
+    number of steps and an epoch still sees about ``len(labels)`` images in all.
+    """
+
+    def __init__(
+        self, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int = 0, *, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
         self.by_class: dict[int, list[int]] = defaultdict(list)
         for i, y in enumerate(labels):
             self.by_class[y].append(i)
@@ -82,7 +95,9 @@ class BalancedSampler(Sampler[list[int]]):
                 f"a balanced batch needs {self.p} classes but the training data has {len(self.by_class)}",
                 hint="lower --batch-size or raise --samples-per-class",
             )
-        self.n_batches = max(1, len(labels) // batch_size)
+        self.n_batches = max(1, len(labels) // (batch_size * num_replicas))
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.seed = seed
         self.epoch = 0
 
@@ -96,9 +111,24 @@ class BalancedSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed * 100003 + self.epoch)
         classes = list(self.by_class)
-        for _ in range(self.n_batches):
+        for i in range(self.n_batches * self.num_replicas):
             batch: list[int] = []
             for c in rng.sample(classes, self.p):
                 idx = self.by_class[c]
                 batch.extend(rng.sample(idx, self.k) if len(idx) >= self.k else rng.choices(idx, k=self.k))
-            yield batch
+            if i % self.num_replicas == self.rank:
+                yield batch
+
+
+def sharded_shuffle(n: int, seed: int, epoch: int, num_replicas: int, rank: int) -> DistributedSampler:
+    """Rank ``rank``'s share of a shuffled epoch over ``n`` items, for the random sampler in data-parallel runs.
+
+    Every rank draws the permutation the single-process shuffle of this ``seed`` and ``epoch`` draws and
+    takes every ``num_replicas``-th item of it from position ``rank``; the last ``n % num_replicas`` items
+    are dropped so all ranks hold the same count.
+    """
+    sampler = DistributedSampler(
+        range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed * 100003, drop_last=True  # type: ignore[arg-type]
+    )
+    sampler.set_epoch(epoch)
+    return sampler

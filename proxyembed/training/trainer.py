@@ -4,6 +4,11 @@ Writes the run dir of DESIGN.md: ``config.json`` (resolved), ``metrics.jsonl`` (
 epoch 0 = the untrained network), ``best.pt`` / ``last.pt`` and ``training_curves.png``. A killed run
 continues with ``resume=True`` from ``last.pt``; per-epoch reseeding makes the continuation draw the
 same batches and augmentations the uninterrupted run would have.
+
+Launched by ``torchrun`` the run is data-parallel (:mod:`.distributed`): every process trains on its
+share of each epoch with ``batch_size`` images per step, rank 0 alone writes the run dir, and the
+checkpoints hold the unwrapped network, so ``eval``, ``export`` and ``--resume`` read them unchanged.
+``--resume`` under torchrun needs the run dir on a filesystem every rank can read.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from proxyembed.data import DataSplit, resolve_data
-from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, train_transform
+from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, sharded_shuffle, train_transform
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput, ProxyEmbedError
@@ -32,6 +37,19 @@ from proxyembed.runtime.preprocess import PreprocessSpec
 
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import (
+    all_reduce_mean,
+    average_gradients,
+    barrier,
+    broadcast_from_main,
+    evaluate_sharded,
+    process_group,
+    select_device,
+    shard_bounds,
+    sync_batchnorm,
+    world_from_env,
+    wrap_model,
+)
 from .evaluate import evaluate_model
 from .plots import plot_curves
 
@@ -117,7 +135,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> None:
         self.out = Path(out)
-        self.reporter = reporter or Reporter()
+        self.world = world_from_env()
+        self.reporter = (reporter or Reporter()) if self.world.is_main else Reporter()
         self.resume_from = None
         if resume:
             if not (self.out / LAST).is_file():
@@ -132,8 +151,11 @@ class Trainer:
             raise BadInput(f"--out '{self.out}' is a file", hint="give a folder path for the run dir")
         cfg.validate()
         self.cfg = cfg
-        self.device = _select_device(cfg.device)
+        self.device = select_device(self.world, _select_device(cfg.device))
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.sync_bn = self.world.distributed and (self.device.type == "cuda" if cfg.sync_bn is None else cfg.sync_bn)
+        if self.sync_bn and self.device.type != "cuda":
+            raise BadInput("sync_bn: SyncBatchNorm needs CUDA devices", hint="set sync_bn to false or null for CPU training")
 
     # ---- setup -------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -155,10 +177,13 @@ class Trainer:
         for w in caught:
             self.reporter.log(f"[yellow]warning:[/] {w.message}")
         self.loss_fn = build_loss(cfg.loss, self.dataset.num_classes, cfg.embedding_dim, **cfg.loss_params)
+        if self.sync_bn:
+            self.model = sync_batchnorm(self.model)
         self.model.to(self.device)
         self.loss_fn.to(self.device)
         if cfg.channels_last and self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
+        self.loss_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
         backbone = list(self.model.backbone.parameters())
         groups = [
             {"params": backbone, "lr": cfg.lr, "name": "backbone"},
@@ -189,6 +214,9 @@ class Trainer:
             self.best_value = float(d["best_value"])
             self.history = _read_history(self.out / METRICS_NAME, self.start_epoch)
             self.reporter.log(f"resuming '{self.out}' after epoch {self.start_epoch}")
+        broadcast_from_main([*self.loss_fn.parameters(), *self.loss_fn.buffers()], self.world)
+        # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
+        self.train_model = wrap_model(self.model, self.world, self.device, find_unused=cfg.warmup_epochs > 0)
 
     def _hold_out_validation(self) -> DataSplit | None:
         """Move the last ``val_fraction`` of the training classes into a validation split.
@@ -214,10 +242,19 @@ class Trainer:
     def _loader(self, epoch: int) -> DataLoader:
         cfg = self.cfg
         kw: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": self.device.type == "cuda", "persistent_workers": False}
+        world = self.world
         if cfg.sampler == "balanced":
-            sampler = BalancedSampler(self.dataset.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed)
+            sampler = BalancedSampler(self.dataset.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed, num_replicas=world.size, rank=world.rank)
             sampler.set_epoch(epoch)
             return DataLoader(self.dataset, batch_sampler=sampler, **kw)
+        if world.distributed:
+            if len(self.dataset) // world.size < cfg.batch_size:
+                raise BadInput(
+                    f"--batch-size {cfg.batch_size} x {world.size} processes exceeds the {len(self.dataset)} training images",
+                    hint="lower --batch-size (it is per process) or use fewer processes",
+                )
+            shard = sharded_shuffle(len(self.dataset), cfg.seed, epoch, world.size, world.rank)
+            return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=shard, drop_last=True, **kw)
         if len(self.dataset) < cfg.batch_size:
             raise BadInput(f"--batch-size {cfg.batch_size} exceeds the {len(self.dataset)} training images", hint="lower --batch-size")
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
@@ -225,16 +262,23 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _evaluate(self, epoch: int) -> dict[str, float]:
-        """Test-class metrics, plus ``val/``-prefixed ones when validation classes are held out."""
+        """Test-class metrics, plus ``val/``-prefixed ones when validation classes are held out.
+
+        Data-parallel runs first give every rank rank 0's BatchNorm statistics (those it saves), then
+        split the embedding over the ranks; progress shows rank 0's share.
+        """
         splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
-        n = sum(len(d.eval) + len(d.gallery or []) for _, d in splits)
-        self.reporter.epoch_start(epoch, n, "eval")
+        sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
+        shares = [shard_bounds(n, self.world) for n in sizes]
+        self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
+        broadcast_from_main(self.model.buffers(), self.world)
         out: dict[str, float] = {}
         for prefix, split in splits:
-            metrics = evaluate_model(
-                self.model, split, self.spec, device=self.device, autocast_dtype=self.amp_dtype,
-                on_batch=lambda k: self.reporter.advance(k),
-            )
+            kw: dict[str, Any] = dict(device=self.device, autocast_dtype=self.amp_dtype, on_batch=lambda k: self.reporter.advance(k))
+            if self.world.distributed:
+                metrics = evaluate_sharded(self.model, split, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
+            else:
+                metrics = evaluate_model(self.model, split, self.spec, **kw)
             out.update({prefix + k: v for k, v in metrics.items()})
         return out
 
@@ -249,7 +293,10 @@ class Trainer:
                     m.eval()
 
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
-        torch.manual_seed(self.cfg.seed * 100003 + epoch)
+        """One epoch; returns the mean loss and images/s, both over all ranks."""
+        world = self.world
+        # One augmentation stream per (seed, epoch, rank); a single process keeps seed * 100003 + epoch.
+        torch.manual_seed((self.cfg.seed * 100003 + epoch) * world.size + world.rank)
         self._set_train_mode(epoch)
         loader = self._loader(epoch)
         self.reporter.epoch_start(epoch, len(loader), "train")
@@ -261,23 +308,25 @@ class Trainer:
             if self.cfg.channels_last and self.device.type == "cuda":
                 x = x.to(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                emb = self.model(x)
+                emb = self.train_model(x)
             loss = self.loss_fn(emb.float(), y)
-            if not torch.isfinite(loss):
+            mean_loss = all_reduce_mean(loss, world)  # non-finite on any rank -> every rank stops here
+            if not torch.isfinite(mean_loss):
                 raise TrainingFailed(
-                    f"the loss became {loss.item()} at epoch {epoch}, step {step}",
+                    f"the loss became {mean_loss.item()} at epoch {epoch}, step {step}",
                     hint="lower --lr or --proxy-lr-mult, or use --amp none; the last good checkpoint is kept",
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            average_gradients(self.loss_params, world)
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += loss.item() * len(x)
+            total += mean_loss.item() * len(x)
             count += len(x)
-            seen += len(x)
+            seen += len(x) * world.size  # every rank steps with an equal batch
             self.reporter.advance(1, loss=total / count, ips=seen / (time.perf_counter() - t0))
         return total / max(count, 1), seen / (time.perf_counter() - t0)
 
@@ -300,18 +349,35 @@ class Trainer:
 
     def _record(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        _atomic_write_text(self.out / METRICS_NAME, "".join(json.dumps(h) + "\n" for h in self.history))
-        plot_curves(self.history, self.out / CURVES_NAME, title=f"{self.cfg.backbone} / {self.cfg.loss} on {self.data.name}")
+        if self.world.is_main:
+            _atomic_write_text(self.out / METRICS_NAME, "".join(json.dumps(h) + "\n" for h in self.history))
+            plot_curves(self.history, self.out / CURVES_NAME, title=f"{self.cfg.backbone} / {self.cfg.loss} on {self.data.name}")
         self.reporter.epoch_end(record)
+
+    def _save(self, name: str, epoch: int, metrics: dict[str, float], full: bool) -> None:
+        """Write a checkpoint of the unwrapped modules (no ``module.`` prefixes); rank 0 only."""
+        if self.world.is_main:
+            save_checkpoint(self.out / name, self._payload(epoch, metrics, full))
 
     def run(self) -> TrainResult:
         """Train for the configured epochs (continuing a resumed run) and return the metrics."""
+        with process_group(self.world, self.device):
+            return self._run()
+
+    def _run(self) -> TrainResult:
         self._setup()
-        self.out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.out / CONFIG_NAME, json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        barrier(self.world)  # every rank has checked --out and --resume before rank 0 writes into it
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.out / CONFIG_NAME, json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.reporter.log(self.data.describe())
         amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
         self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
+        if self.world.distributed:
+            self.reporter.log(
+                f"data-parallel over {self.world.size} processes ({torch.distributed.get_backend()}): batch {self.cfg.batch_size} "
+                f"per process, global batch {self.cfg.batch_size * self.world.size}, SyncBatchNorm {'on' if self.sync_bn else 'off'}"
+            )
         metric = ("val/" if self.val else "") + self.cfg.select_metric
         if self.start_epoch == 0:
             t0 = time.perf_counter()
@@ -334,9 +400,9 @@ class Trainer:
                 record.update(last_metrics)
                 if last_metrics[metric] > self.best_value:
                     self.best_value = last_metrics[metric]
-                    save_checkpoint(self.out / BEST, self._payload(epoch, last_metrics, full=False))
+                    self._save(BEST, epoch, last_metrics, full=False)
             record["time_s"] = time.perf_counter() - t0
-            save_checkpoint(self.out / LAST, self._payload(epoch, last_metrics, full=True))
+            self._save(LAST, epoch, last_metrics, full=True)
             self._record(record)
         best_rec = max((h for h in self.history if metric in h and h["epoch"] > 0), key=lambda h: h[metric], default=self.history[-1])
         keep = lambda h: {k: v for k, v in h.items() if k not in ("epoch", "loss", "lr", "images_per_s", "time_s")}  # noqa: E731
