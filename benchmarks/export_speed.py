@@ -34,6 +34,7 @@ from proxyembed.export.pipeline import ExportOptions, run_export
 from proxyembed.export.runners import ort_runner, torch_runner
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.preprocess import PreprocessSpec
+from proxyembed.runtime.system import cpu_name
 from proxyembed.training.checkpoint import BEST, save_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,16 +50,6 @@ def timed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, iters: int, war
         fn(x)
         times.append((time.perf_counter() - t0) * 1000)
     return times
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def speed(args: argparse.Namespace, work: Path) -> list[dict]:

@@ -23,6 +23,7 @@ from proxyembed.runtime.encoder import Encoder
 from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError
 from proxyembed.runtime.manifest import PRECISIONS
 from proxyembed.runtime.metrics import retrieval_metrics
+from proxyembed.runtime.system import cpu_name
 
 ARTIFACT_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS, "all")
 Progress = Callable[[int], None]
@@ -156,7 +157,7 @@ def environment() -> dict[str, Any]:
     import onnxruntime
 
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "system": platform.system(),
@@ -164,16 +165,6 @@ def environment() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "proxyembed": __version__,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _encoders(
