@@ -42,10 +42,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from proxyembed.data.spec import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.metrics import retrieval_metrics
 from proxyembed.runtime.preprocess import PreprocessSpec
 
-from .evaluate import embed_samples
+from .evaluate import embed_samples, split_metrics
 
 TIMEOUT = timedelta(minutes=5)
 """How long a collective waits for the other ranks before failing (instead of hanging forever)."""
@@ -227,9 +226,4 @@ def evaluate_sharded(
     rank, which DistributedDataParallel's per-forward collectives would not survive.
     """
     kw = dict(dim=dim, device=device, autocast_dtype=autocast_dtype, on_batch=on_batch)
-    q = embed_sharded(model, data.eval, spec, world, **kw)
-    labels = np.array([s.label for s in data.eval])
-    if data.gallery is None:
-        return retrieval_metrics(q, labels, ks=data.ks, nmi=True)
-    g = embed_sharded(model, data.gallery, spec, world, **kw)
-    return retrieval_metrics(q, labels, ks=data.ks, gallery=g, gallery_labels=np.array([s.label for s in data.gallery]), nmi=False)
+    return split_metrics(data, lambda samples: embed_sharded(model, samples, spec, world, **kw))

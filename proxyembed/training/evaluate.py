@@ -59,9 +59,17 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Recall@K (the data's Ks), MAP@R, R-Precision and NMI on the evaluation classes."""
     kw = dict(device=device, batch_size=batch_size, autocast_dtype=autocast_dtype, on_batch=on_batch)
-    q = embed_samples(model, data.eval, spec, **kw)
+    return split_metrics(data, lambda samples: embed_samples(model, samples, spec, **kw), nmi=nmi)
+
+
+def split_metrics(data: DataSplit, embed: Callable[[Sequence[Sample]], np.ndarray], *, nmi: bool = True) -> dict[str, float]:
+    """The metrics of :func:`evaluate_model` for any way of embedding samples (one process or sharded).
+
+    All-vs-all on ``data.eval``, or queries against ``data.gallery`` when the data defines one (no NMI then).
+    """
+    q = embed(data.eval)
     labels = np.array([s.label for s in data.eval])
     if data.gallery is None:
         return retrieval_metrics(q, labels, ks=data.ks, nmi=nmi)
-    g = embed_samples(model, data.gallery, spec, **kw)
+    g = embed(data.gallery)
     return retrieval_metrics(q, labels, ks=data.ks, gallery=g, gallery_labels=np.array([s.label for s in data.gallery]), nmi=False)
