@@ -10,13 +10,13 @@ so a failed export never leaves a half-written bundle and never touches the prev
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
 
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.files import swap_dir_into_place
 from proxyembed.runtime.manifest import MANIFEST_NAME, Manifest
 
 
@@ -61,17 +61,5 @@ class BundleWriter:
                 stray.unlink()
         (self.dir / MANIFEST_NAME).write_text(manifest.dumps())
         check_out_path(self.out, self.force)  # something may have appeared at --out during the export
-        old = None
-        if self.out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".old", dir=self.out.parent))
-            os.replace(self.out, old / "bundle")
-        try:
-            os.replace(self.dir, self.out)
-        except OSError:
-            if old is not None:
-                os.replace(old / "bundle", self.out)
-            raise
-        finally:
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+        swap_dir_into_place(self.dir, self.out)
         return self.out

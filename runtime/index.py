@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import BadInput, IntegrityError
+from .files import read_json_object, write_json_atomic
 from .manifest import sha256_file
 from .metrics import knn
 from .rwlock import RWLock
@@ -345,7 +346,7 @@ class Index:
                 "metadata": self._meta,
             }
             os.replace(tmp_index, folder / INDEX_FILE)
-            _write_json(folder / SIDECAR_FILE, sidecar)
+            write_json_atomic(folder / SIDECAR_FILE, sidecar, indent=1)
 
     @classmethod
     def load(cls, folder: str | Path, *, exact_below: int = EXACT_BELOW) -> Index:
@@ -391,12 +392,6 @@ def _make_filter(filter: Filter | None) -> Callable[[dict[str, Any]], bool] | No
     raise BadInput(f"filter must be a callable or a dict of metadata values, got {type(filter).__name__}")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 _SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format_version": int,
     "dim": int,
@@ -413,19 +408,13 @@ _SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
-    try:
-        side = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise BadInput(
-            f"index sidecar missing: {path}", hint="is this a folder written by Index.save or `proxyembed index`?"
-        ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{path} is not valid JSON: {exc}", hint="rebuild the gallery") from exc
-    if not isinstance(side, dict):
-        raise IntegrityError(f"{path} is not a JSON object")
-    for key, typ in _SIDECAR_FIELDS.items():
-        if not isinstance(side.get(key), typ):
-            raise IntegrityError(f"{path}: field '{key}' is missing or has the wrong type")
+    side = read_json_object(
+        path,
+        missing=f"index sidecar missing: {path}",
+        hint="is this a folder written by Index.save or `proxyembed index`?",
+        broken_hint="rebuild the gallery",
+        fields=_SIDECAR_FIELDS,
+    )
     if side["format_version"] != FORMAT_VERSION:
         raise BadInput(
             f"{path}: index format_version {side['format_version']} is not supported (expected {FORMAT_VERSION})"

@@ -23,6 +23,7 @@ import numpy as np
 from .bundle import Bundle
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
+from .files import read_json_object, swap_dir_into_place
 from .index import SIDECAR_FILE, Filter, Hit, Index, ItemId
 from .manifest import sha256_file
 from .preprocess import ImageLike
@@ -141,7 +142,7 @@ class Retriever:
                 "items_sha256": sha256_file(tmp / SIDECAR_FILE),
             }
             (tmp / GALLERY_FILE).write_text(json.dumps(info, indent=2) + "\n")
-            _swap_into_place(tmp, folder)
+            swap_dir_into_place(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -190,37 +191,15 @@ class Retriever:
 def read_gallery_info(folder: str | Path) -> dict[str, Any]:
     """Parse and sanity-check ``gallery.json`` (no model is loaded)."""
     path = Path(folder) / GALLERY_FILE
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise BadInput(
-            f"no gallery at {Path(folder)}: {GALLERY_FILE} is missing", hint="build one with `proxyembed index`"
-        ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{path} is not valid JSON: {exc}", hint="rebuild the gallery") from exc
-    if (
-        not isinstance(info, dict)
-        or not isinstance(info.get("bundle"), dict)
-        or not isinstance(info.get("format_version"), int)
-    ):
-        raise IntegrityError(f"{path} lacks the 'format_version' / 'bundle' fields", hint="rebuild the gallery")
+    info = read_json_object(
+        path,
+        missing=f"no gallery at {Path(folder)}: {GALLERY_FILE} is missing",
+        hint="build one with `proxyembed index`",
+        broken_hint="rebuild the gallery",
+        fields={"format_version": int, "bundle": dict},
+    )
     if info["format_version"] != GALLERY_VERSION:
         raise BadInput(
             f"{path}: gallery format_version {info['format_version']} is not supported (expected {GALLERY_VERSION})"
         )
     return info
-
-
-def _swap_into_place(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an old ``target`` is moved aside first and deleted only afterwards."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / "gallery")
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old / "gallery", target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -24,6 +24,8 @@ Modules, in the order a check uses them: :mod:`.tolerances` (limits and floors),
 
 from __future__ import annotations
 
+from proxyembed.runtime.files import write_json_atomic
+
 from .baseline import (
     BASELINE_FORMAT,
     BASELINE_KIND,
@@ -33,7 +35,6 @@ from .baseline import (
     require_same_data,
     same_bundle,
     same_data,
-    write_json_atomic,
 )
 from .comparison import ArtifactResult, MetricRow, RowStatus, compare
 from .evaluation import ARTIFACT_CHOICES, ArtifactRun, CheckOptions, Evaluation, Progress, data_fingerprint, environment, evaluate

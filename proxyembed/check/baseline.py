@@ -6,8 +6,6 @@ A baseline records the data fingerprint; :func:`require_same_data` refuses one m
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -71,21 +69,6 @@ def read_baseline(path: str | Path) -> Evaluation:
         created=str(d.get("created", "")),
         proxyembed_version=str(d.get("proxyembed_version", "")),
     )
-
-
-def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temp file in the same folder and ``os.replace`` it: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def merged_baseline(new: Evaluation, previous: Evaluation | None) -> tuple[Evaluation, list[str]]:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from proxyembed.data.spec import DataSplit
 from proxyembed.runtime.bundle import Bundle
+from proxyembed.runtime.files import write_json_atomic
 
-from .baseline import baseline_dict, merged_baseline, read_baseline, require_same_data, same_data, write_json_atomic
+from .baseline import baseline_dict, merged_baseline, read_baseline, require_same_data, same_data
 from .comparison import compare
 from .evaluation import CheckOptions, Progress, evaluate
 from .notes import provenance_notes, resolution_notes

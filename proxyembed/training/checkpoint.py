@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 
 from proxyembed.models import Embedder, ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.files import atomic_write
 from proxyembed.runtime.preprocess import PreprocessSpec
 
 CHECKPOINT_FORMAT = 1
@@ -28,15 +28,7 @@ BEST, LAST = "best.pt", "last.pt"
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format version) to ``path`` via a temp file and ``os.replace``."""
     payload = {"format_version": CHECKPOINT_FORMAT, **payload}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def find_checkpoint(run_or_file: str | os.PathLike, prefer: str = BEST) -> Path:

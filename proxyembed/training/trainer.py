@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, sharded
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput, ProxyEmbedError
+from proxyembed.runtime.files import atomic_write_text
 from proxyembed.runtime.preprocess import PreprocessSpec
 
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
@@ -87,13 +86,6 @@ class Reporter:
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         """An epoch's metrics.jsonl record."""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _select_device(choice: str) -> torch.device:
@@ -350,7 +342,7 @@ class Trainer:
     def _record(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         if self.world.is_main:
-            _atomic_write_text(self.out / METRICS_NAME, "".join(json.dumps(h) + "\n" for h in self.history))
+            atomic_write_text(self.out / METRICS_NAME, "".join(json.dumps(h) + "\n" for h in self.history))
             plot_curves(self.history, self.out / CURVES_NAME, title=f"{self.cfg.backbone} / {self.cfg.loss} on {self.data.name}")
         self.reporter.epoch_end(record)
 
@@ -369,7 +361,7 @@ class Trainer:
         barrier(self.world)  # every rank has checked --out and --resume before rank 0 writes into it
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.out / CONFIG_NAME, json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.out / CONFIG_NAME, json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.reporter.log(self.data.describe())
         amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
         self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
