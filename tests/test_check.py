@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundles import make_tiny_bundle, pattern_image
 
+from helpers.bundles import make_tiny_bundle, pattern_image
 from proxyembed.check import (
     CheckOptions,
     Tolerances,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundles import INPUT, make_tiny_bundle, write_class_images
 
+from helpers.bundles import INPUT, make_tiny_bundle, write_class_images
 from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, Manifest, sha256_file
 
 SYN = "synthetic:train_classes=2,eval_classes=10,per_class=6,size=40"

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from checkpoints import make_checkpoint
 from typer.testing import CliRunner
 
+from helpers.checkpoints import make_checkpoint
 from proxyembed.cli import app
 from proxyembed.data import Sample, resolve_data
 from proxyembed.export.graph import float_tail

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import make_checkpoint
 from typer.testing import CliRunner
 
+from helpers.checkpoints import make_checkpoint
 from proxyembed.cli import app
 from proxyembed.data import DataSplit, Sample
 from proxyembed.runtime.manifest import MANIFEST_NAME

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from bundles import make_tiny_bundle
 
+from helpers.bundles import make_tiny_bundle
 from proxyembed.runtime import BadInput, Bundle, IntegrityError
 from proxyembed.runtime.manifest import MANIFEST_NAME
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from bundles import make_tiny_bundle, pattern_image, write_class_images
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers.bundles import make_tiny_bundle, pattern_image, write_class_images
 from proxyembed.cli import app
 
 runner = CliRunner()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundles import COLOURS, make_tiny_bundle, pattern_image
 
+from helpers.bundles import COLOURS, make_tiny_bundle, pattern_image
 from proxyembed.runtime import BadInput, Bundle, Encoder, IntegrityError, Preprocessor
 from proxyembed.runtime import backends as backends_mod
 from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, sha256_file

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundles import pattern_image
 from PIL import Image
 
+from helpers.bundles import pattern_image
 from proxyembed.runtime import BadInput, Preprocessor, PreprocessSpec, load_image
 
 SPEC = PreprocessSpec(resize=36, crop=32)

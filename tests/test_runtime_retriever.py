@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from bundles import COLOURS, make_tiny_bundle, pattern_image
 
+from helpers.bundles import COLOURS, make_tiny_bundle, pattern_image
 from proxyembed.runtime import BadInput, Encoder, IntegrityError, Retriever
 from proxyembed.runtime import index as index_mod
 from proxyembed.runtime.retriever import GALLERY_FILE, read_gallery_info

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from bundles import make_tiny_bundle, write_class_images
+from helpers.bundles import make_tiny_bundle, write_class_images
 
 
 def _run_without_torch(code: str, cwd: Path) -> subprocess.CompletedProcess:
