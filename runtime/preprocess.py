@@ -27,15 +27,28 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
+Fit = Literal["center_crop", "squash", "letterbox"]
+FITS: tuple[str, ...] = Fit.__args__
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """Resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``, scale to [0, 1], normalise.
+    """How an image becomes a ``crop`` x ``crop`` model input, then scaled to [0, 1] and normalised.
 
-    Output layout is NCHW float32 in RGB order.
+    ``fit`` says how the image is made square:
+
+    - ``center_crop``: resize the shorter side to ``resize``, cut the centre ``crop`` x ``crop`` (the
+      ImageNet habit; it cuts the edges off objects that fill the frame);
+    - ``squash``: resize the whole image to ``crop`` x ``crop``, changing its aspect ratio, cutting nothing;
+    - ``letterbox``: resize the longer side to ``crop`` and pad to the square with the mean colour (which
+      normalises to zero), keeping both the whole image and its aspect ratio.
+
+    ``resize`` only matters for ``center_crop``. Output layout is NCHW float32 in RGB order.
     """
 
     resize: int = 256
     crop: int = 224
+    fit: Fit = "center_crop"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
@@ -44,6 +57,8 @@ class PreprocessSpec:
     dtype: Literal["float32"] = field(default="float32")
 
     def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise BadInput(f"preprocessing: unknown fit '{self.fit}'", hint=f"use one of {list(FITS)}")
         if self.crop <= 0 or self.resize < self.crop:
             raise BadInput(
                 f"preprocessing: resize={self.resize} and crop={self.crop} are inconsistent",
@@ -146,20 +161,37 @@ class Preprocessor:
         self._mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
         self._inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(3, 1, 1)
 
-    def image(self, src: ImageLike) -> np.ndarray:
-        """One image as a float32 CHW array."""
-        img = load_image(src)
+    def square(self, img: Image.Image) -> Image.Image:
+        """The ``crop`` x ``crop`` RGB image the model sees, before normalisation (see :class:`PreprocessSpec`)."""
         s = self.spec
         w, h = img.size
+        resample = _RESAMPLE[s.interpolation]
+        if s.fit == "squash":
+            return img if (w, h) == (s.crop, s.crop) else img.resize((s.crop, s.crop), resample)
+        if s.fit == "letterbox":
+            scale = s.crop / max(w, h)
+            new = (max(1, min(s.crop, round(w * scale))), max(1, min(s.crop, round(h * scale))))
+            if new != (w, h):
+                img = img.resize(new, resample)
+            canvas = Image.new("RGB", (s.crop, s.crop), tuple(round(255 * m) for m in s.mean))
+            canvas.paste(img, ((s.crop - new[0]) // 2, (s.crop - new[1]) // 2))
+            return canvas
         scale = s.resize / min(w, h)
         new = (max(s.crop, round(w * scale)), max(s.crop, round(h * scale)))
         if new != (w, h):
-            img = img.resize(new, _RESAMPLE[s.interpolation])
+            img = img.resize(new, resample)
         left = (new[0] - s.crop) // 2
         top = (new[1] - s.crop) // 2
-        img = img.crop((left, top, left + s.crop, top + s.crop))
+        return img.crop((left, top, left + s.crop, top + s.crop))
+
+    def normalise(self, img: Image.Image) -> np.ndarray:
+        """An RGB image as a normalised float32 CHW array."""
         chw = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * (1.0 / 255.0)
         return (chw - self._mean) * self._inv_std
+
+    def image(self, src: ImageLike) -> np.ndarray:
+        """One image as a float32 CHW array."""
+        return self.normalise(self.square(load_image(src)))
 
     def __call__(self, images: Sequence[ImageLike] | ImageLike) -> np.ndarray:
         """A float32 NCHW batch; a single image gives a batch of one."""

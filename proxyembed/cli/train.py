@@ -84,7 +84,19 @@ def train_cmd(
     schedule: Annotated[str | None, typer.Option(help="cosine, step (x0.5 every --step-size epochs) or none.")] = None,
     warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Epochs with the backbone frozen at the start.")] = None,
     freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed.")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Crop size for training and evaluation.")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Model input size (square) for training and evaluation.")] = None,
+    augment: Annotated[
+        str | None, typer.Option(help="Training augmentation: none (the evaluation geometry), light, standard (Proxy-Anchor's) or strong.")
+    ] = None,
+    crop_scale: Annotated[
+        str | None, typer.Option("--crop-scale", help="Random-resized-crop area range LOW,HIGH (overrides the preset), e.g. 0.5,1.")
+    ] = None,
+    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (default: the preset's).")] = None,
+    eval_fit: Annotated[
+        str | None,
+        typer.Option("--eval-fit", help="How evaluation and the exported model square an image: center_crop, squash or letterbox."),
+    ] = None,
+    resize: Annotated[int | None, typer.Option(help="With --eval-fit center_crop: resize the shorter side to this before cropping.")] = None,
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Evaluate every N epochs.")] = None,
     select_metric: Annotated[str | None, typer.Option("--select-metric", help="Metric that picks best.pt, e.g. recall@1 or map@r.")] = None,
     val_fraction: Annotated[
@@ -121,7 +133,8 @@ def train_cmd(
         data=data, eval_data=eval_data, backbone=backbone, pretrained=pretrained, pool=pool, embedding_dim=embedding_dim,
         loss=loss, loss_params=params or None, epochs=epochs, batch_size=batch_size, sampler=sampler,
         samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, aux_lr_mult=aux_lr_mult, weight_decay=weight_decay,
-        schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, image_size=image_size,
+        schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, image_size=image_size, augment=augment,
+        crop_scale=_pair(crop_scale, "--crop-scale"), hflip=hflip, eval_fit=eval_fit, resize=resize,
         eval_every=eval_every, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
         sync_bn=sync_bn,
     )
@@ -136,6 +149,19 @@ def train_cmd(
         f"best {result.best.get('recall@1', float('nan')):.4f} at epoch {result.best_epoch}; run dir {result.run_dir}",
         highlight=False,
     )
+
+
+def _pair(text: str | None, option: str) -> tuple[float, float] | None:
+    """'0.5,1' as (0.5, 1.0); None stays None."""
+    from proxyembed.runtime.errors import BadInput
+
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise BadInput(f"{option} '{text}' is not two numbers LOW,HIGH", hint=f"e.g. {option} 0.5,1") from exc
+    return lo, hi
 
 
 @user_errors

@@ -10,27 +10,62 @@ import random
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, Sampler
-from torchvision import transforms as T
+from torchvision.transforms import v2
 
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.preprocess import PreprocessSpec, load_image
+from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec, load_image
 
 from .spec import Sample
 
+# Training augmentation presets: (random-resized-crop scale or None for the evaluation geometry, flip,
+# colour jitter). "standard" is the Proxy-Anchor / ImageNet recipe; docs/defaults.md has the measurements.
+AUGMENT_PRESETS: dict[str, tuple[tuple[float, float] | None, bool, bool]] = {
+    "none": (None, False, False),
+    "light": ((0.5, 1.0), True, False),
+    "standard": ((0.08, 1.0), True, False),
+    "strong": ((0.08, 1.0), True, True),
+}
 
-def train_transform(spec: PreprocessSpec, size: int | None = None) -> T.Compose:
-    """Proxy-Anchor's augmentation: random resized crop and horizontal flip, then the spec's normalisation."""
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size or spec.crop, interpolation=T.InterpolationMode.BILINEAR),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(spec.mean, spec.std),
-        ]
-    )
+
+class _EvalGeometry:
+    """The evaluation transform's squaring (centre crop, squash or letterbox) as a training transform."""
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.pre = Preprocessor(spec)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return self.pre.square(img)
+
+
+def train_transform(
+    spec: PreprocessSpec, augment: str = "standard", *, crop_scale: tuple[float, float] | None = None, hflip: bool | None = None
+) -> v2.Compose:
+    """The training transform: an augmentation preset (see ``AUGMENT_PRESETS``), then the spec's normalisation.
+
+    ``none`` gives the evaluation geometry itself, so training sees exactly the pixels evaluation and the
+    runtime will; the crop presets draw a random-resized crop of ``crop_scale`` of the image area.
+    ``crop_scale`` and ``hflip`` override the preset's values.
+    """
+    if augment not in AUGMENT_PRESETS:
+        raise BadInput(f"--augment '{augment}' is not one of {list(AUGMENT_PRESETS)}")
+    preset_scale, preset_flip, jitter = AUGMENT_PRESETS[augment]
+    scale = crop_scale if crop_scale is not None else preset_scale
+    steps: list[Any] = []
+    if scale is None:
+        steps.append(_EvalGeometry(spec))
+    else:
+        steps.append(v2.RandomResizedCrop(spec.crop, scale=tuple(scale), interpolation=v2.InterpolationMode.BILINEAR, antialias=True))
+    if preset_flip if hflip is None else hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if jitter:
+        steps += [v2.ColorJitter(0.4, 0.4, 0.4, 0.05), v2.RandomGrayscale(0.1)]
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(spec.mean), list(spec.std))]
+    return v2.Compose(steps)
 
 
 class TrainDataset(Dataset):
@@ -40,7 +75,7 @@ class TrainDataset(Dataset):
     by another image of the same class and counted in ``failures``, so one bad file never stops a run.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: T.Compose) -> None:
+    def __init__(self, samples: Sequence[Sample], transform: v2.Compose) -> None:
         if not samples:
             raise BadInput("no training images", hint="check --data: the training split is empty")
         self.samples = list(samples)

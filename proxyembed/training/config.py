@@ -24,6 +24,10 @@ Sampler = Literal["random", "balanced"]
 Schedule = Literal["cosine", "step", "none"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
 Device = Literal["auto", "cpu", "cuda"]
+Augment = Literal["none", "light", "standard", "strong"]
+EvalFit = Literal["center_crop", "squash", "letterbox"]
+# Chosen on held-out training classes of real photos (docs/defaults.md): it never cuts the object off.
+DEFAULT_EVAL_FIT: EvalFit = "letterbox"
 
 
 @dataclass
@@ -49,14 +53,21 @@ class TrainConfig:
     # (Roth 2022: 1e-5 x 50, which the NIR recipes use); higher overflows the exp objective
     aux_lr_mult: float = 0.5
     weight_decay: float = 1e-4
-    schedule: Schedule = "cosine"
+    schedule: Schedule = "none"
     step_size: int = 10
     step_gamma: float = 0.5
     warmup_epochs: int = 0
     freeze_bn: bool = False
     grad_clip: float = 10.0
-    image_size: int | None = None  # training crop; default: the evaluation crop
-    resize: int | None = None  # evaluation resize (shorter side); default from the data
+    image_size: int | None = None  # model input size, training and evaluation; default from the data
+    resize: int | None = None  # evaluation resize of the shorter side before a centre crop; default from the data
+    # Training augmentation preset (proxyembed.data.torch_dataset.AUGMENT_PRESETS); crop_scale and hflip override it.
+    augment: Augment = "light"
+    crop_scale: tuple[float, float] | None = None  # random-resized-crop area range, e.g. (0.5, 1.0)
+    hflip: bool | None = None  # random horizontal flips; None: the preset's choice
+    # How evaluation, export validation and the runtime make an image square (PreprocessSpec.fit). None: the
+    # data's own choice where it has one (the synthetic set declares its centre crop), else DEFAULT_EVAL_FIT.
+    eval_fit: EvalFit | None = None
     eval_every: int = 1
     select_metric: str = "recall@1"
     val_fraction: float = 0.0  # training classes held out to pick best.pt, instead of the test classes
@@ -82,9 +93,16 @@ class TrainConfig:
                 f"--batch-size {self.batch_size} is not a multiple of --samples-per-class {self.samples_per_class}",
                 hint="the balanced sampler draws P classes x K images",
             )
-        for name, allowed in (("sampler", Sampler), ("schedule", Schedule), ("amp", Amp), ("device", Device)):
+        if self.crop_scale is not None:
+            lo, hi = self.crop_scale
+            if not 0 < lo <= hi <= 1:
+                raise BadInput(f"--crop-scale {lo},{hi} must satisfy 0 < low <= high <= 1", hint="e.g. --crop-scale 0.5,1")
+        choices = (("sampler", Sampler), ("schedule", Schedule), ("amp", Amp), ("device", Device), ("augment", Augment), ("eval_fit", EvalFit))
+        for name, allowed in choices:
+            if name == "eval_fit" and self.eval_fit is None:
+                continue
             if getattr(self, name) not in allowed.__args__:
-                raise BadInput(f"--{name} '{getattr(self, name)}' is not one of {list(allowed.__args__)}")
+                raise BadInput(f"--{name.replace('_', '-')} '{getattr(self, name)}' is not one of {list(allowed.__args__)}")
         if not 0 <= self.val_fraction < 0.5:
             raise BadInput(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}", hint="e.g. 0.2 holds out a fifth of the training classes")
         if self.pool not in ("avg", "max", "avg+max"):
@@ -101,6 +119,13 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise BadInput(f"{source}: unknown setting(s) {unknown}", hint=f"valid settings: {', '.join(sorted(names))}")
+        d = dict(d)
+        if d.get("crop_scale") is not None:  # JSON has no tuples
+            try:
+                lo, hi = (float(v) for v in d["crop_scale"])
+            except (TypeError, ValueError) as exc:
+                raise BadInput(f"{source}: crop_scale must be two numbers, got {d['crop_scale']!r}") from exc
+            d["crop_scale"] = (lo, hi)
         return cls(**d)
 
 

@@ -35,7 +35,7 @@ from proxyembed.runtime.files import atomic_write_text
 from proxyembed.runtime.preprocess import PreprocessSpec
 
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import DEFAULT_EVAL_FIT, TrainConfig
 from .distributed import (
     all_reduce_mean,
     average_gradients,
@@ -102,11 +102,14 @@ def _amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
-def _eval_spec(cfg: TrainConfig, data_spec: PreprocessSpec | None) -> PreprocessSpec:
+def eval_spec(cfg: TrainConfig, data_spec: PreprocessSpec | None) -> PreprocessSpec:
+    """The evaluation transform of a run: sizes from the data (or ``image_size`` / ``resize``); the fit from
+    ``eval_fit``, else the data's own, else the default."""
     base = data_spec or PreprocessSpec()
     crop = cfg.image_size or base.crop
     resize = cfg.resize or (base.resize if crop == base.crop else round(crop * 8 / 7))
-    return PreprocessSpec(resize=resize, crop=crop, mean=base.mean, std=base.std, interpolation=base.interpolation)
+    fit = cfg.eval_fit or (data_spec.fit if data_spec else DEFAULT_EVAL_FIT)
+    return PreprocessSpec(resize=resize, crop=crop, fit=fit, mean=base.mean, std=base.std, interpolation=base.interpolation)
 
 
 def _seed_everything(seed: int) -> None:
@@ -158,9 +161,9 @@ class Trainer:
             self.reporter.log(f"[yellow]warning:[/] {w}")
         if not self.data.train:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
-        self.spec = _eval_spec(cfg, self.data.preprocess)
+        self.spec = eval_spec(cfg, self.data.preprocess)
         self.val = self._hold_out_validation()
-        self.dataset = TrainDataset(self.data.train, train_transform(self.spec, cfg.image_size))
+        self.dataset = TrainDataset(self.data.train, train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip))
         self.model_config = ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
