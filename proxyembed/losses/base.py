@@ -48,6 +48,8 @@ class MetricLoss(nn.Module):
 
     name: ClassVar[str]
     uses_proxies: ClassVar[bool] = False
+    # TrainConfig settings this loss needs instead of the generic defaults (a recipe or option still wins)
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()

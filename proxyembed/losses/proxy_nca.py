@@ -39,6 +39,10 @@ Both are averaged over the batch.
   samples later as the embedding moves, so they are neither re-initialised nor removed (which would also
   make runs depend on batch order). Choose ``N`` at least the number of classes in a batch: with fewer
   proxies, matching and non-matching samples must share proxies and the shared ones drop out.
+  The nearest-proxy rule rewards the rich: a proxy that wins many samples is pulled towards all of
+  them and wins more. On the synthetic data (12 classes, N=24, resnet18) a proxy learning rate of
+  x100 the backbone's collapsed every sample onto one proxy by the fourth epoch (loss exactly 0); x10
+  kept learning (Recall@1 0.04 -> 0.14 in 3 epochs). Use a small ``--proxy-lr-mult`` with it.
 """
 
 from __future__ import annotations
@@ -133,6 +137,16 @@ class ProxyNCAPlusPlusLoss(ProxyNCALoss):
 
     name = "proxy_nca++"
     include_positive: ClassVar[bool] = True
+    # The official optimizer (euwern/proxynca_pp, config/cub.json): Adam with eps 1.0 for every group, no
+    # weight decay, base lr 4e-3 and "fast" proxies at lr 4e2 = 1e5 x the base lr. With eps 1.0 Adam steps
+    # about lr x gradient for gradients well below 1, so these learning rates mean what they do in SGD.
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "optimizer": "adam",
+        "adam_eps": 1.0,
+        "weight_decay": 0.0,
+        "lr": 4e-3,
+        "proxy_lr_mult": 1e5,
+    }
 
     def __init__(
         self,
