@@ -192,7 +192,7 @@ def datasets(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
     for name in args.data.split(","):
         if name == "synthetic":
             classes = 12 if args.smoke else 50
-            per_class = 8 if args.smoke else 20
+            per_class = 8 if args.smoke else 24
             spec = f"synthetic:train_classes={classes},eval_classes={classes},per_class={per_class},size=48"
             out[name] = {"config": {"data": spec}, "train_classes": classes}
         elif name == "caltech101":
@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("--data", default="synthetic,caltech101")
     ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--image-size", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -219,6 +219,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.seeds, args.epochs, args.batch_size = "0", 2, 32
+    losses = args.losses.split(",")
+    if "triplet" not in losses or set(losses) - set(LOSSES):
+        raise SystemExit(f"--losses must include triplet (the speed-up's baseline) and name only {list(LOSSES)}")
+    args.losses = ",".join(["triplet"] + [x for x in losses if x != "triplet"])  # triplet first: partial seeds stay usable
     common = {
         "backbone": args.backbone, "epochs": args.epochs, "batch_size": args.batch_size, "sampler": "balanced",
         "samples_per_class": 4, "image_size": args.image_size, "resize": round(args.image_size * 8 / 7),
@@ -226,20 +230,28 @@ def main() -> None:
     }
     info, t0 = machine(), time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
+    planned = len(args.data.split(",")) * len(args.seeds.split(",")) * len(args.losses.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in datasets(args, Path(tmp)).items():
             results[name] = []
-            for label in args.losses.split(","):
-                for seed in (int(s) for s in args.seeds.split(",")):
+            for seed in (int(s) for s in args.seeds.split(",")):  # seeds outside: a cut-short run keeps whole seeds
+                for label in args.losses.split(","):
                     results[name].append(run_one(label, data, common, seed))
                     last = results[name][-1]["epochs"][-1]
                     print(f"{name} {label} seed {seed}: R@1 {last['recall@1']:.4f} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-    total = time.perf_counter() - t0
+                report(args, info, common, results, planned, time.perf_counter() - t0)
+
+
+def report(args: argparse.Namespace, info: dict[str, Any], common: dict[str, Any], results: dict[str, list[dict[str, Any]]],
+           planned: int, total: float) -> None:
+    """Write the Markdown table, JSON and plot for the runs done so far (rewritten after every seed)."""
+    done = sum(len(r) for r in results.values())
     lines = [
         f"# Convergence: {args.backbone} from scratch, {args.image_size} px, batch {args.batch_size} (P x 4), "
         f"{args.epochs} epochs, seeds {args.seeds}",
         "",
-        f"Machine: {machine_line(info)}. Total wall time {total / 60:.1f} min.",
+        f"Machine: {machine_line(info)}. Wall time {total / 60:.1f} min for {done} of {planned} runs"
+        + ("." if done == planned else " (incomplete: the run was cut short)."),
         "",
         "Mean ± std over seeds. Speed-up = (epochs or training seconds triplet needs to first reach its own final "
         "Recall@1) / (those the loss needs to reach it), per seed; 'not reached' when no seed got there.",
@@ -248,10 +260,10 @@ def main() -> None:
     for name, runs in results.items():
         lines += table(name, runs)
     md = "\n".join(lines)
-    write_results(args.name, {"machine": info, "args": vars(args), "common": common, "total_s": total, "results": results}, md)
+    write_results(args.name, {"machine": info, "args": {**vars(args), "caltech_root": str(args.caltech_root)}, "common": common,
+                              "total_s": total, "runs_done": done, "runs_planned": planned, "results": results}, md)
     plot(results, RESULTS / f"{args.name}.png")
-    print(md)
-
+    print(md, flush=True)
 
 if __name__ == "__main__":
     main()

@@ -119,6 +119,10 @@ def test_every_loss_trains_one_epoch(tmp_path: Path, loss: str) -> None:
     sampler = "balanced" if loss == "triplet" else "random"
     result = train(tiny_config(epochs=1, loss=loss, sampler=sampler), tmp_path / loss)
     assert 0 <= result.final["recall@1"] <= 1
+    groups = torch.load(tmp_path / loss / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    decay = {g["name"]: g["weight_decay"] for g in groups}
+    assert decay["backbone"] == (0.0 if loss == "proxy_nca++" else 1e-4) and decay.get("proxies", 0.0) == 0.0 and decay.get("loss", 0.0) == 0.0
+    assert ("loss" in decay) == (loss == "nir")
 
 
 def test_config_precedence_and_validation() -> None:

@@ -181,7 +181,8 @@ class Trainer:
             {"params": backbone, "lr": cfg.lr, "name": "backbone"},
             {"params": list(self.model.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult, "name": "head"},
             {"params": list(self.loss_fn.proxy_parameters()), "lr": cfg.lr * cfg.proxy_lr_mult, "name": "proxies", "weight_decay": 0.0},
-            {"params": list(self.loss_fn.other_parameters()), "lr": cfg.lr * cfg.aux_lr_mult, "name": "loss"},
+            # no weight decay on the loss's own weights either: the official NIR code gives its flow none
+            {"params": list(self.loss_fn.other_parameters()), "lr": cfg.lr * cfg.aux_lr_mult, "name": "loss", "weight_decay": 0.0},
         ]
         optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         self.optimizer = optimizer([g for g in groups if g["params"]], weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
