@@ -282,7 +282,8 @@ def test_half_precision_and_autocast_compute_in_float32(name: str) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = loss(x, y)
     from_bf16 = loss(x.bfloat16(), y)
-    assert under_autocast.dtype == from_bf16.dtype == torch.float32
+    # NIR's exp objective sums exp(v) in float64 on purpose (finite past v ~ 88, see nir.mean_exp)
+    assert under_autocast.dtype == from_bf16.dtype == (torch.float64 if name == "nir" else torch.float32)
     assert under_autocast.item() == pytest.approx(reference.item(), rel=1e-5)
     assert from_bf16.item() == pytest.approx(reference.item(), rel=0.1, abs=0.02)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from proxyembed.losses import NIRLoss, ProxyAnchorLoss, build_loss
-from proxyembed.losses.nir import ConditionalFlow
+from proxyembed.losses.nir import AffineCoupling, ConditionalFlow, mean_exp, soft_clamp
 from proxyembed.runtime.errors import BadInput
 
 
@@ -179,3 +179,40 @@ def test_nir_parameters_validated() -> None:
         build_loss("nir", 3, 1)
     with pytest.raises(BadInput, match="blocks"):
         build_loss("nir", 3, 6, blocks=0)
+
+
+def test_soft_clamp_is_freias_formula() -> None:
+    # clamp * 0.636 * atan(s), worked by hand for clamp 2: not the older atan(s / clamp) form
+    s = torch.tensor([0.0, 1.0, -3.0, 100.0], dtype=torch.float64)
+    expected = [0.0, 2 * 0.636 * math.pi / 4, -2 * 0.636 * 1.2490457723982544, 2 * 0.636 * 1.5607966601082315]
+    assert soft_clamp(s, 2.0).tolist() == pytest.approx(expected, rel=1e-12)
+    assert soft_clamp(torch.tensor([1.0], dtype=torch.float64), 2.0).item() == pytest.approx(0.99903, abs=1e-5)
+
+
+def test_coupling_log_det_uses_the_soft_clamp() -> None:
+    coupling = AffineCoupling(4, 2, hidden=8, depth=3, clamp=2.0).double()
+    raw = torch.tensor([0.5, -1.5], dtype=torch.float64)  # the raw log-scales of the second half
+    with torch.no_grad():
+        coupling.net_second[-1].bias.copy_(torch.cat([raw, torch.zeros(2, dtype=torch.float64)]))
+    x, cond = _unit_batch(3, 4, 0), _unit_batch(3, 2, 1)
+    _, logdet = coupling(x, cond)
+    expected = (2 * 0.636 * torch.atan(raw)).sum().item()  # the first half's net is still zero: scale 1
+    assert logdet.tolist() == pytest.approx([expected] * 3, rel=1e-12)
+
+
+def test_default_subnets_have_the_official_eight_linear_layers() -> None:
+    loss = NIRLoss(3, 6)
+    for coupling in loss.flow.couplings:
+        for net in (coupling.net_first, coupling.net_second):
+            linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+            assert len(linears) == 8 and all(m.out_features == 128 for m in linears[:-1])
+    assert len(loss.flow.couplings) == 5
+
+
+def test_exp_objective_does_not_overflow_at_v_90() -> None:
+    v = torch.tensor([90.0, 89.0, -5.0, 0.0], requires_grad=True)  # float32, where exp(90) is inf
+    assert torch.isinf(v.detach().exp().mean())
+    value = mean_exp(v)
+    assert value.item() == pytest.approx((math.exp(90) + math.exp(89) + math.exp(-5) + 1) / 4, rel=1e-12)
+    value.backward()
+    assert torch.isfinite(v.grad).all() and v.grad[0].item() == pytest.approx(math.exp(90) / 4, rel=1e-6)

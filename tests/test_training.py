@@ -119,6 +119,10 @@ def test_every_loss_trains_one_epoch(tmp_path: Path, loss: str) -> None:
     sampler = "balanced" if loss == "triplet" else "random"
     result = train(tiny_config(epochs=1, loss=loss, sampler=sampler), tmp_path / loss)
     assert 0 <= result.final["recall@1"] <= 1
+    groups = torch.load(tmp_path / loss / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    decay = {g["name"]: g["weight_decay"] for g in groups}
+    assert decay["backbone"] == (0.0 if loss == "proxy_nca++" else 1e-4) and decay.get("proxies", 0.0) == 0.0 and decay.get("loss", 0.0) == 0.0
+    assert ("loss" in decay) == (loss == "nir")
 
 
 def test_config_precedence_and_validation() -> None:
@@ -168,3 +172,59 @@ def test_cli_eval_of_a_run_without_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "empty")])
     assert res.exit_code == 2 and "holds no checkpoint" in res.output
+
+
+def test_loss_train_defaults_sit_between_generic_defaults_and_recipe() -> None:
+    pnpp = resolve_config({"loss": "proxy_nca++"})
+    assert (pnpp.optimizer, pnpp.adam_eps, pnpp.weight_decay, pnpp.lr, pnpp.proxy_lr_mult) == ("adam", 1.0, 0.0, 4e-3, 1e5)
+    assert resolve_config({"loss": "proxy_nca++", "proxy_lr_mult": 10.0}).proxy_lr_mult == 10.0  # an option wins
+    over_recipe = resolve_config({"loss": "proxy_nca++"}, recipe="cub200")
+    assert over_recipe.proxy_lr_mult == 100 and over_recipe.adam_eps == 1.0  # the recipe wins where it speaks
+    assert resolve_config({}).adam_eps == 1e-8 and resolve_config({}).optimizer == "adamw"
+    with pytest.raises(BadInput, match="unknown loss"):
+        resolve_config({"loss": "arcface"})
+
+
+def test_official_nir_and_pnpp_recipes_resolve() -> None:
+    for name in ("cub200_nir", "cars196_nir"):
+        cfg = resolve_config({}, recipe=name)
+        assert (cfg.epochs, cfg.schedule, cfg.warmup_epochs, cfg.batch_size) == (100, "none", 1, 90)
+        assert (cfg.sampler, cfg.samples_per_class, cfg.optimizer, cfg.lr) == ("balanced", 2, "adam", 1e-5)
+    sop = resolve_config({}, recipe="sop_nir")
+    assert (sop.epochs, sop.schedule, sop.milestones, sop.step_gamma, sop.aux_lr_mult) == (300, "multistep", [140, 230], 0.2, 1)
+    for name, dim in (("cub200_pnpp", 2048), ("cars196_pnpp", 2048), ("sop_pnpp", 512)):
+        cfg = resolve_config({}, recipe=name)
+        assert cfg.loss == "proxy_nca++" and cfg.adam_eps == 1.0 and cfg.embedding_dim == dim and cfg.warmup_epochs == 5
+        assert cfg.proxy_lr_mult * cfg.lr == pytest.approx(400.0 if dim == 2048 else 240.0)
+    with pytest.raises(BadInput, match="milestones"):
+        resolve_config({"schedule": "multistep", "milestones": [5, 3]})
+
+
+def test_multistep_schedule_and_adam(tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=3, schedule="multistep", milestones=[2], step_gamma=0.1, optimizer="adam", adam_eps=0.5)
+    trainer_out = tmp_path / "ms"
+    train(cfg, trainer_out)
+    lrs = [json.loads(x).get("lr") for x in (trainer_out / "metrics.jsonl").read_text().splitlines()][1:]
+    assert lrs == pytest.approx([2e-3, 2e-3, 2e-4])
+    state = torch.load(trainer_out / "last.pt", weights_only=True)["optimizer"]
+    assert all(g["eps"] == 0.5 and "decoupled_weight_decay" in g and not g["decoupled_weight_decay"] for g in state["param_groups"])
+
+
+def test_cli_dynamic_assignment_learns_and_resumes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "dynamic"
+    args = [
+        "train", "--out", str(out), "--data", TINY, "--batch-size", "32", "--image-size", "32", "--embedding-dim", "32",
+        "--lr", "2e-3", "--proxy-lr-mult", "10", "--loss", "proxy_nca",
+        "--loss-param", "assignment=dynamic", "--loss-param", "num_proxies=24",
+    ]
+    result = runner.invoke(app, [*args, "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*args, "--epochs", "3", "--resume"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in lines] == [0, 1, 2, 3]
+    assert max(h["recall@1"] for h in lines[1:]) >= lines[0]["recall@1"] + 0.05
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["loss"]["proxies"].shape == (24, 32)
+    assert saved["config"]["loss_params"] == {"assignment": "dynamic", "num_proxies": 24}

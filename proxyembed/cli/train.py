@@ -81,7 +81,11 @@ def train_cmd(
         float | None, typer.Option("--aux-lr-mult", help="Learning rate of other loss parameters (NIR's flow) as a multiple of --lr.")
     ] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
-    schedule: Annotated[str | None, typer.Option(help="cosine, step (x0.5 every --step-size epochs) or none.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw (decoupled weight decay) or adam (L2 weight decay).")] = None,
+    adam_eps: Annotated[float | None, typer.Option("--adam-eps", help="Adam's epsilon (ProxyNCA++ uses 1.0).")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="cosine, step (x0.5 every --step-size epochs), multistep (at a recipe's milestones) or none.")
+    ] = None,
     warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Epochs with the backbone frozen at the start.")] = None,
     freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed.")] = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Model input size (square) for training and evaluation.")] = None,
@@ -133,8 +137,8 @@ def train_cmd(
         data=data, eval_data=eval_data, backbone=backbone, pretrained=pretrained, pool=pool, embedding_dim=embedding_dim,
         loss=loss, loss_params=params or None, epochs=epochs, batch_size=batch_size, sampler=sampler,
         samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, aux_lr_mult=aux_lr_mult, weight_decay=weight_decay,
-        schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, image_size=image_size, augment=augment,
-        crop_scale=_pair(crop_scale, "--crop-scale"), hflip=hflip, eval_fit=eval_fit, resize=resize,
+        optimizer=optimizer, adam_eps=adam_eps, schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, image_size=image_size,
+        augment=augment, crop_scale=_pair(crop_scale, "--crop-scale"), hflip=hflip, eval_fit=eval_fit, resize=resize,
         eval_every=eval_every, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
         sync_bn=sync_bn,
     )

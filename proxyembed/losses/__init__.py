@@ -28,6 +28,11 @@ def loss_parameters(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
+def loss_train_defaults(name: str) -> dict[str, Any]:
+    """Training settings the loss ``name`` needs besides the generic defaults (see ``MetricLoss.train_defaults``)."""
+    return dict(_loss_class(name).train_defaults)
+
+
 def build_loss(name: str, num_classes: int, dim: int, **params: Any) -> MetricLoss:
     """Build the registered loss ``name`` for ``num_classes`` training classes and ``dim``-d embeddings.
 
@@ -57,4 +62,5 @@ __all__ = [
     "TripletLoss",
     "build_loss",
     "loss_parameters",
+    "loss_train_defaults",
 ]

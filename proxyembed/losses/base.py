@@ -48,6 +48,8 @@ class MetricLoss(nn.Module):
 
     name: ClassVar[str]
     uses_proxies: ClassVar[bool] = False
+    # TrainConfig settings this loss needs instead of the generic defaults (a recipe or option still wins)
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
@@ -120,15 +122,36 @@ class MetricLoss(nn.Module):
 
 
 class ProxyLoss(MetricLoss):
-    """A loss with one learnable proxy per training class, saved in ``state_dict()`` as ``proxies``."""
+    """A loss with learnable proxies, saved in ``state_dict()`` as ``proxies``.
+
+    By default one proxy per training class. ``proxies_per_class=K`` gives every class K proxies (rows
+    ``c*K .. c*K+K-1`` belong to class ``c``), for classes with several modes; a sample then belongs to
+    the nearest (cosine) proxy of its own class, an assignment that is recomputed every batch and
+    carries no gradient itself (the distances to the chosen proxy do). ``num_proxies`` overrides the
+    row count for losses whose proxies have no class (Proxy-NCA's dynamic assignment).
+    """
 
     uses_proxies: ClassVar[bool] = True
 
-    def __init__(self, num_classes: int, dim: int) -> None:
+    def __init__(self, num_classes: int, dim: int, *, proxies_per_class: int = 1, num_proxies: int | None = None) -> None:
         super().__init__(num_classes, dim)
-        self.proxies = nn.Parameter(torch.empty(num_classes, dim))
+        self.proxies_per_class = require_count("proxies_per_class", proxies_per_class)
+        rows = num_proxies if num_proxies is not None else num_classes * self.proxies_per_class
+        self.proxies = nn.Parameter(torch.empty(rows, dim))
         # As the official Proxy-Anchor code (tjddus9597/Proxy-Anchor-CVPR2020, losses.py).
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 
     def proxy_parameters(self) -> list[nn.Parameter]:
         return [self.proxies]
+
+    def proxy_classes(self) -> Tensor:
+        """The class of every proxy row, ``(num_classes * proxies_per_class,)``."""
+        return torch.arange(self.proxies.shape[0], device=self.proxies.device) // self.proxies_per_class
+
+    def assign_within_class(self, cos: Tensor, labels: Tensor) -> Tensor:
+        """The proxy row of each sample: the most similar of its own class's K proxies, given ``cos`` (B, C*K)."""
+        k = self.proxies_per_class
+        if k == 1:
+            return labels
+        own = cos.detach().view(len(labels), self.num_classes, k)[torch.arange(len(labels), device=labels.device), labels]
+        return labels * k + own.argmax(dim=1)

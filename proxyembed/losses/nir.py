@@ -16,20 +16,26 @@ of their proxy. With ``v_i = ||z_i||^2 / 2 - log|det J_tau(x_i | rho_{y_i})|`` (
 ``w = pa_weight`` defaults to 0.0075, the official recipe's CUB-200 value (0.01 for Cars196, 0.3 for SOP),
 tuned with the "exp" form.
 
-"exp" is the official code's ``mean(exp(v))``, computed through a ``logsumexp``. It is the default because
-it is self-limiting: L2-normalised embeddings lie on the unit sphere, a set of zero volume in R^D, so their
-likelihood is unbounded and the plain NLL keeps rewarding the flow for contracting the sphere (down to the
-soft-clamp bound ``|log det| < ~2 * blocks * D``), dragging the embeddings along and swamping the
-Proxy-Anchor term; ``exp(v)`` and its gradient vanish once ``v`` is negative, so Proxy-Anchor takes over.
-On the synthetic data (resnet18, D=32, 2 epochs) "exp" trained to R@1 0.27 while "nll" fell below
-the untrained R@1 (0.18) as its loss ran to -100. The price is overflow when the flow's learning rate is
-too high (a sample with ``v > ~88`` in float32): the official recipe trains the flow at Adam lr 5e-4
-(1e-5 x 50). "nll" is kept for experiments: it never overflows.
+"exp" is the official code's ``mean(exp(v))``. It is the default because it is self-limiting: L2-normalised
+embeddings lie on the unit sphere, a set of zero volume in R^D, so their likelihood is unbounded and the
+plain NLL keeps rewarding the flow for contracting the sphere (down to the soft-clamp bound
+``|log det| < ~2 * blocks * D``), dragging the embeddings along and swamping the Proxy-Anchor term;
+``exp(v)`` and its gradient vanish once ``v`` is negative, so Proxy-Anchor takes over. On the synthetic
+data (resnet18, D=32, 2 epochs) "exp" trained to R@1 0.27 while "nll" fell below the untrained R@1 (0.18)
+as its loss ran to -100. ``exp`` overflows float32 at ``v > ~88``, which a flow trained at too high a
+learning rate reaches; the official code escapes it by accident (its per-sample weights are a float64
+numpy array, which promotes the reduction to float64). Here the reduction runs in float64 on purpose,
+so the loss stays finite up to ``v ~ 709`` whatever the parameters' dtype. "nll" is kept for
+experiments: it never overflows.
 
-The flow (as the official code, which uses FrEIA): ``blocks`` x [fixed random permutation -> conditional
-GLOW affine coupling (Kingma & Dhariwal 2018)], the coupling's log-scales soft-clamped as FrEIA does,
-``clamp * 0.636 * atan(s / clamp)`` with clamp 2.0, its subnets ReLU MLPs on [half of x, condition]. The
-last layer of every subnet starts at zero, so the flow starts as a permutation (Glow, Sec. 3.3). The proxies
+The flow, as the official code (ExplainableML/NonIsotropicProxyDML, ``criteria/nir.py``, built with FrEIA):
+``blocks`` x [fixed random permutation -> conditional GLOW affine coupling (Kingma & Dhariwal 2018)],
+the coupling's log-scales soft-clamped as FrEIA's ``GLOWCouplingBlock`` does since 2021,
+``s -> clamp * 0.636 * atan(s)`` with clamp 2.0 (bounded by ``~clamp``, slope ``~1.27`` at zero). Each
+subnet is a ReLU MLP of ``depth`` linear layers of width ``hidden`` on [half of x, condition]; the
+defaults, 5 blocks, depth 8 and width 128, are the official ``--loss_nir_nf_cblocks``,
+``--loss_nir_nf_fc_depth`` and ``--loss_nir_nf_fc_width``. The last layer of every subnet starts at zero,
+so the flow starts as a permutation (Glow, Sec. 3.3); FrEIA's default init does not do this. The proxies
 start as Proxy-Anchor's (kaiming, fan_out), not the official NIR code's ``randn / 8``; only their direction
 enters the loss, but their norm sets the effective step size of the optimiser on them.
 """
@@ -52,15 +58,25 @@ Objective = Literal["nll", "exp"]
 
 
 def _mlp(inputs: int, outputs: int, hidden: int, depth: int) -> nn.Sequential:
+    """``depth`` linear layers (``depth - 1`` hidden ones of width ``hidden``) with ReLUs between them."""
     layers: list[nn.Module] = []
     width = inputs
-    for _ in range(depth):
+    for _ in range(depth - 1):
         layers += [nn.Linear(width, hidden), nn.ReLU()]
         width = hidden
     last = nn.Linear(width, outputs)
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     return nn.Sequential(*layers, last)
+
+
+def soft_clamp(s: Tensor, clamp: float) -> Tensor:
+    """FrEIA's GLOW log-scale clamp, ``clamp * 0.636 * atan(s)``: ``|result| < ~clamp``, slope ``0.636 clamp`` at 0.
+
+    0.636 ~ 2/pi makes the bound ``clamp``. Older FrEIA divided ``s`` by ``clamp`` inside the atan; the
+    version the official NIR code installs does not, and per-sample NLLs differ by up to 0.5 between them.
+    """
+    return clamp * 0.636 * torch.atan(s)
 
 
 class AffineCoupling(nn.Module):
@@ -76,7 +92,7 @@ class AffineCoupling(nn.Module):
 
     def _scale_shift(self, net: nn.Module, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         s, t = net(torch.cat([x, cond], dim=1)).chunk(2, dim=1)
-        return self.clamp * 0.636 * torch.atan(s / self.clamp), t  # FrEIA's soft clamp, |log-scale| < ~clamp
+        return soft_clamp(s, self.clamp), t
 
     def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         a, b = x[:, : self.split], x[:, self.split :]
@@ -121,6 +137,15 @@ class ConditionalFlow(nn.Module):
         return z
 
 
+def mean_exp(v: Tensor) -> Tensor:
+    """``mean(exp(v))`` in float64, finite up to ``v ~ 709`` (float32 overflows at ``v ~ 88``).
+
+    The result stays float64; the gradient reaching a float32 ``v``, ``exp(v_i) / B``, is finite up to
+    ``v ~ 88 + log B``, beyond what a flow trained at the official learning rates reaches.
+    """
+    return torch.exp(torch.logsumexp(v.double(), dim=0) - math.log(len(v)))
+
+
 class NIRLoss(ProxyLoss):
     """Proxy-Anchor plus the NIR flow likelihood (Roth 2022); see the module docstring for the formula."""
 
@@ -137,7 +162,7 @@ class NIRLoss(ProxyLoss):
         objective: Objective = "exp",
         blocks: int = 5,
         hidden: int = 128,
-        depth: int = 2,
+        depth: int = 8,
         clamp: float = 2.0,
     ) -> None:
         super().__init__(num_classes, dim)
@@ -160,8 +185,8 @@ class NIRLoss(ProxyLoss):
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         z, logdet = self.flow(*self.flow_inputs(embeddings, labels))
         v = 0.5 * z.pow(2).sum(dim=1) - logdet
-        if self.objective == "exp":  # mean(exp(v)) through a logsumexp: overflows only when the mean itself does
-            flow_term = torch.exp(torch.logsumexp(v, dim=0) - math.log(len(v)))
+        if self.objective == "exp":
+            flow_term = mean_exp(v)
         else:
             flow_term = v.mean()
         return flow_term + self.pa_weight * proxy_anchor_loss(embeddings, self.proxies, labels, self.alpha, self.delta)

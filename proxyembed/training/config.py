@@ -21,7 +21,8 @@ from proxyembed.runtime.errors import BadInput
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "models" / "recipes"
 
 Sampler = Literal["random", "balanced"]
-Schedule = Literal["cosine", "step", "none"]
+Schedule = Literal["cosine", "step", "multistep", "none"]
+Optimizer = Literal["adamw", "adam"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Augment = Literal["none", "light", "standard", "strong"]
@@ -53,9 +54,13 @@ class TrainConfig:
     # (Roth 2022: 1e-5 x 50, which the NIR recipes use); higher overflows the exp objective
     aux_lr_mult: float = 0.5
     weight_decay: float = 1e-4
-    schedule: Schedule = "none"
+    # "adam" adds weight decay to the gradient (L2, as the NIR and ProxyNCA++ code); "adamw" decouples it
+    optimizer: Optimizer = "adamw"
+    adam_eps: float = 1e-8  # ProxyNCA++ uses 1.0: Adam then steps about lr x gradient for small gradients
+    schedule: Schedule = "none"  # constant: measured better than cosine on short runs (docs/defaults.md)
     step_size: int = 10
-    step_gamma: float = 0.5
+    step_gamma: float = 0.5  # the factor of both "step" and "multistep"
+    milestones: list[int] = field(default_factory=list)  # epochs where "multistep" multiplies the lr by step_gamma
     warmup_epochs: int = 0
     freeze_bn: bool = False
     grad_clip: float = 10.0
@@ -97,7 +102,17 @@ class TrainConfig:
             lo, hi = self.crop_scale
             if not 0 < lo <= hi <= 1:
                 raise BadInput(f"--crop-scale {lo},{hi} must satisfy 0 < low <= high <= 1", hint="e.g. --crop-scale 0.5,1")
-        choices = (("sampler", Sampler), ("schedule", Schedule), ("amp", Amp), ("device", Device), ("augment", Augment), ("eval_fit", EvalFit))
+        if not self.adam_eps > 0:
+            raise BadInput(f"--adam-eps must be positive, got {self.adam_eps}")
+        if self.schedule == "multistep" and (not self.milestones or self.milestones != sorted(set(self.milestones)) or self.milestones[0] < 1):
+            raise BadInput(
+                f"schedule 'multistep' needs increasing positive milestones, got {self.milestones}",
+                hint='e.g. "milestones": [140, 230] in the recipe',
+            )
+        choices = (
+            ("sampler", Sampler), ("schedule", Schedule), ("optimizer", Optimizer), ("amp", Amp), ("device", Device),
+            ("augment", Augment), ("eval_fit", EvalFit),
+        )
         for name, allowed in choices:
             if name == "eval_fit" and self.eval_fit is None:
                 continue
@@ -152,11 +167,18 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
 
 
 def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
-    """Defaults, then the recipe, then explicit CLI values (``None`` means "not given")."""
-    merged: dict[str, Any] = {}
-    if recipe:
-        merged.update(load_recipe(recipe))
-    merged.update({k: v for k, v in overrides.items() if v is not None})
+    """Defaults, then the loss's own training defaults, then the recipe, then explicit CLI values.
+
+    ``None`` in ``overrides`` means "not given". A loss's training defaults (``MetricLoss.train_defaults``,
+    e.g. ProxyNCA++'s fast proxies) replace the generic ones, so ``--loss proxy_nca++`` alone trains as its
+    paper does; a recipe or an explicit option still wins.
+    """
+    from proxyembed.losses import loss_train_defaults
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    chosen = load_recipe(recipe) if recipe else {}
+    loss = given.get("loss", chosen.get("loss", TrainConfig.loss))
+    merged: dict[str, Any] = {**loss_train_defaults(loss), **chosen, **given}
     cfg = TrainConfig.from_dict(merged, source=f"recipe '{recipe}'" if recipe else "options")
     cfg.validate()
     return cfg

@@ -184,14 +184,18 @@ class Trainer:
             {"params": backbone, "lr": cfg.lr, "name": "backbone"},
             {"params": list(self.model.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult, "name": "head"},
             {"params": list(self.loss_fn.proxy_parameters()), "lr": cfg.lr * cfg.proxy_lr_mult, "name": "proxies", "weight_decay": 0.0},
-            {"params": list(self.loss_fn.other_parameters()), "lr": cfg.lr * cfg.aux_lr_mult, "name": "loss"},
+            # no weight decay on the loss's own weights either: the official NIR code gives its flow none
+            {"params": list(self.loss_fn.other_parameters()), "lr": cfg.lr * cfg.aux_lr_mult, "name": "loss", "weight_decay": 0.0},
         ]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        self.optimizer = optimizer([g for g in groups if g["params"]], weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
         if cfg.schedule == "cosine":
             cosine = lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs))  # noqa: E731
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
         elif cfg.schedule == "step":
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
+        elif cfg.schedule == "multistep":
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=cfg.milestones, gamma=cfg.step_gamma)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
