@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from proxyembed.runtime import BadInput, Index, IntegrityError
+from proxyembed.runtime.files import sealed_json
 from proxyembed.runtime.index import INDEX_FILE, SIDECAR_FILE
 from proxyembed.runtime.metrics import knn
 
@@ -205,11 +206,14 @@ def test_damaged_or_missing_sidecar(index: Index, tmp_path: Path) -> None:
     side = tmp_path / "ix" / SIDECAR_FILE
     data = json.loads(side.read_text())
     data["ids"] = data["ids"][:-1]
-    side.write_text(json.dumps(data))
+    side.write_text(json.dumps(data))  # an edit that drops the seal
+    with pytest.raises(IntegrityError, match="no valid 'checksum'"):
+        Index.load(tmp_path / "ix")
+    side.write_text(sealed_json(data, indent=1))  # resealed: the consistency checks still catch it
     with pytest.raises(IntegrityError, match="lists 2999 items"):
         Index.load(tmp_path / "ix")
     side.write_text("{")
-    with pytest.raises(IntegrityError, match="not valid JSON"):
+    with pytest.raises(IntegrityError, match="no valid 'checksum'"):
         Index.load(tmp_path / "ix")
     side.unlink()
     with pytest.raises(BadInput, match="sidecar missing"):
