@@ -50,8 +50,10 @@ DEFAULT_EF = 64
 # M is fixed when the graph is built: pass the expected size as ``capacity`` so the choice is right.
 LARGE_GALLERY = 250_000
 # What save() calibrates ef to reach, measured on CALIBRATION_QUERIES stored vectors; ef stops at MAX_EF
-# (a gallery that still misses the target is reported, and wants a rebuild with a larger M).
-TARGET_RECALL = 0.99
+# (a gallery that still misses the target is reported, and wants a rebuild with a larger M). Stored
+# vectors are easier queries than new images (they are linked into the graph): at 100k the self-measured
+# recall@10 was 0.9986 where held-out queries gave 0.9938, so the target carries that margin over 0.99.
+TARGET_RECALL = 0.995
 RECALL_K = 10
 CALIBRATION_QUERIES = 1000
 MAX_EF = 1024
