@@ -21,7 +21,7 @@ import sys
 import time
 
 import numpy as np
-from _common import machine, machine_line, rss_mib, write_results
+from _common import RESULTS, machine, machine_line, rss_mib, write_results
 
 from proxyembed.runtime.metrics import _block_rows, nmi_kmeans, retrieval_metrics
 
@@ -89,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,60000,120000")
     ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--merge", action="store_true", help="keep rows of other sizes from the existing results file")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--name", default="eval_speed", help="results file stem under benchmarks/results/")
     args = ap.parse_args()
@@ -103,6 +104,10 @@ def main() -> None:
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
         r = rows[-1]
         print(f"n={n}: floor {r['floor_s']:.1f} s, total {r['total_s']:.1f} s ({r['ratio']:.2f}x), peak {r['peak_rss_mib']:.0f} MiB", flush=True)
+    previous = RESULTS / f"{args.name}.json"
+    if args.merge and previous.is_file():  # keep the other sizes of an earlier run (sizes run separately)
+        rows += [r for r in json.loads(previous.read_text())["rows"] if r["n"] not in {r["n"] for r in rows}]
+        rows.sort(key=lambda r: r["n"])
     md = markdown(rows, info)
     paths = write_results(args.name, {"machine": info, "ks": SOP_KS, "rows": rows}, md)
     print(md)
