@@ -139,6 +139,21 @@ def test_gallery_files_follow_the_umask(two_galleries: tuple[Path, Path, Path], 
     assert oct(out.stat().st_mode & 0o777) == "0o750"
 
 
+def test_bundle_files_follow_the_umask(two_bundles: tuple[Path, Path], tmp_path: Path) -> None:
+    from proxyembed.export.bundle import BundleWriter
+
+    manifest = Bundle.load(two_bundles[0]).manifest
+    old = os.umask(0o027)
+    try:
+        with BundleWriter(tmp_path / "b", force=False) as writer:
+            shutil.copyfile(two_bundles[0] / "model.onnx", writer.dir / "model.onnx")
+            out = writer.commit(manifest)
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {n: "0o640" for n in BUNDLE_FILES}
+    assert oct(out.stat().st_mode & 0o777) == "0o750" and Bundle.load(out).dim == 16
+
+
 # -- kill -9 mid-write ------------------------------------------------------------------------------
 
 
