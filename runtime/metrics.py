@@ -84,8 +84,10 @@ def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
     k-th largest reaches the threshold too, so the result is exact.
     """
     n_rows, n = sims.shape
+    if k == 0:
+        return np.zeros((n_rows, 0), np.int64)
     if k >= n:
-        return _rank(sims, np.arange(n, dtype=np.uint64))
+        return _rank(sims, np.arange(n, dtype=np.uint64))[:, :k]
     groups = min(2 * k, n)
     maxima = sims[:, : groups * (n // groups)].reshape(n_rows, n // groups, groups).max(axis=1)
     threshold = np.partition(maxima, groups - k, axis=1)[:, groups - k]

@@ -58,6 +58,7 @@ def test_knn_k_larger_than_gallery_returns_all() -> None:
     idx, sim = knn(TOY, TOY, 10, exclude_self=True)
     assert idx.shape == (4, 3)
     assert (np.diff(sim, axis=1) <= 0).all()
+    assert knn(TOY[:1], TOY[:1], 5, exclude_self=True)[0].shape == (1, 0)  # nothing but itself
 
 
 def test_nmi_matches_sklearn() -> None:
