@@ -11,12 +11,11 @@ so a failed export never leaves a half-written bundle and never touches the prev
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.files import swap_dir_into_place
+from proxyembed.runtime.files import atomic_write_text, make_staging_dir, swap_dir_into_place
 from proxyembed.runtime.manifest import MANIFEST_NAME, Manifest
 
 
@@ -37,8 +36,7 @@ class BundleWriter:
         self.out = Path(out)
         self.force = force
         check_out_path(self.out, force)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        self.dir = make_staging_dir(self.out)
 
     def __enter__(self) -> BundleWriter:
         return self
@@ -59,7 +57,7 @@ class BundleWriter:
                 shutil.rmtree(stray)
             else:
                 stray.unlink()
-        (self.dir / MANIFEST_NAME).write_text(manifest.dumps())
+        atomic_write_text(self.dir / MANIFEST_NAME, manifest.dumps())
         check_out_path(self.out, self.force)  # something may have appeared at --out during the export
         swap_dir_into_place(self.dir, self.out)
         return self.out

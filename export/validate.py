@@ -21,7 +21,7 @@ import numpy as np
 
 from proxyembed.data.spec import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.metrics import retrieval_metrics
+from proxyembed.runtime.evaluation import SplitEvaluation, evaluate_split
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
 from .runners import Runner
@@ -124,13 +124,9 @@ def embed_all(
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
-def _metrics(emb: np.ndarray, data: DataSplit, ks: list[int]) -> dict[str, float]:
-    labels = np.array([s.label for s in data.eval])
-    if data.gallery is None:
-        return retrieval_metrics(emb, labels, ks=ks)
-    n = len(data.eval)
-    g_labels = np.array([s.label for s in data.gallery])
-    return retrieval_metrics(emb[:n], labels, ks=ks, gallery=emb[n:], gallery_labels=g_labels)
+def _embeddings(result: SplitEvaluation, name: str) -> np.ndarray:
+    """One runner's embeddings of every evaluation image: the queries, then the gallery if any."""
+    return np.concatenate([result.queries[name], *([result.gallery[name]] if result.gallery else [])])
 
 
 def validate(
@@ -144,17 +140,17 @@ def validate(
     on_batch: Callable[[int], None] | None = None,
 ) -> ValidationReport:
     """Embed the evaluation classes with the reference and every candidate, and score each candidate."""
-    samples = list(data.eval) + list(data.gallery or [])
     if len(data.eval) < 2:
         raise BadInput(f"--data {data.name}: {len(data.eval)} evaluation image(s); validation needs at least two")
     ks = sorted({1, *data.ks})
     runners = {"reference": reference, **{c.file: c.run for c in candidates}}
-    emb = embed_all(samples, spec, runners, batch_size=batch_size, on_batch=on_batch)
-    ref = _metrics(emb["reference"], data, ks)
+    result = evaluate_split(data, lambda samples: embed_all(samples, spec, runners, batch_size=batch_size, on_batch=on_batch), ks=ks)
+    ref = result.metrics["reference"]
     report = ValidationReport(data=data.fingerprint(), ks=ks, reference=ref)
+    reference = _embeddings(result, "reference")
     for c in candidates:
-        m = _metrics(emb[c.file], data, ks)
-        cos = (emb[c.file] * emb["reference"]).sum(axis=1)
+        m = result.metrics[c.file]
+        cos = (_embeddings(result, c.file) * reference).sum(axis=1)
         report.scores.append(
             Score(
                 file=c.file,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput, IntegrityError
+from .files import SEAL_KEY, check_seal
 from .manifest import MANIFEST_NAME, Artifact, Manifest, sha256_file
 
 
@@ -48,6 +49,9 @@ class Bundle:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadInput(f"{manifest_file} is not valid JSON: {exc}", hint="re-export the bundle") from exc
+        check_seal(raw, manifest_file, hint="copy the bundle again, or re-export it")
+        if isinstance(data, dict):
+            data.pop(SEAL_KEY, None)
         manifest = Manifest.from_dict(data, source=str(manifest_file))
         for artifact in manifest.artifacts:
             _check_file(path, artifact.file, artifact.sha256, verify)

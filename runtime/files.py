@@ -1,12 +1,19 @@
 """Atomic writes and strict JSON reads: the "fail loudly, lose nothing" file handling every stage shares.
 
-A file is written beside its target and renamed over it, so a crash leaves the old file or the new one,
-never half of either; a folder (bundle, gallery) is swapped in the same way. JSON read back from a
-proxyembed artifact is checked to be an object, and a broken file is an :class:`IntegrityError`.
+A file is written beside its target, fsynced, and renamed over it (then its folder is fsynced), so a
+crash or a power loss leaves the old file or the new one, never half of either; a folder (bundle,
+gallery) is swapped in the same way. Files get the mode the umask gives a new file (``mkstemp``'s 0600
+would stop another user serving a gallery). JSON read back from a proxyembed artifact is checked to be
+an object, and a broken file is an :class:`IntegrityError`.
+
+A *sealed* JSON file (``gallery.json``, ``index.json``, ``manifest.json``) ends with a ``"checksum"``
+field: the sha256 of every byte before it. The file that carries the other files' checksums is thus
+checked itself, and any single-byte change to it — even one JSON would parse the same — is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,18 +25,63 @@ from typing import Any
 from .errors import BadInput, IntegrityError
 
 
+def _umask() -> int:
+    """The process umask: from /proc on Linux (thread-safe), else by setting it and putting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries) to disk; a no-op where folders cannot be opened."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(path, flags)
+    except (IsADirectoryError, PermissionError):  # Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file and folder under ``folder`` (before renaming a staged folder into place)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(root)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` for a temp file beside ``path``, then rename it to ``path``; clean up on failure."""
+    """Call ``write(tmp)`` for a temp file beside ``path``, then fsync and rename it to ``path``; clean up on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def make_staging_dir(target: Path) -> Path:
+    """A new hidden folder beside ``target`` (same filesystem, so the final rename is atomic), with the umask's mode."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -43,14 +95,21 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any], indent: 
 
 
 def swap_dir_into_place(new: Path, target: Path) -> None:
-    """Rename folder ``new`` to ``target``; an old ``target`` is moved aside first and deleted only afterwards."""
+    """Rename folder ``new`` to ``target``; an old ``target`` is moved aside first and deleted only afterwards.
+
+    Everything in ``new`` is fsynced before the rename and the parent folder after it, so a power loss
+    leaves the old folder or the complete new one.
+    """
+    fsync_tree(new)
     if not target.exists():
         os.replace(new, target)
+        fsync_path(target.parent)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
     os.replace(target, old / target.name)
     try:
         os.replace(new, target)
+        fsync_path(target.parent)
     except BaseException:
         os.replace(old / target.name, target)
         raise
@@ -58,22 +117,63 @@ def swap_dir_into_place(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+SEAL_KEY = "checksum"
+_SEAL_PREFIX = f'"{SEAL_KEY}": "'
+
+
+def sealed_json(payload: dict[str, Any], indent: int = 2) -> str:
+    """``payload`` as JSON text ending in a ``"checksum"`` field: the sha256 of every byte before it."""
+    body = {k: v for k, v in payload.items() if k != SEAL_KEY}
+    text = json.dumps(body, indent=indent, allow_nan=False)
+    head = text[:-1].rstrip() + ("," if body else "") + "\n" + " " * indent
+    return f"{head}{_SEAL_PREFIX}{hashlib.sha256(head.encode()).hexdigest()}\"\n}}\n"
+
+
+def check_seal(raw: bytes, path: Path, *, hint: str) -> None:
+    """Refuse (:class:`IntegrityError`) the bytes of a sealed JSON file whose checksum does not match."""
+    at = raw.rfind(_SEAL_PREFIX.encode())
+    digest = raw[at + len(_SEAL_PREFIX) : at + len(_SEAL_PREFIX) + 64] if at >= 0 else b""
+    if at < 0 or raw[at + len(_SEAL_PREFIX) + 64 :] != b'"\n}\n':
+        raise IntegrityError(f"{path} has no valid '{SEAL_KEY}' field (altered, truncated, or written by an older proxyembed)", hint=hint)
+    if hashlib.sha256(raw[:at]).hexdigest().encode() != digest:
+        raise IntegrityError(f"{path} was altered: its bytes do not match its own '{SEAL_KEY}'", hint=hint)
+
+
+def write_sealed_json(path: str | os.PathLike, payload: dict[str, Any], indent: int = 2) -> None:
+    """Write ``payload`` as sealed JSON (see :func:`sealed_json`) atomically."""
+    atomic_write_text(path, sealed_json(payload, indent))
+
+
 def read_json_object(
-    path: Path, *, missing: str, hint: str, broken_hint: str, fields: dict[str, type | tuple[type, ...]]
+    path: Path,
+    *,
+    missing: str,
+    hint: str,
+    broken_hint: str,
+    fields: dict[str, type | tuple[type, ...]],
+    sealed: bool = False,
 ) -> dict[str, Any]:
     """A JSON object from ``path`` holding ``fields`` with their types.
 
     :class:`BadInput` (``missing``, ``hint``) if the file is absent; :class:`IntegrityError`
-    (``broken_hint``) if it is not valid JSON, not an object, or lacks a field.
+    (``broken_hint``) if it is not valid JSON, not an object, lacks a field, or (``sealed``) does not
+    match its own checksum. The returned dict has no ``checksum`` key.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise BadInput(missing, hint=hint) from exc
+    except IsADirectoryError as exc:
+        raise IntegrityError(f"{path} is a folder, not a file", hint=broken_hint) from exc
+    if sealed:
+        check_seal(raw, path, hint=broken_hint)
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IntegrityError(f"{path} is not valid JSON: {exc}", hint=broken_hint) from exc
     if not isinstance(data, dict):
         raise IntegrityError(f"{path} is not a JSON object with the fields {', '.join(fields)}", hint=broken_hint)
+    data.pop(SEAL_KEY, None)
     for key, typ in fields.items():
         if not isinstance(data.get(key), typ) or (typ is int and isinstance(data.get(key), bool)):
             raise IntegrityError(f"{path}: field '{key}' is missing or has the wrong type", hint=broken_hint)

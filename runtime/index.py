@@ -9,12 +9,17 @@ readers-writer lock, so searches run in parallel while add / remove wait for exc
 
 Duplicate ids: adding an id that is already live raises :class:`BadInput` unless ``replace=True``, in
 which case the old vector is removed and the new one added (an id occurs once in any result).
+
+Growth without decay: a removed item's slot is reused by the next add (hnswlib ``replace_deleted``), so
+a gallery whose items are replaced over and over keeps its size; hnswlib labels are never reused (a
+reused label would leave a stale entry in hnswlib's label table). On save the index measures its own
+recall@10 against exact search, using a sample of stored vectors as queries, and raises ``ef`` until
+it reaches :data:`TARGET_RECALL`; the measurement is stored in the sidecar (:meth:`Index.recall`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import BadInput, IntegrityError
-from .files import read_json_object, write_json_atomic
+from .files import atomic_write, read_json_object, write_sealed_json
 from .manifest import sha256_file
 from .metrics import knn
 from .rwlock import RWLock
@@ -34,13 +39,24 @@ Filter = Callable[[dict[str, Any]], bool] | Mapping[str, Any]
 
 INDEX_FILE = "index.bin"
 SIDECAR_FILE = "index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sealed sidecar, live items only with their labels, recorded recall
 
 # Chosen from benchmarks/index_speed.py (results/index_speed.md): the smallest ef with recall@10 >= 0.99
 # against exact search on clustered unit vectors, dim 128, M=16, ef_construction=200 — at 100k items
 # ef=32 gives 0.985 and ef=64 0.994 (10k: 0.9992 / 0.9997). At 1M items (results/index_speed_1m.md) M=16
 # tops out at 0.974 even with ef=256: galleries that large want M=32 and a larger ef, measured on them.
 DEFAULT_EF = 64
+# M=16 reaches 0.99 at 100k; at 1M it stalls below it (0.974 at ef=256), so larger galleries get M=32.
+# M is fixed when the graph is built: pass the expected size as ``capacity`` so the choice is right.
+LARGE_GALLERY = 250_000
+# What save() calibrates ef to reach, measured on CALIBRATION_QUERIES stored vectors; ef stops at MAX_EF
+# (a gallery that still misses the target is reported, and wants a rebuild with a larger M). Stored
+# vectors are easier queries than new images (they are linked into the graph): at 100k the self-measured
+# recall@10 was 0.9986 where held-out queries gave 0.9938, so the target carries that margin over 0.99.
+TARGET_RECALL = 0.995
+RECALL_K = 10
+CALIBRATION_QUERIES = 1000
+MAX_EF = 1024
 # Below this many live items search is exact: a numpy pass costs well under a millisecond per query at
 # this size (same benchmark), so hnswlib's approximation would buy nothing worth a missed neighbour.
 EXACT_BELOW = 2000
@@ -63,7 +79,8 @@ class Index:
     """hnswlib HNSW index keyed by caller ids, with metadata, filters, exact search and safe save/load.
 
     ``space="cosine"`` normalises vectors (zero vectors are refused); ``"ip"`` uses raw inner products.
-    Scores are similarities, higher is better, in both spaces.
+    Scores are similarities, higher is better, in both spaces. ``capacity`` is the expected size: it
+    picks ``M`` when not given (16, or 32 from :data:`LARGE_GALLERY` items) and grows by itself.
     """
 
     def __init__(
@@ -71,7 +88,7 @@ class Index:
         dim: int,
         space: Literal["cosine", "ip"] = "cosine",
         *,
-        M: int = 16,
+        M: int | None = None,
         ef_construction: int = 200,
         ef: int = DEFAULT_EF,
         exact_below: int = EXACT_BELOW,
@@ -80,6 +97,8 @@ class Index:
     ) -> None:
         import hnswlib
 
+        if M is None:
+            M = 32 if capacity >= LARGE_GALLERY else 16
         if not isinstance(dim, int) or dim <= 0:
             raise BadInput(f"index dim must be a positive integer, got {dim!r}")
         if space not in ("cosine", "ip"):
@@ -92,16 +111,20 @@ class Index:
         self._ef = ef
         self._hnsw = hnswlib.Index(space=space, dim=dim)
         if _load_from is None:
-            self._hnsw.init_index(max_elements=max(capacity, 1), ef_construction=ef_construction, M=M)
+            self._hnsw.init_index(
+                max_elements=max(capacity, 1), ef_construction=ef_construction, M=M, allow_replace_deleted=True
+            )
         else:  # Index.load: the sha256 was checked, so hnswlib reads a file it wrote
             try:
-                self._hnsw.load_index(str(_load_from), max_elements=capacity)
+                self._hnsw.load_index(str(_load_from), max_elements=capacity, allow_replace_deleted=True)
             except RuntimeError as exc:
                 raise IntegrityError(f"hnswlib cannot read {_load_from}: {exc}") from exc
         self._hnsw.set_ef(ef)
-        self._ids: list[ItemId | None] = []  # label -> id, None once removed
-        self._meta: list[dict[str, Any] | None] = []  # label -> metadata
+        self._ids: dict[int, ItemId] = {}  # live label -> id, in insertion order
+        self._meta: dict[int, dict[str, Any]] = {}  # live label -> metadata
         self._labels: dict[ItemId, int] = {}  # live id -> label
+        self._next_label = 0
+        self._recall: dict[str, Any] = {}
         self._lock = RWLock()
         self._matrix_lock = threading.Lock()
         self._matrix: tuple[np.ndarray, np.ndarray] | None = None  # (labels, vectors) of live items, for exact search
@@ -128,15 +151,19 @@ class Index:
             self._hnsw.set_ef(value)
 
     def ids(self) -> list[ItemId]:
-        """Live ids in insertion order."""
+        """Live ids in insertion order (a replaced id counts as inserted when it was replaced)."""
         with self._lock.read():
-            return [i for i in self._ids if i is not None]
+            return list(self._ids.values())
+
+    def recall(self) -> dict[str, Any]:
+        """The last recall measurement (:meth:`calibrate`): recall@10 vs exact search, ef, queries; {} if none."""
+        return dict(self._recall)
 
     def metadata(self, item_id: ItemId) -> dict[str, Any]:
         with self._lock.read():
             if item_id not in self._labels:
                 raise BadInput(f"id {item_id!r} is not in the index")
-            return dict(self._meta[self._labels[item_id]] or {})
+            return dict(self._meta[self._labels[item_id]])
 
     def params(self) -> dict[str, Any]:
         """The construction and search parameters (what a gallery records)."""
@@ -189,17 +216,19 @@ class Index:
                     f"{len(dupes)} id(s) already in the index, e.g. {dupes[0]!r}",
                     hint="remove them first, or pass replace=True to overwrite",
                 )
-            start = len(self._ids)
-            needed = start + len(ids)
-            if needed > self._hnsw.get_max_elements():
-                self._hnsw.resize_index(max(needed, 2 * self._hnsw.get_max_elements()))
-            self._hnsw.add_items(vectors, np.arange(start, needed, dtype=np.int64))
             for item_id in dupes:
-                self._delete_label(self._labels[item_id])
+                self._delete_label(self._labels.pop(item_id))
+            # replace_deleted puts new items into removed items' slots first; only the rest need room
+            slots = self._hnsw.element_count + max(0, len(ids) - (self._hnsw.element_count - len(self._labels)))
+            if slots > self._hnsw.get_max_elements():
+                self._hnsw.resize_index(max(slots, 2 * self._hnsw.get_max_elements()))
+            start = self._next_label
+            self._hnsw.add_items(vectors, np.arange(start, start + len(ids), dtype=np.int64), replace_deleted=True)
             for offset, (item_id, meta) in enumerate(zip(ids, metas, strict=True)):
-                self._ids.append(item_id)
-                self._meta.append(meta)
+                self._ids[start + offset] = item_id
+                self._meta[start + offset] = meta
                 self._labels[item_id] = start + offset
+            self._next_label = start + len(ids)
             self._matrix = None
 
     def remove(self, ids: Sequence[ItemId]) -> None:
@@ -215,8 +244,7 @@ class Index:
 
     def _delete_label(self, label: int) -> None:
         self._hnsw.mark_deleted(label)
-        self._ids[label] = None
-        self._meta[label] = None
+        del self._ids[label], self._meta[label]
 
     # -- search --------------------------------------------------------------------------------------
 
@@ -248,7 +276,7 @@ class Index:
             n_live = len(self._labels)
             if accept is not None:
                 allowed = np.array(
-                    [label for label in self._labels.values() if accept(self._meta[label] or {})], np.int64
+                    [label for label in self._labels.values() if accept(self._meta[label])], np.int64
                 )
                 n_live = len(allowed)
             k = min(int(k), n_live)
@@ -261,7 +289,7 @@ class Index:
                 labels, scores = self._approximate(queries, k, ef, allowed)
             return [
                 [
-                    Hit(self._ids[lab], float(s), dict(self._meta[lab] or {}))
+                    Hit(self._ids[lab], float(s), dict(self._meta[lab]))
                     for lab, s in zip(row_l, row_s, strict=True)
                     if lab >= 0
                 ]
@@ -277,7 +305,7 @@ class Index:
             if allowed is None:
                 labels, dists = self._hnsw.knn_query(queries, k=k)
             else:
-                mask = np.zeros(len(self._ids), bool)
+                mask = np.zeros(self._next_label, bool)
                 mask[allowed] = True
                 # The Python callback runs under the GIL, so extra hnswlib threads would only contend.
                 labels, dists = self._hnsw.knn_query(queries, k=k, num_threads=1, filter=lambda lab: bool(mask[lab]))
@@ -321,20 +349,72 @@ class Index:
             raise BadInput(f"{what} contain an all-zero vector, which has no direction for cosine similarity")
         return np.ascontiguousarray(x)
 
+    # -- recall ----------------------------------------------------------------------------------------
+
+    def calibrate(
+        self, *, target: float = TARGET_RECALL, queries: int = CALIBRATION_QUERIES, max_ef: int = MAX_EF, seed: int = 0
+    ) -> dict[str, Any]:
+        """Measure recall@10 against exact search and raise ``ef`` (doubling, never lowering) until it reaches ``target``.
+
+        The queries are up to ``queries`` stored vectors, each excluding itself from both answers, so the
+        measurement needs no held-out data and follows the gallery as it grows. Searches wait while it
+        runs (it changes the index-wide ef). The result is recorded (:meth:`recall`) and returned.
+        """
+        with self._lock.write():
+            n = len(self._labels)
+            ef = self._ef
+            if n <= RECALL_K + 1:  # every live item is in every answer
+                measured, used = 1.0, 0
+            else:
+                had_matrix = self._matrix is not None
+                live, vectors = self._live_matrix()
+                pick = np.sort(np.random.default_rng(seed).choice(n, min(queries, n), replace=False))
+                own = live[pick]
+                truth = _drop_self(live[knn(vectors[pick], vectors, RECALL_K + 1)[0]], own)
+                while True:
+                    measured = self._graph_recall(vectors[pick], own, truth, ef)
+                    if measured >= target or ef >= max_ef:
+                        break
+                    ef = min(2 * ef, max_ef)
+                used = len(pick)
+                if not had_matrix:
+                    self._matrix = None  # do not keep an N x dim copy alive for a save
+                self._ef = ef
+                self._hnsw.set_ef(ef)
+            self._recall = {f"recall@{RECALL_K}": round(measured, 4), "ef": ef, "queries": used, "count": n, "target": target}
+            return dict(self._recall)
+
+    def _graph_recall(self, queries: np.ndarray, own: np.ndarray, truth: np.ndarray, ef: int) -> float:
+        self._hnsw.set_ef(max(ef, RECALL_K + 1))
+        try:
+            found, _ = self._hnsw.knn_query(queries, k=RECALL_K + 1)
+        except RuntimeError:  # the walk found too few live items (heavy deletions): count it as a miss
+            return 0.0
+        found = _drop_self(found.astype(np.int64), own)
+        return float((found[:, :, None] == truth[:, None, :]).any(axis=2).sum() / truth.size)
+
     # -- persistence ---------------------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> None:
-        """Write ``index.bin`` (hnswlib) and ``index.json`` (params, id table, metadata, sha256) into ``folder``.
+    def save(self, folder: str | Path, *, calibrate: bool = True) -> None:
+        """Write ``index.bin`` (hnswlib) and the sealed ``index.json`` (params, items, recall, sha256) into ``folder``.
 
-        The sidecar is written last and names the index file's hash, so a crash in between is detected
-        at load. Searches may continue while saving; writers wait.
+        With ``calibrate`` the recall is measured first (:meth:`calibrate`). The sidecar is written last
+        and names the index file's hash, so a crash in between is detected at load. Searches may continue
+        while writing; writers wait.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if calibrate:
+            self.calibrate()
         with self._lock.read():
-            tmp_index = folder / (INDEX_FILE + ".tmp")
-            self._hnsw.save_index(str(tmp_index))
-            digest = sha256_file(tmp_index)
+            digest = ""
+
+            def write_index(tmp: Path) -> None:
+                nonlocal digest
+                self._hnsw.save_index(str(tmp))
+                digest = sha256_file(tmp)
+
+            atomic_write(folder / INDEX_FILE, write_index)
             sidecar = {
                 "format_version": FORMAT_VERSION,
                 **self.params(),
@@ -342,11 +422,13 @@ class Index:
                 "capacity": self._hnsw.get_max_elements(),
                 "index_file": INDEX_FILE,
                 "index_sha256": digest,
-                "ids": self._ids,
-                "metadata": self._meta,
+                "recall": self._recall,
+                "next_label": self._next_label,
+                "labels": list(self._ids),
+                "ids": list(self._ids.values()),
+                "metadata": list(self._meta.values()),
             }
-            os.replace(tmp_index, folder / INDEX_FILE)
-            write_json_atomic(folder / SIDECAR_FILE, sidecar, indent=1)
+            write_sealed_json(folder / SIDECAR_FILE, sidecar, indent=1)
 
     @classmethod
     def load(cls, folder: str | Path, *, exact_below: int = EXACT_BELOW) -> Index:
@@ -371,16 +453,26 @@ class Index:
             capacity=side["capacity"],
             _load_from=index_file,
         )
-        ids, meta = side["ids"], side["metadata"]
-        if index._hnsw.element_count != len(ids) or len(meta) != len(ids):
-            raise IntegrityError(
-                f"{folder / SIDECAR_FILE} lists {len(ids)} items, {index_file} holds {index._hnsw.element_count}"
-            )
-        index._ids, index._meta = ids, meta
-        index._labels = {item_id: label for label, item_id in enumerate(ids) if item_id is not None}
-        if len(index._labels) != side["count"]:
-            raise IntegrityError(f"{folder / SIDECAR_FILE}: count {side['count']} but {len(index._labels)} live ids")
+        labels, ids, meta = side["labels"], side["ids"], side["metadata"]
+        where = folder / SIDECAR_FILE
+        if not (len(labels) == len(ids) == len(meta) == side["count"]) or index._hnsw.element_count < len(ids):
+            raise IntegrityError(f"{where} lists {len(ids)} items, {index_file} holds {index._hnsw.element_count}")
+        if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < side["next_label"] for x in labels):
+            raise IntegrityError(f"{where}: labels must be integers below next_label {side['next_label']}")
+        index._ids = dict(zip(labels, ids, strict=True))
+        index._meta = dict(zip(labels, meta, strict=True))
+        index._labels = {item_id: label for label, item_id in index._ids.items()}
+        if not (len(index._ids) == len(index._labels) == len(ids)):
+            raise IntegrityError(f"{where}: a label or an id occurs twice")
+        index._next_label, index._recall = side["next_label"], side["recall"]
         return index
+
+
+def _drop_self(rows: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """The first ``RECALL_K`` labels of each row of ``RECALL_K + 1`` without the row's own label."""
+    keep = rows != own[:, None]
+    keep[keep.all(axis=1), -1] = False  # the query was not among them: drop the last instead
+    return rows[keep].reshape(len(rows), RECALL_K)
 
 
 def _make_filter(filter: Filter | None) -> Callable[[dict[str, Any]], bool] | None:
@@ -402,6 +494,9 @@ _SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
     "count": int,
     "capacity": int,
     "index_sha256": str,
+    "recall": dict,
+    "next_label": int,
+    "labels": list,
     "ids": list,
     "metadata": list,
 }
@@ -414,6 +509,7 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         hint="is this a folder written by Index.save or `proxyembed index`?",
         broken_hint="rebuild the gallery",
         fields=_SIDECAR_FIELDS,
+        sealed=True,
     )
     if side["format_version"] != FORMAT_VERSION:
         raise BadInput(

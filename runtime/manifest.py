@@ -8,12 +8,12 @@ strict: a missing field, a wrong type or an artifact path leaving the bundle fol
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from .errors import BadInput
+from .files import sealed_json
 from .preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
@@ -97,7 +97,8 @@ class Manifest:
         }
 
     def dumps(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        """The sealed text of ``manifest.json``: its last field is the sha256 of the bytes before it."""
+        return sealed_json(self.to_dict())
 
     def artifact(self, precision: str, fmt: str = "onnx", target: str | None = None) -> Artifact | None:
         """The first artifact with this precision and format (and target, when given), if any."""

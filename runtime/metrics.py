@@ -12,13 +12,17 @@ each correct rank within the first R neighbours. Metric values are fractions in 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from .errors import BadInput
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8)
+# k-means for NMI: float64 Lloyd with k-means++ up to this many points x clusters (CUB, Cars: under 1e6),
+# blocked float32 Lloyd with random seeding above it (SOP: 60k x 11k = 7e8), LARGE_KMEANS_ITERS steps.
+EXACT_KMEANS_CELLS = 2**22
+LARGE_KMEANS_ITERS = 4
 
 
 def knn(
@@ -27,38 +31,84 @@ def knn(
     k: int,
     *,
     exclude_self: bool = False,
-    block_size: int = 1024,
+    block_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` neighbours by dot product: (indices, similarities), each (Nq, k), best first.
 
     With ``exclude_self`` the queries are the gallery and each item's own row is never returned.
-    Ties are broken by the lower gallery index, so results are deterministic.
+    Ties are broken by the lower gallery index, so results are deterministic. ``block_size`` query
+    rows are compared at a time (default: a block of similarities near 256 MiB, whatever the gallery).
     """
+    queries, gallery, k = _knn_inputs(queries, gallery, k, exclude_self)
+    block_size = block_size or _block_rows(len(gallery))
+    idx_out = np.empty((len(queries), k), np.int64)
+    sim_out = np.empty((len(queries), k), np.float32)
+    for start, idx, sims in _knn_blocks(queries, gallery, k, exclude_self, block_size):
+        idx_out[start : start + len(idx)] = idx
+        sim_out[start : start + len(idx)] = np.take_along_axis(sims, idx, axis=1)
+    return idx_out, sim_out
+
+
+def _knn_inputs(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray, int]:
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
         raise BadInput(f"knn: queries {queries.shape} and gallery {gallery.shape} must be 2-D with the same width")
-    n_avail = gallery.shape[0] - (1 if exclude_self else 0)
-    k = min(k, n_avail)
-    if k <= 0:
-        return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
-    idx_out = np.empty((len(queries), k), np.int64)
-    sim_out = np.empty((len(queries), k), np.float32)
+    return queries, gallery, max(0, min(k, gallery.shape[0] - (1 if exclude_self else 0)))
+
+
+def _block_rows(n_gallery: int) -> int:
+    """Query rows per block: 1024, fewer for galleries so large that a block would pass 256 MiB."""
+    return int(np.clip(2**26 // max(n_gallery, 1), 1, 1024))
+
+
+def _knn_blocks(
+    queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool, block_size: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first query row, top-``k`` indices, the block's similarities) for each block of query rows."""
     for start in range(0, len(queries), block_size):
         sims = queries[start : start + block_size] @ gallery.T
         if exclude_self:
             rows = np.arange(sims.shape[0])
             sims[rows, rows + start] = -np.inf
-        if k < sims.shape[1]:
-            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(sims.shape[1]), sims.shape).copy()
-        part_sims = np.take_along_axis(sims, part, axis=1)
-        # sort by similarity descending, then by index ascending for determinism
-        order = np.lexsort((part, -part_sims), axis=1)
-        idx_out[start : start + len(sims)] = np.take_along_axis(part, order, axis=1)
-        sim_out[start : start + len(sims)] = np.take_along_axis(part_sims, order, axis=1)
-    return idx_out, sim_out
+        yield start, _top_k(sims, k), sims
+
+
+def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` largest values, by value descending then index ascending.
+
+    A selection over every full row costs several times the matrix product that made it. Instead the
+    columns are dealt into ``m = 2k`` disjoint groups (column index modulo m); the k-th largest of the
+    m group maxima is a threshold that at least k values of the row reach (k distinct groups each hold
+    one), and at SOP's size only about 1.4k do. Only those are ranked. Every value tied with the
+    k-th largest reaches the threshold too, so the result is exact.
+    """
+    n_rows, n = sims.shape
+    if k == 0:
+        return np.zeros((n_rows, 0), np.int64)
+    if k >= n:
+        return _rank(sims, np.arange(n, dtype=np.uint64))[:, :k]
+    groups = min(2 * k, n)
+    maxima = sims[:, : groups * (n // groups)].reshape(n_rows, n // groups, groups).max(axis=1)
+    threshold = np.partition(maxima, groups - k, axis=1)[:, groups - k]
+    rows, cols = np.divmod(np.flatnonzero(sims >= threshold[:, None]), n)  # row-major order
+    counts = np.bincount(rows, minlength=n_rows)
+    keys = np.full((n_rows, int(counts.max())), np.iinfo(np.uint64).max, np.uint64)  # padding sorts last
+    keys[rows, np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)] = _keys(sims[rows, cols], cols)
+    return (np.sort(keys, axis=1)[:, :k] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def _keys(vals: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """uint64 keys whose ascending order is value descending, then column ascending (columns below 2**32)."""
+    bits = (vals.astype(np.float32) + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into 0.0
+    ascending = np.where(bits >> np.uint32(31) == 1, ~bits, bits | np.uint32(1 << 31))  # float order as uint order
+    return ((~ascending).astype(np.uint64) << np.uint64(32)) | cols.astype(np.uint64)
+
+
+def _rank(sims: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """All columns of each row of ``sims``, ordered by value descending then column ascending."""
+    keys = np.sort(_keys(sims, np.broadcast_to(cols, sims.shape)), axis=1)
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def _class_counts(query_labels: np.ndarray, gallery_labels: np.ndarray, exclude_self: bool) -> np.ndarray:
@@ -83,6 +133,9 @@ def retrieval_metrics(
     Without ``gallery`` it is all-vs-all on ``embeddings`` with the query excluded (CUB / Cars / SOP);
     with ``gallery`` the ``embeddings`` are queries against it (In-Shop). Queries without any relevant
     item are skipped for MAP@R / R-Precision and count as misses for Recall@K.
+
+    One pass over blocks of queries gives every neighbour metric, keeping per query only what the
+    averages need, so memory stays at a block of similarities (SOP's 60k items fit in well under 2 GiB).
     """
     q = np.asarray(embeddings, dtype=np.float32)
     q_lab = np.asarray(labels)
@@ -99,21 +152,25 @@ def retrieval_metrics(
     if len(g) != len(g_lab):
         raise BadInput(f"metrics: {len(g)} gallery embeddings but {len(g_lab)} gallery labels")
     r = _class_counts(q_lab, g_lab, exclude_self=all_vs_all)
-    depth = max(max(ks), int(r.max(initial=0)))
-    idx, _ = knn(q, g, depth, exclude_self=all_vs_all)
-    hits = g_lab[idx] == q_lab[:, None]
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"recall@{k}"] = float(hits[:, :k].any(axis=1).mean())
+    q, g, depth = _knn_inputs(q, g, max(max(ks), int(r.max(initial=0))), all_vs_all)
+    found = np.zeros((len(ks), len(q)), bool)
+    ap = np.zeros(len(q))
+    r_prec = np.zeros(len(q))
+    ranks = np.arange(1, depth + 1)
+    for start, idx, _ in _knn_blocks(q, g, depth, all_vs_all, _block_rows(len(g))):
+        stop = start + len(idx)
+        hits = g_lab[idx] == q_lab[start:stop, None]
+        for i, k in enumerate(ks):
+            found[i, start:stop] = hits[:, :k].any(axis=1)
+        rel = hits & (ranks[None, :] <= r[start:stop, None])
+        precision_at_i = np.cumsum(rel, axis=1) / ranks[None, :]
+        ap[start:stop] = (precision_at_i * rel).sum(axis=1)
+        r_prec[start:stop] = rel.sum(axis=1)
+    out: dict[str, float] = {f"recall@{k}": float(found[i].mean()) for i, k in enumerate(ks)}
     valid = r > 0
     if valid.any():
-        ranks = np.arange(1, hits.shape[1] + 1)
-        within_r = ranks[None, :] <= r[:, None]
-        rel = hits & within_r
-        precision_at_i = np.cumsum(rel, axis=1) / ranks[None, :]
-        ap = (precision_at_i * rel).sum(axis=1)[valid] / r[valid]
-        out["map@r"] = float(ap.mean())
-        out["r_precision"] = float((rel.sum(axis=1)[valid] / r[valid]).mean())
+        out["map@r"] = float((ap[valid] / r[valid]).mean())
+        out["r_precision"] = float((r_prec[valid] / r[valid]).mean())
     else:
         out["map@r"] = out["r_precision"] = 0.0
     if nmi:
@@ -122,7 +179,15 @@ def retrieval_metrics(
 
 
 def kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = 50) -> np.ndarray:
-    """Cluster assignments from Lloyd's k-means with k-means++ seeding (deterministic for a seed)."""
+    """Cluster assignments from Lloyd's k-means (deterministic for a seed).
+
+    For small problems (N x clusters up to :data:`EXACT_KMEANS_CELLS`) this is float64 Lloyd with
+    k-means++ seeding, as it always was. Above that, the seeding alone would make ``clusters`` passes
+    over the data and each step an N x clusters float64 matrix, so :func:`_kmeans_large` runs instead.
+    """
+    x = np.asarray(x)
+    if len(x) * min(n_clusters, len(x)) > EXACT_KMEANS_CELLS:
+        return _kmeans_large(x, n_clusters, seed=seed)
     rng = np.random.default_rng(seed)
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
@@ -147,6 +212,34 @@ def kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = 50) ->
             members = x[assign == c]
             if len(members):
                 centers[c] = members.mean(0)
+    return assign
+
+
+def _kmeans_large(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = LARGE_KMEANS_ITERS) -> np.ndarray:
+    """k-means for SOP-size problems without ever holding N x clusters: float32 Lloyd in blocks of rows.
+
+    Seeded with distinct random points (k-means++ would cost one pass over the data per cluster) and
+    stopped after ``iters`` steps or when no assignment changes. Each step costs N x clusters x dim
+    multiply-adds, a fifth of the all-pairs similarity pass at SOP's size, so NMI stays a bounded part
+    of an evaluation (benchmarks/results/eval_speed.md). Empty clusters keep their centre.
+    """
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    n_clusters = min(n_clusters, n)
+    centers = x[np.sort(rng.choice(n, n_clusters, replace=False))].copy()
+    block = int(np.clip(2**26 // n_clusters, 64, 4096))
+    assign = np.full(n, -1)
+    for _ in range(iters):
+        half_sq = 0.5 * (centers**2).sum(1)  # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
+        new = np.concatenate([(x[s : s + block] @ centers.T - half_sq).argmax(1) for s in range(0, n, block)])
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        order = np.argsort(assign, kind="stable")
+        members, starts = np.unique(assign[order], return_index=True)
+        sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+        centers[members] = (sums / np.diff(np.append(starts, n))[:, None]).astype(np.float32)
     return assign
 
 

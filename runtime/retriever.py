@@ -1,18 +1,18 @@
 """Encoder + Index = image search, and the gallery folder that persists it (DESIGN.md, "Gallery").
 
 A gallery folder holds ``gallery.json`` (format version, the bundle's signature — manifest sha256 and
-dim — and where the bundle was, the index parameters, the item count, the sha256 of the item table),
-``index.bin`` (hnswlib) and ``index.json`` (the item table: id and metadata such as label and path,
-per hnswlib label). A gallery only makes sense with the model that embedded it, so loading it with
-another bundle is refused. Saves are built in a temporary sibling folder and renamed into place.
+dim — and where the bundle was, the index parameters and measured recall, the item count, the sha256 of
+the item table), ``index.bin`` (hnswlib) and ``index.json`` (the item table: id and metadata such as
+label and path, per hnswlib label, and the sha256 of ``index.bin``). Both JSON files are sealed (their
+own checksum is their last field), so every byte of a gallery is checked before it answers a search.
+A gallery only makes sense with the model that embedded it, so loading it with another bundle is
+refused. Saves are built in a temporary sibling folder, fsynced, and renamed into place.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +23,13 @@ import numpy as np
 from .bundle import Bundle
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
-from .files import read_json_object, swap_dir_into_place
+from .files import make_staging_dir, read_json_object, swap_dir_into_place, write_sealed_json
 from .index import SIDECAR_FILE, Filter, Hit, Index, ItemId
 from .manifest import sha256_file
 from .preprocess import ImageLike
 
 GALLERY_FILE = "gallery.json"
-GALLERY_VERSION = 1
+GALLERY_VERSION = 2  # 2: sealed gallery.json and index.json, recorded recall
 
 
 @dataclass
@@ -128,8 +128,7 @@ class Retriever:
             raise BadInput(
                 f"{folder} exists and is not a gallery", hint="choose a new --out folder; it is not overwritten"
             )
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        tmp = make_staging_dir(folder)
         try:
             self.index.save(tmp)
             info = {
@@ -137,11 +136,12 @@ class Retriever:
                 "bundle": {**self.encoder.bundle.signature, "path": str(self.encoder.bundle.path)},
                 "encoder": {"precision": self.encoder.precision, "artifact": self.encoder.artifact.file},
                 "index": self.index.params(),
+                "recall": self.index.recall(),
                 "count": len(self.index),
                 "items_file": SIDECAR_FILE,
                 "items_sha256": sha256_file(tmp / SIDECAR_FILE),
             }
-            (tmp / GALLERY_FILE).write_text(json.dumps(info, indent=2) + "\n")
+            write_sealed_json(tmp / GALLERY_FILE, info)
             swap_dir_into_place(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -179,7 +179,7 @@ class Retriever:
                 f"(sha256 {bundle.manifest_sha256[:12]}…, dim {bundle.dim})",
                 hint="search with the bundle that built it, or rebuild the gallery with `proxyembed index`",
             )
-        if sha256_file(folder / SIDECAR_FILE) != info.get("items_sha256"):
+        if not (folder / SIDECAR_FILE).is_file() or sha256_file(folder / SIDECAR_FILE) != info["items_sha256"]:
             raise IntegrityError(
                 f"{folder / SIDECAR_FILE} was altered or truncated (sha256 differs from {GALLERY_FILE})",
                 hint="rebuild the gallery",
@@ -196,7 +196,8 @@ def read_gallery_info(folder: str | Path) -> dict[str, Any]:
         missing=f"no gallery at {Path(folder)}: {GALLERY_FILE} is missing",
         hint="build one with `proxyembed index`",
         broken_hint="rebuild the gallery",
-        fields={"format_version": int, "bundle": dict},
+        fields={"format_version": int, "bundle": dict, "items_sha256": str},
+        sealed=True,
     )
     if info["format_version"] != GALLERY_VERSION:
         raise BadInput(

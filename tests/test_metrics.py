@@ -58,6 +58,7 @@ def test_knn_k_larger_than_gallery_returns_all() -> None:
     idx, sim = knn(TOY, TOY, 10, exclude_self=True)
     assert idx.shape == (4, 3)
     assert (np.diff(sim, axis=1) <= 0).all()
+    assert knn(TOY[:1], TOY[:1], 5, exclude_self=True)[0].shape == (1, 0)  # nothing but itself
 
 
 def test_nmi_matches_sklearn() -> None:
@@ -95,3 +96,32 @@ def test_metrics_are_deterministic_with_ties() -> None:
 def test_bad_metric_inputs(kwargs: dict) -> None:
     with pytest.raises(BadInput):
         retrieval_metrics(**kwargs)
+
+
+@pytest.mark.parametrize("k", [1, 7, 60, 400, 1999])
+def test_top_k_is_exact_with_ties_at_the_boundary(k: int) -> None:
+    """The threshold-then-rank selection equals a full stable sort, ties going to the lower index."""
+    rng = np.random.default_rng(k)
+    x = np.round(rng.normal(size=(2000, 4)), 1).astype(np.float32)  # coarse values: many exact ties
+    x[100:160] = x[5]  # duplicates of one item
+    idx, sims = knn(x[:300], x, k, exclude_self=True, block_size=128)
+    full = x[:300] @ x.T
+    full[np.arange(300), np.arange(300)] = -np.inf
+    brute = np.argsort(-full, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(idx, brute)
+    np.testing.assert_array_equal(sims, np.take_along_axis(full, brute, axis=1))
+
+
+def test_large_kmeans_path_clusters_without_n_by_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above EXACT_KMEANS_CELLS k-means runs blocked in float32 and still finds well-separated classes."""
+    import proxyembed.runtime.metrics as metrics
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 16))
+    labels = np.repeat(np.arange(40), 25)
+    x = (centres[labels] + 0.05 * rng.normal(size=(1000, 16))).astype(np.float32)
+    exact = nmi_kmeans(x, labels)
+    monkeypatch.setattr(metrics, "EXACT_KMEANS_CELLS", 1000)
+    large = nmi_kmeans(x, labels)
+    assert exact > 0.99 and 0.9 < large <= 1.0
+    assert large == nmi_kmeans(x, labels)  # deterministic for a seed

@@ -9,6 +9,7 @@ import pytest
 
 from helpers.bundles import make_tiny_bundle
 from proxyembed.runtime import BadInput, Bundle, IntegrityError
+from proxyembed.runtime.files import sealed_json
 from proxyembed.runtime.manifest import MANIFEST_NAME
 
 
@@ -21,7 +22,7 @@ def _edit_manifest(bundle_dir: Path, edit) -> None:
     path = bundle_dir / MANIFEST_NAME
     data = json.loads(path.read_text())
     edit(data)
-    path.write_text(json.dumps(data))
+    path.write_text(sealed_json(data))
 
 
 def test_valid_bundle_loads_with_signature(bundle_dir: Path) -> None:

@@ -36,6 +36,7 @@ def test_index_folder_then_search_json(bundle_dir: Path, images: Path, tmp_path:
     res = _index(bundle_dir, images, gal, "--batch-size", "4")
     assert res.exit_code == 0, res.output
     assert "indexed 9 image(s), skipped 0" in res.output
+    assert "recall@10 1.0000 against exact search (every item is in every answer), ef=64, M=16" in " ".join(res.output.split())
     res = runner.invoke(app, ["search", str(gal), str(images / "green" / "green_1.png"), "-k", "3", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from proxyembed.runtime import BadInput, Index, IntegrityError
+from proxyembed.runtime import index as index_mod
+from proxyembed.runtime.files import sealed_json
 from proxyembed.runtime.index import INDEX_FILE, SIDECAR_FILE
 from proxyembed.runtime.metrics import knn
 
@@ -205,11 +207,14 @@ def test_damaged_or_missing_sidecar(index: Index, tmp_path: Path) -> None:
     side = tmp_path / "ix" / SIDECAR_FILE
     data = json.loads(side.read_text())
     data["ids"] = data["ids"][:-1]
-    side.write_text(json.dumps(data))
+    side.write_text(json.dumps(data))  # an edit that drops the seal
+    with pytest.raises(IntegrityError, match="no valid 'checksum'"):
+        Index.load(tmp_path / "ix")
+    side.write_text(sealed_json(data, indent=1))  # resealed: the consistency checks still catch it
     with pytest.raises(IntegrityError, match="lists 2999 items"):
         Index.load(tmp_path / "ix")
     side.write_text("{")
-    with pytest.raises(IntegrityError, match="not valid JSON"):
+    with pytest.raises(IntegrityError, match="no valid 'checksum'"):
         Index.load(tmp_path / "ix")
     side.unlink()
     with pytest.raises(BadInput, match="sidecar missing"):
@@ -255,3 +260,60 @@ def test_concurrent_search_add_remove_save(tmp_path: Path) -> None:
     assert not errors, errors
     assert len(idx) == 2600 - 16 * 50
     assert len(Index.load(tmp_path / "live")) == len(idx)
+
+
+def test_replacing_every_item_ten_times_keeps_the_files_flat(tmp_path: Path) -> None:
+    """Removed items' slots are reused, so an often-updated gallery does not grow with tombstones."""
+    x = clustered(4400, seed=7)
+    idx = Index(DIM, exact_below=0)
+    ids = list(range(400))
+    idx.add(x[:400], ids)
+    sizes = []
+    for round_ in range(1, 11):
+        idx.add(x[400 * round_ : 400 * round_ + 400], ids, replace=True)
+        idx.save(tmp_path / "ix", calibrate=False)
+        sizes.append(((tmp_path / "ix" / INDEX_FILE).stat().st_size, (tmp_path / "ix" / SIDECAR_FILE).stat().st_size))
+    assert len({s[0] for s in sizes}) == 1, sizes  # index.bin: byte for byte the same size
+    assert max(s[1] for s in sizes) <= 1.05 * sizes[0][1], sizes  # index.json: only longer label numbers
+    assert idx._hnsw.element_count == 400 and len(idx) == 400
+    loaded = Index.load(tmp_path / "ix", exact_below=0)
+    query = x[4000:4001]  # the last round's vector for id 0
+    assert loaded.search(query, 1)[0][0].id == 0 and loaded.search(query, 1)[0][0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_removed_slots_are_reused_by_later_adds() -> None:
+    x = clustered(300, seed=8)
+    idx = Index(DIM, exact_below=0)
+    idx.add(x[:200], list(range(200)))
+    idx.remove(list(range(50)))
+    idx.add(x[200:300], list(range(200, 300)))  # 50 into free slots, 50 new
+    assert idx._hnsw.element_count == 250 and len(idx) == 250
+    assert idx.ids() == list(range(50, 300))
+    assert {h.id for h in idx.search(x[250], 1)[0]} == {250}
+
+
+def test_save_calibrates_ef_to_the_target_recall(tmp_path: Path) -> None:
+    """A too-small ef is raised until recall@10 against exact search reaches 0.99, and the result is recorded."""
+    x = clustered(6000, seed=9, n_classes=60)
+    idx = Index(DIM, ef=2, M=8, ef_construction=20, exact_below=0)  # ef=2 is far from 0.99
+    idx.add(x[:5000], list(range(5000)))
+    idx.save(tmp_path / "ix")
+    rec = idx.recall()
+    assert rec["ef"] > 2 and idx.ef == rec["ef"] and rec["queries"] == 1000 and rec["count"] == 5000
+    assert rec["recall@10"] >= 0.99
+    truth, _ = knn(x[5000:], x[:5000], 10)  # held-out queries agree with the self-measurement
+    found = idx.search(x[5000:], 10)
+    held_out = np.mean([len({h.id for h in f} & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True)])
+    assert held_out >= 0.98
+    loaded = Index.load(tmp_path / "ix")
+    assert loaded.recall() == rec and loaded.ef == rec["ef"]
+    side = json.loads((tmp_path / "ix" / SIDECAR_FILE).read_text())
+    assert side["recall"] == rec
+    weak = Index(DIM, ef=2, M=4, ef_construction=20, exact_below=0)  # too few links for 0.99 at any ef
+    weak.add(x[:5000], list(range(5000)))
+    rec = weak.calibrate()
+    assert rec["ef"] == index_mod.MAX_EF and 0.9 < rec["recall@10"] < rec["target"]  # reported, not hidden
+
+
+def test_expected_size_picks_m() -> None:
+    assert Index(DIM).M == 16 and Index(DIM, capacity=1_000_000).M == 32 and Index(DIM, M=8, capacity=10**6).M == 8

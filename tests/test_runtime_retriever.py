@@ -10,6 +10,7 @@ import pytest
 from helpers.bundles import COLOURS, make_tiny_bundle, pattern_image
 from proxyembed.runtime import BadInput, Encoder, IntegrityError, Retriever
 from proxyembed.runtime import index as index_mod
+from proxyembed.runtime.files import sealed_json
 from proxyembed.runtime.retriever import GALLERY_FILE, read_gallery_info
 
 
@@ -67,6 +68,9 @@ def test_missing_or_damaged_gallery(retriever: Retriever, tmp_path: Path) -> Non
     with pytest.raises(IntegrityError, match="index.json was altered"):
         Retriever.load(out)
     (out / GALLERY_FILE).write_text("[]")
+    with pytest.raises(IntegrityError, match="no valid 'checksum'"):
+        Retriever.load(out)
+    (out / GALLERY_FILE).write_text(sealed_json({"bundle": {}}))  # sealed, but not a gallery's fields
     with pytest.raises(IntegrityError, match="format_version"):
         Retriever.load(out)
 

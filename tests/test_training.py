@@ -168,6 +168,19 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], me
     assert message in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [({"lr": "6e-4"}, '"lr": "6e-4" is not a number'), ({"epochs": 2.5}, '"epochs": 2.5 is not an integer'),
+     ({"freeze_bn": 1}, '"freeze_bn": 1 is not true or false'), ({"image_size": "224"}, '"image_size": "224" is not an integer or null')],
+)  # fmt: skip
+def test_wrongly_typed_recipe_value_exits_2_naming_the_key(tmp_path: Path, setting: dict, message: str) -> None:
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(setting))
+    res = CliRunner().invoke(app, ["train", "--recipe", str(recipe), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
 def test_cli_eval_of_a_run_without_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "empty")])

@@ -21,8 +21,8 @@ from proxyembed.data.spec import DataSplit
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.encoder import Encoder
 from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError
+from proxyembed.runtime.evaluation import evaluate_split
 from proxyembed.runtime.manifest import PRECISIONS
-from proxyembed.runtime.metrics import retrieval_metrics
 from proxyembed.runtime.system import cpu_name
 
 ARTIFACT_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS, "all")
@@ -114,13 +114,10 @@ def evaluate(
     encoders, skipped, notes = _encoders(bundle, opts.artifact, opts.device, opts.threads, only)
     if not encoders:
         raise BadInput(f"no artifact of bundle {bundle.path} can run on this machine: {skipped}", hint="run the check where they can run")
-    labels = np.array([s.label for s in split.eval])
-    queries = _embed(encoders, [s.source for s in split.eval], opts.batch_size, progress)
-    if split.gallery:
-        galleries: list[np.ndarray | None] = list(_embed(encoders, [s.source for s in split.gallery], opts.batch_size, progress))
-        gallery_labels = np.array([s.label for s in split.gallery])
-    else:
-        galleries, gallery_labels = [None] * len(encoders), None
+    names = [enc.precision for enc in encoders]
+    result = evaluate_split(
+        split, lambda samples: dict(zip(names, _embed(encoders, [s.source for s in samples], opts.batch_size, progress), strict=True))
+    )
     runs = {
         enc.precision: ArtifactRun(
             precision=enc.precision,
@@ -129,10 +126,10 @@ def evaluate(
             provider=enc.provider,
             threads=opts.threads,
             batch_size=opts.batch_size,
-            metrics=retrieval_metrics(q, labels, ks=split.ks, gallery=g, gallery_labels=gallery_labels),
+            metrics=result.metrics[enc.precision],
             validated=enc.artifact.passed,
         )
-        for enc, q, g in zip(encoders, queries, galleries, strict=True)
+        for enc in encoders
     }
     return Evaluation(
         bundle={"path": str(bundle.path), **bundle.signature},

@@ -48,7 +48,7 @@ def index_command(
     """Embed a folder or list of images with BUNDLE and write a searchable gallery."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from proxyembed.runtime import BadInput, Encoder, Retriever
+    from proxyembed.runtime import BadInput, Encoder, Index, Retriever
     from proxyembed.runtime.retriever import GALLERY_FILE
 
     items = list_images(images)
@@ -62,7 +62,8 @@ def index_command(
     if append:
         retriever = Retriever.load(out, bundle=bundle, precision=precision, threads=threads)
     else:
-        retriever = Retriever(Encoder(bundle, precision=precision, threads=threads))  # type: ignore[arg-type]
+        encoder = Encoder(bundle, precision=precision, threads=threads)  # type: ignore[arg-type]
+        retriever = Retriever(encoder, Index(encoder.dim, capacity=len(items)))  # the expected size picks M
     err_console.print(f"encoder: {retriever.encoder.describe()}", highlight=False)
 
     columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -89,6 +90,15 @@ def index_command(
     replaced = f", {report.replaced} replaced" if report.replaced else ""
     console.print(
         f"indexed {report.added} image(s){replaced}, skipped {len(report.skipped)} → {out} ({len(retriever)} items)",
+        highlight=False,
+    )
+    rec, M = retriever.index.recall(), retriever.index.M
+    low = rec["recall@10"] < rec["target"]
+    console.print(
+        f"{'[yellow]' if low else ''}recall@10 {rec['recall@10']:.4f} against exact search "
+        + (f"({rec['queries']} stored items as queries)" if rec["queries"] else "(every item is in every answer)")
+        + f", ef={rec['ef']}, M={M}"
+        + (f"; below {rec['target']}: rebuild with --overwrite for a larger M" if low else ""),
         highlight=False,
     )
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from proxyembed.runtime.errors import BadInput
 
@@ -130,6 +131,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build a config from recipe / config.json settings, refusing unknown keys and wrongly typed values."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -141,7 +143,42 @@ class TrainConfig:
             except (TypeError, ValueError) as exc:
                 raise BadInput(f"{source}: crop_scale must be two numbers, got {d['crop_scale']!r}") from exc
             d["crop_scale"] = (lo, hi)
+        hints = get_type_hints(cls)
+        for key, value in d.items():
+            if not _has_type(value, hints[key]):
+                raise BadInput(
+                    f'{source}: "{key}": {json.dumps(value)} is not {_describe(hints[key])}',
+                    hint=f'write it as JSON of that type, e.g. "{key}": {json.dumps(getattr(cls(), key))}',
+                )
         return cls(**d)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (an int is a valid float; a bool is never a number)."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return value in get_args(hint)
+    if origin in (Union, UnionType):
+        return any(_has_type(value, arg) for arg in get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in get_args(hint))
+    if origin in (Union, UnionType):
+        return " or ".join(_describe(a) for a in get_args(hint))
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null", dict: "an object"}
+    return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
 def list_recipes() -> list[str]:

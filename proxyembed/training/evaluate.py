@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from proxyembed.data.spec import DataSplit, Sample
-from proxyembed.runtime.metrics import retrieval_metrics
+from proxyembed.runtime.evaluation import evaluate_split
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
 
@@ -65,11 +65,7 @@ def evaluate_model(
 def split_metrics(data: DataSplit, embed: Callable[[Sequence[Sample]], np.ndarray], *, nmi: bool = True) -> dict[str, float]:
     """The metrics of :func:`evaluate_model` for any way of embedding samples (one process or sharded).
 
-    All-vs-all on ``data.eval``, or queries against ``data.gallery`` when the data defines one (no NMI then).
+    All-vs-all on ``data.eval``, or queries against ``data.gallery`` when the data defines one (no NMI
+    then): the runtime's evaluation core, which export validation and ``check`` share.
     """
-    q = embed(data.eval)
-    labels = np.array([s.label for s in data.eval])
-    if data.gallery is None:
-        return retrieval_metrics(q, labels, ks=data.ks, nmi=nmi)
-    g = embed(data.gallery)
-    return retrieval_metrics(q, labels, ks=data.ks, gallery=g, gallery_labels=np.array([s.label for s in data.gallery]), nmi=False)
+    return evaluate_split(data, lambda samples: {"model": embed(samples)}, nmi=nmi).metrics["model"]
