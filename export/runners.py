@@ -32,7 +32,7 @@ def torch_runner(model) -> Runner:
 
 def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None):
     """An ONNX Runtime session with full graph optimisation; ``threads`` sets the intra-op pool."""
-    ort = require("onnxruntime", "export")
+    ort = require("onnxruntime", "cpu")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
