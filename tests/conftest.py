@@ -3,7 +3,8 @@
 Their assertions (the artifact ``Encoder(device="auto")`` picks, the files ``export --tensorrt`` writes,
 the device ``--device auto`` trains on) describe the CPU path; on a machine with a GPU, onnxruntime-gpu or
 tensorrt they would take another. The pin is session-wide because module-scoped fixtures build bundles
-before any function-scoped fixture runs; a ``gpu``-marked test lifts it for its own duration. It patches
+before any function-scoped fixture runs; a ``gpu``-marked test lifts it for its own duration (and is
+skipped where torch sees no CUDA GPU). It patches
 this process only: tests that start subprocesses pass ``--device cpu`` (or hide the GPU) themselves, and
 no environment variable is set, because CUDA reads ``CUDA_VISIBLE_DEVICES`` once per process.
 """
@@ -43,6 +44,10 @@ def _gpu_tests_see_the_machine(request: pytest.FixtureRequest, cpu_only: pytest.
         return
     cpu_only.undo()
     try:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA GPU")
         yield
     finally:
         _pin_to_cpu(cpu_only)
