@@ -8,6 +8,7 @@ would, so the warning, stdout and batch behaviour checked here are those of the 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bundles import make_tiny_bundle, pattern_image
 from typer.testing import CliRunner
 
 from proxyembed.cli import app
-from proxyembed.runtime import BadInput, Encoder, backends
+from proxyembed.runtime import BadInput, Encoder, MissingDependency, backends
 
 pytestmark = pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")  # ORT CPU build on the GPU names
 
@@ -160,3 +161,9 @@ def test_batches_outside_the_profile_are_split_and_padded() -> None:
 def test_a_refused_input_shape_is_an_error_not_stale_rows() -> None:
     with pytest.raises(BadInput, match=r"TensorRT refused input shape \(9, 3, 1, 1\)"):
         _Context(lo=1, hi=8).run(np.zeros((9, 3, 1, 1), np.float32))
+
+
+def test_missing_onnxruntime_names_both_extras(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingDependency, match=r'onnxruntime is not installed \(pip install "proxyembed\[cpu\]", or "proxyembed\[gpu\]"'):
+        Encoder(bundle_dir, device="cpu")
