@@ -5,7 +5,8 @@ Usage: ``python benchmarks/export_speed.py [--run RUN_DIR] [--backbone resnet18]
 Speed: a random-init ``backbone`` embedder (128-d) at ``size`` px (weights do not change the speed),
 exported with the same code as ``proxyembed export``: latency at batch 1 (median, p95) and throughput at
 batch 32, all runtimes with ``--threads`` intra-op threads, measured in one run. fp16 and TensorRT are
-GPU paths and are timed only where a CUDA GPU is present (ONNX Runtime CUDA provider).
+GPU paths, timed only where they really run: ONNX Runtime's CUDA and TensorRT providers (each session's
+``get_providers()`` checked, so a GPU row is never timed on the CPU) and native TensorRT engines.
 Accuracy: ``proxyembed export --fp16 --int8`` on ``--run`` (a trained run dir) or, without one, on a
 random-init checkpoint at the data's own resolution; Recall@1 of every precision next to PyTorch's.
 Results go to ``benchmarks/results/export_speed.{json,md}``. Targets (issue 3): ORT fp32 >= 2x PyTorch
@@ -52,6 +53,46 @@ def timed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, iters: int, war
     return times
 
 
+def gpu_runners(work: Path, size: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """ONNX Runtime CUDA / TensorRT providers and native TensorRT engines, each only where it really runs.
+
+    A session asked for a GPU provider quietly runs on the CPU when that provider fails to load, so every
+    row checks ``get_providers()`` first: a "CUDA" row timed on the CPU would be a wrong number.
+    """
+    from proxyembed.export import tensorrt
+    from proxyembed.export.fp16 import convert_fp16
+    from proxyembed.export.runners import ort_session
+    from proxyembed.runtime.backends import ort_gpu_providers
+    from proxyembed.runtime.errors import BadInput
+
+    providers = {p[0] if isinstance(p, tuple) else p: p for p in ort_gpu_providers("images", size)}
+    runners: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    if not providers and tensorrt.unavailable_reason():
+        print("  GPU rows: skipped, no ONNX Runtime GPU provider and " + str(tensorrt.unavailable_reason()), flush=True)
+        return runners
+    convert_fp16(work / "fp32.onnx", work / "fp16.onnx")
+    files = {"fp32": "fp32.onnx", "fp16": "fp16.onnx", "int8": "int8_gpu.onnx"}
+    for name, label in (("CUDAExecutionProvider", "ORT CUDA"), ("TensorrtExecutionProvider", "ORT TensorRT")):
+        for precision, file in files.items() if name in providers else ():
+            session = ort_session(work / file, providers=[providers[name]])
+            used = session.get_providers()[0]
+            if used != name:
+                print(f"  {label} {precision}: skipped, ONNX Runtime fell back to {used}", flush=True)
+                continue
+            runners[f"{label} {precision}"] = lambda x, s=session: s.run(None, {"images": x})[0]
+    why = tensorrt.unavailable_reason()
+    for precision, file in files.items() if why is None else ():
+        engine = work / f"engine_{precision}.plan"
+        try:
+            tensorrt.build_engine(work / file, engine, precision, tensorrt.BatchProfile(1, 32, 32), size)
+            runners[f"TensorRT {precision}"] = tensorrt.engine_runner(engine)
+        except (BadInput, RuntimeError) as exc:
+            print(f"  TensorRT {precision}: skipped, {exc}", flush=True)
+    if why:
+        print(f"  native TensorRT rows: skipped, {why}", flush=True)
+    return runners
+
+
 def speed(args: argparse.Namespace, work: Path) -> list[dict]:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -67,14 +108,7 @@ def speed(args: argparse.Namespace, work: Path) -> list[dict]:
         "ORT int8 (cpu: U8S8 QDQ)": ort_runner(work / "int8_cpu.onnx", threads=args.threads),
         "ORT int8 (gpu: S8S8 QDQ, run on CPU)": ort_runner(work / "int8_gpu.onnx", threads=args.threads),
     }
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        from proxyembed.export.fp16 import convert_fp16
-        from proxyembed.export.runners import ort_session
-
-        convert_fp16(work / "fp32.onnx", work / "fp16.onnx")
-        for name, file in (("ORT CUDA fp32", "fp32.onnx"), ("ORT CUDA fp16", "fp16.onnx")):
-            session = ort_session(work / file, providers=["CUDAExecutionProvider"])
-            runners[name] = lambda x, s=session: s.run(None, {"images": x})[0]
+    runners.update(gpu_runners(work, args.size))
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     x32 = rng.standard_normal((32, 3, args.size, args.size)).astype(np.float32)

@@ -9,7 +9,10 @@ because one int8 file does not serve both:
   gains nothing (785 ms). Without VNNI the u8 x s8 pair sums can saturate; ``reduce_range`` (7-bit
   weights) avoids that at some speed (402 ms) and is the switch to try when accuracy is short.
 - ``gpu``: symmetric int8 activations and weights (S8S8), the Q/DQ form TensorRT builds int8 engines
-  from (it rejects asymmetric activation zero points).
+  from (it rejects asymmetric activation zero points). Biases stay float (ORT's ``QuantizeBias: False``):
+  ``quant_pre_process`` folds BatchNorm into conv biases and ``quantize_static`` would otherwise store
+  them as INT32 behind a DequantizeLinear, which TensorRT's ONNX parser rejects (it dequantizes only
+  INT8 / FP8 / INT4 inputs: onnx-tensorrt's operators doc; NVIDIA/TensorRT issue 4542 is this failure).
 
 The float tail (head + L2 normalisation, see :mod:`.graph`) always stays float; the first conv can too.
 Calibration images come from the TRAINING classes (the evaluation classes are held out for validation)
@@ -138,6 +141,6 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, target: Target,
             weight_type=quant.QuantType.QInt8,
             nodes_to_exclude=keep,
             calibrate_method=method,
-            extra_options={"ActivationSymmetric": gpu, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": gpu, "WeightSymmetric": True, "QuantizeBias": not gpu},
         )
     return keep

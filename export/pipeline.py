@@ -7,7 +7,8 @@ artifacts are written into the bundle writer's temp folder, which only a commit 
 Exit-1 semantics (a decision the issue leaves open): artifacts over their Recall@1 limit are refused,
 i.e. deleted from the temp folder and listed under ``validation.refused`` in the manifest with their
 numbers; the bundle is still written with the artifacts that passed, because each of them was validated
-on its own and the bundle stays consistent. :meth:`ExportResult.raise_if_refused` then raises
+on its own and the bundle stays consistent. A TensorRT engine that fails to build (or to load) is refused
+the same way, with TensorRT's reason in place of numbers, and the export goes on with the others. :meth:`ExportResult.raise_if_refused` then raises
 :class:`CheckFailed` (exit 1) naming each refused artifact, its drop and what to try. If the fp32 ONNX
 itself is refused (or fails numerical parity) nothing is written: a bundle without its reference-grade
 model is not worth shipping.
@@ -78,6 +79,19 @@ class Reporter:
         yield lambda n: None
 
 
+@dataclass(frozen=True)
+class BuildFailure:
+    """An artifact that could not be built, refused with its reason (e.g. TensorRT's parser error)."""
+
+    file: str
+    precision: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry under the manifest's ``validation.refused``."""
+        return {"file": self.file, "precision": self.precision, "target": "gpu", "passed": False, "reason": self.reason}
+
+
 @dataclass
 class ExportResult:
     """What the export produced; ``bundle`` is None when nothing was written (fp32 refused)."""
@@ -88,22 +102,24 @@ class ExportResult:
     artifacts: list[Artifact]
     refused: list[Score]
     notes: list[str]
+    failed: list[BuildFailure] = field(default_factory=list)
 
     def raise_if_refused(self) -> None:
-        """Raise :class:`CheckFailed` (exit 1) naming every refused artifact, its drop and what to try."""
-        if not self.refused:
+        """Raise :class:`CheckFailed` (exit 1) naming every refused artifact, its drop or failure, and what to try."""
+        if not self.refused and not self.failed:
             return
         parts = [f"{s.file} ({s.precision}) lost {s.drop['recall@1']:.2f} points of Recall@1 (limit {s.threshold:g})" for s in self.refused]
+        parts += [f"{f.file} ({f.precision}) did not build: {f.reason}" for f in self.failed]
         where = f"bundle written to {self.bundle} without it" if self.bundle else "no bundle written"
         raise CheckFailed(
             f"refused {'; '.join(parts)}; {where}",
-            hint=_advice(self.refused),
+            hint=_advice(self.refused, self.failed),
         )
 
 
-def _advice(refused: list[Score]) -> str:
+def _advice(refused: list[Score], failed: list[BuildFailure]) -> str:
     precisions = {s.precision for s in refused}
-    tips = []
+    tips = ["TensorRT: check the engine's reason above; the ONNX artifacts run on ONNX Runtime's TensorRT provider"] if failed else []
     if "int8" in precisions:
         tips.append("int8: more --calibration-size images, another --calibration-method (minmax/percentile/entropy), "
                     "--int8-float-first-conv or --int8-reduce-range to keep more in float")
@@ -147,7 +163,7 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
     reference = torch_runner(model)
 
     with BundleWriter(opts.out, force=opts.force) as writer:
-        parity, candidates, artifacts = _write_artifacts(
+        parity, candidates, artifacts, failed = _write_artifacts(
             opts, writer.dir, _Inputs(model, mc.backbone, spec, data, calibration, reference), rep, export_engines=opts.tensorrt and not trt_skip
         )
         rep.step(f"validating {len(candidates)} artifact(s) on {len(data.eval) + len(data.gallery or [])} evaluation images")
@@ -177,10 +193,10 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 source={"checkpoint": str(ckpt.path), "sha256": ckpt.sha256(), "backbone": mc.backbone, "epoch": ckpt.epoch,
                         "pool": mc.pool},
-                validation=report.section(opts.max_drop),
+                validation=report.section(opts.max_drop, extra_refused=[f.to_dict() for f in failed]),
             )
             bundle = writer.commit(manifest)
-    return ExportResult(bundle=bundle, report=report, parity=parity, artifacts=kept, refused=refused, notes=notes)
+    return ExportResult(bundle=bundle, report=report, parity=parity, artifacts=kept, refused=refused, notes=notes, failed=failed)
 
 
 @dataclass(frozen=True)
@@ -197,8 +213,8 @@ class _Inputs:
 
 def _write_artifacts(
     opts: ExportOptions, out_dir: Path, src: _Inputs, rep: Reporter, *, export_engines: bool
-) -> tuple[ParityResult, list[Candidate], dict[str, Artifact]]:
-    """Write every requested artifact into ``out_dir``; returns (parity, candidates, artifacts by file)."""
+) -> tuple[ParityResult, list[Candidate], dict[str, Artifact], list[BuildFailure]]:
+    """Write every requested artifact into ``out_dir``; returns (parity, candidates, artifacts by file, engines that failed)."""
     from . import tensorrt
     from .fp16 import convert_fp16
     from .int8 import quantize_int8
@@ -229,12 +245,20 @@ def _write_artifacts(
             artifacts[INT8[target]] = Artifact(INT8[target], "onnx", "int8", "", target=target, details=details)
         onnx_for["int8"] = INT8["gpu"]
     candidates = [Candidate(f, a.precision, a.target, ort_runner(out_dir / f)) for f, a in artifacts.items()]
+    failed: list[BuildFailure] = []
     if export_engines:
         for precision, source in onnx_for.items():
             engine = ENGINE.format(precision=precision)
             rep.step(f"TensorRT {precision}: building from {source} (batch {opts.profile.min}/{opts.profile.opt}/{opts.profile.max})")
-            device = tensorrt.build_engine(out_dir / source, out_dir / engine, precision, opts.profile, src.spec.crop)
+            try:
+                device = tensorrt.build_engine(out_dir / source, out_dir / engine, precision, opts.profile, src.spec.crop)
+                runner = tensorrt.engine_runner(out_dir / engine)
+            except (BadInput, RuntimeError) as exc:  # build_engine raises BadInput; the TensorRT bindings RuntimeError
+                (out_dir / engine).unlink(missing_ok=True)
+                failed.append(BuildFailure(engine, precision, str(exc).splitlines()[0]))
+                rep.note(f"TensorRT {precision}: refused, {failed[-1].reason}")
+                continue
             artifacts[engine] = Artifact(engine, "tensorrt", precision, "", target="gpu", device=device,
                                          details={"source": source, "profile": asdict(opts.profile)})
-            candidates.append(Candidate(engine, precision, "gpu", tensorrt.engine_runner(out_dir / engine)))
-    return parity, candidates, artifacts
+            candidates.append(Candidate(engine, precision, "gpu", runner))
+    return parity, candidates, artifacts, failed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +31,9 @@ def torch_runner(model) -> Runner:
     return run
 
 
-def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+def ort_session(path: Path, *, threads: int | None = None, providers: list[Any] | None = None):
     """An ONNX Runtime session with full graph optimisation; ``threads`` sets the intra-op pool."""
-    ort = require("onnxruntime", "export")
+    ort = require("onnxruntime", "cpu")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3

@@ -1,12 +1,14 @@
 """TensorRT engines from the validated ONNX files, and a runner to validate them on the GPU.
 
-REFERENCES.md ("Export"): TensorRT 10 builds with ``Builder`` / ``OnnxParser``, precision through
-``BuilderConfig.set_flag(BuilderFlag.FP16 / INT8)`` (int8 from explicit Q/DQ nodes; the implicit
-calibrators are deprecated), optimization profiles and ``build_serialized_network``. TensorRT 11 networks
-are strongly typed and the precision flags are gone: fp16 comes from the fp16 ONNX graph, int8 from the
-symmetric (S8S8) Q/DQ graph. Both versions are therefore fed the same per-precision ONNX file; only the
-flags differ. An engine is tied to its GPU model and TensorRT version, so the artifact records them
-(``device``: gpu_name, compute_capability, tensorrt_version) and the runtime refuses a mismatch.
+REFERENCES.md ("Export"): TensorRT builds with ``Builder`` / ``OnnxParser``, optimization profiles and
+``build_serialized_network``. Every TensorRT >= 10 network here is created ``STRONGLY_TYPED``, one code
+path for 10 and 11: the ONNX file's own types decide each layer's precision (fp16 from the fp16 graph,
+int8 from the symmetric S8S8 Q/DQ graph, the head and L2 normalisation fp32 as exported). TensorRT 10's
+``BuilderFlag.FP16 / INT8`` would build weakly typed instead, free to run that fp32 tail in fp16, the
+overflow :mod:`.fp16` avoids on purpose; TensorRT 11 removed the flags. TF32 is cleared: it is on by
+default for fp32 layers (REFERENCES.md, "Measured facts") and the fp32 gate is 0.1 points of Recall@1.
+An engine is tied to its GPU model and TensorRT version, so the artifact records them (``device``:
+gpu_name, compute_capability, tensorrt_version) and the runtime refuses a mismatch.
 
 ``tensorrt`` is optional and imported inside the functions; the validation runner uses torch CUDA
 tensors for device memory (export already depends on torch), so no cuda-python is needed here.
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from proxyembed.runtime.backends import run_in_profile, set_input_shape
 from proxyembed.runtime.errors import BadInput, MissingDependency, require
 
 from .onnx_export import INPUT_NAME, OUTPUT_NAME
@@ -74,19 +77,13 @@ def build_engine(onnx_file: Path, engine_file: Path, precision: str, profile: Ba
         raise MissingDependency(f"TensorRT {trt.__version__} is too old", hint='pip install "tensorrt>=10"')
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = major >= 11
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_file)):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise BadInput(f"TensorRT cannot parse {onnx_file.name}: {errors}", hint="export without --tensorrt, or another backbone")
     config = builder.create_builder_config()
-    if not strongly_typed:  # TensorRT 10: precision by flag; int8 layers are the Q/DQ ones, the rest stays fp32
-        if precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
+    config.clear_flag(trt.BuilderFlag.TF32)
     opt_profile = builder.create_optimization_profile()
     shape = (3, crop, crop)
     opt_profile.set_shape(INPUT_NAME, (profile.min, *shape), (profile.opt, *shape), (profile.max, *shape))
@@ -99,7 +96,7 @@ def build_engine(onnx_file: Path, engine_file: Path, precision: str, profile: Ba
 
 
 def engine_runner(engine_file: Path) -> Runner:
-    """Run a serialised engine on CUDA device 0 with torch-managed buffers; batches over max are split."""
+    """Run a serialised engine on CUDA device 0 with torch-managed buffers; batches outside the profile are split or padded."""
     trt = require("tensorrt", "gpu")
     torch = require("torch", "train")
     logger = trt.Logger(trt.Logger.WARNING)
@@ -107,14 +104,15 @@ def engine_runner(engine_file: Path) -> Runner:
     if engine is None:
         raise BadInput(f"TensorRT cannot load the engine it just built ({engine_file.name})")
     context = engine.create_execution_context()
-    max_batch = int(engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0])
+    shapes = engine.get_tensor_profile_shape(INPUT_NAME, 0)  # (min, opt, max)
+    min_batch, max_batch = int(shapes[0][0]), int(shapes[2][0])
     dtypes = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
     in_dtype = dtypes[np.dtype(trt.nptype(engine.get_tensor_dtype(INPUT_NAME)))]
     out_dtype = dtypes[np.dtype(trt.nptype(engine.get_tensor_dtype(OUTPUT_NAME)))]
 
     def run_chunk(chunk: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(chunk)).to("cuda", in_dtype)
-        context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        set_input_shape(context, INPUT_NAME, tuple(x.shape))
         out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=out_dtype, device="cuda")
         context.set_tensor_address(INPUT_NAME, x.data_ptr())
         context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
@@ -125,6 +123,6 @@ def engine_runner(engine_file: Path) -> Runner:
         return out.float().cpu().numpy()
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return np.concatenate([run_chunk(batch[i : i + max_batch]) for i in range(0, len(batch), max_batch)])
+        return run_in_profile(run_chunk, batch, min_batch, max_batch)
 
     return run

@@ -79,14 +79,18 @@ class ValidationReport:
     reference: dict[str, float]
     scores: list[Score] = field(default_factory=list)
 
-    def section(self, thresholds: dict[str, float]) -> dict[str, Any]:
-        """The manifest's top-level ``validation`` section; refused artifacts are listed with their numbers."""
+    def section(self, thresholds: dict[str, float], extra_refused: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """The manifest's top-level ``validation`` section; refused artifacts are listed with their numbers.
+
+        ``extra_refused`` adds artifacts refused before validation (an engine that did not build), with their reason.
+        """
+        refused = [{"file": s.file, "precision": s.precision, "target": s.target, **s.to_dict()} for s in self.scores if not s.passed]
         return {
             "data": self.data,
             "reference": self.reference,
             "thresholds": thresholds,
             "k": self.ks,
-            "refused": [{"file": s.file, "precision": s.precision, "target": s.target, **s.to_dict()} for s in self.scores if not s.passed],
+            "refused": refused + list(extra_refused),
         }
 
 

@@ -4,11 +4,20 @@ Each backend runs one NCHW float32 batch and returns the raw (N, D) output; choo
 normalising is the encoder's job. TensorRT and the CUDA bindings are optional and imported only here,
 inside the functions that need them, so a CPU-only device never loads them. The native TensorRT backend
 manages GPU memory with ``cuda-python`` (``cuda.bindings.runtime``), not torch.
+
+Library output stays off stdout: ONNX Runtime prints its provider fall-backs ("EP Error ... Falling back")
+and ``preload_dlls`` its warnings with ``print``, which would corrupt ``proxyembed search --json``; both
+run with stdout sent to stderr. A requested GPU provider that is not the one in use is a warning on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +26,43 @@ import numpy as np
 from .errors import BadInput, IntegrityError, MissingDependency, require
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+TRT_EP_MAX_BATCH = 64
+"""Largest batch of the ONNX Runtime TensorRT provider's optimization profile; bigger batches are split."""
+
+
+def onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or a one-line :class:`MissingDependency` naming the two ways to get it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingDependency(
+            "onnxruntime is not installed",
+            hint='pip install "proxyembed[cpu]", or "proxyembed[gpu]" for CUDA / TensorRT (see docs/gpu.md)',
+        ) from exc
+    return ort
+
+
+def gpu_install_problem() -> str | None:
+    """What keeps ONNX Runtime from offering GPU providers here, in one line, or None when nothing obvious does."""
+    from importlib import metadata
+
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            installed.append(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    if len(installed) == 2:
+        return ("both onnxruntime and onnxruntime-gpu are installed and overwrite each other "
+                '(pip uninstall -y onnxruntime onnxruntime-gpu, then pip install "proxyembed[gpu]")')
+    if "onnxruntime-gpu" not in installed:
+        return 'onnxruntime-gpu is not installed (pip install "proxyembed[gpu]", see docs/gpu.md)'
+    return None
+
+
+def _provider_name(entry: Any) -> str:
+    return entry[0] if isinstance(entry, tuple) else str(entry)
 
 
 class OrtBackend:
@@ -25,7 +71,7 @@ class OrtBackend:
     max_batch: int | None = None
 
     def __init__(self, model: Path, providers: list[Any], *, threads: int | None, input_name: str, output_name: str):
-        import onnxruntime as ort
+        ort = onnxruntime()
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -36,7 +82,8 @@ class OrtBackend:
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # keep provider fallbacks out of the user's terminal; we report them
         try:
-            self.session = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+            with contextlib.redirect_stdout(sys.stderr):
+                self.session = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise IntegrityError(
                 f"ONNX Runtime cannot load {model}: {exc}".splitlines()[0], hint="re-export the bundle"
@@ -52,36 +99,79 @@ class OrtBackend:
         in_type = next(i.type for i in self.session.get_inputs() if i.name == input_name)
         self.input_dtype = np.float16 if in_type == "tensor(float16)" else np.float32
         self.provider: str = self.session.get_providers()[0]
+        requested = _provider_name(providers[0]) if providers else self.provider
+        if requested in GPU_PROVIDERS and self.provider != requested:
+            warnings.warn(
+                f"ONNX Runtime runs {model.name} on {self.provider}, not the requested {requested} "
+                f"(its CUDA/cuDNN/TensorRT libraries did not load; see docs/gpu.md)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if self.provider == "TensorrtExecutionProvider":
+            self.max_batch = TRT_EP_MAX_BATCH
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
         return np.asarray(out, dtype=np.float32)
 
 
-def ort_gpu_providers(precision: str) -> list[Any]:
-    """The GPU provider list ONNX Runtime offers here, best first, followed by the CPU fallback."""
-    import onnxruntime as ort
+def ort_gpu_providers(input_name: str, crop: int) -> list[Any]:
+    """The GPU provider list ONNX Runtime offers here, best first, followed by the CPU fallback.
 
-    available = ort.get_available_providers()
+    Every artifact already carries its types (fp16 casts, int8 Q/DQ nodes), so the TensorRT provider gets
+    no ``trt_fp16_enable`` / ``trt_int8_enable``: those make it build weakly typed, free to lower the fp32
+    head and L2 normalisation to fp16 (REFERENCES.md, "ONNX Runtime TensorRT provider"). An explicit
+    batch profile 1..:data:`TRT_EP_MAX_BATCH` keeps a batch of 1 followed by one of 32 from rebuilding the
+    engine (ORT TensorRT EP docs, ``trt_profile_min/opt/max_shapes``).
+    """
+    available = onnxruntime().get_available_providers()
+    if not any(p in available for p in GPU_PROVIDERS):
+        return []
+    preload_cuda_libraries()
     providers: list[Any] = []
     if "TensorrtExecutionProvider" in available:
-        # The engine cache makes the second start fast; fp16 only for an fp16 artifact, since TensorRT
-        # lowering an fp32 model to fp16 would run numbers the export never validated.
-        cache = Path(os.environ.get("PROXYEMBED_CACHE", Path.home() / ".cache" / "proxyembed")) / "trt-ep"
-        providers.append(
-            (
-                "TensorrtExecutionProvider",
-                {
-                    "trt_fp16_enable": precision == "fp16",
-                    "trt_int8_enable": precision == "int8",
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(cache),
-                },
-            )
-        )
+        shape = f"3x{crop}x{crop}"
+        options: dict[str, Any] = {
+            "trt_profile_min_shapes": f"{input_name}:1x{shape}",
+            "trt_profile_opt_shapes": f"{input_name}:32x{shape}",  # Encoder.encode's default batch
+            "trt_profile_max_shapes": f"{input_name}:{TRT_EP_MAX_BATCH}x{shape}",
+        }
+        cache = engine_cache_dir()
+        if cache is not None:
+            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache))
+        providers.append(("TensorrtExecutionProvider", options))
     if "CUDAExecutionProvider" in available:
         providers.append("CUDAExecutionProvider")
-    return providers + ["CPUExecutionProvider"] if providers else []
+    return providers + ["CPUExecutionProvider"]
+
+
+def engine_cache_dir() -> Path | None:
+    """The TensorRT provider's engine cache folder, created here (with its parents), or None if it cannot be.
+
+    The provider itself creates only the last path component and, when the parent is missing, fails and
+    falls back to CUDA (REFERENCES.md, "ONNX Runtime TensorRT provider").
+    """
+    cache = Path(os.environ.get("PROXYEMBED_CACHE", Path.home() / ".cache" / "proxyembed")) / "trt-ep"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        warnings.warn(f"TensorRT engine cache disabled: cannot create {cache} ({exc.strerror})", RuntimeWarning, stacklevel=3)
+        return None
+    return cache
+
+
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load CUDA / cuDNN from the nvidia pip wheels once, so the CUDA provider works without torch.
+
+    ``onnxruntime.preload_dlls()`` (ORT >= 1.21) is what makes ``onnxruntime-gpu[cuda,cudnn]`` usable in a
+    process that never imports torch (``index``, ``search``, ``check``); torch loads the same libraries
+    itself. Its messages are printed, so they go to stderr.
+    """
+    preload = getattr(onnxruntime(), "preload_dlls", None)
+    if preload is not None:
+        with contextlib.redirect_stdout(sys.stderr):
+            preload()
 
 
 def gpu_info() -> dict[str, Any] | None:
@@ -125,6 +215,34 @@ def tensorrt_version() -> str | None:
     return str(tensorrt.__version__)
 
 
+def set_input_shape(context: Any, name: str, shape: tuple[int, ...]) -> None:
+    """``context.set_input_shape``, which returns False (and keeps the old shape) outside the profile."""
+    if not context.set_input_shape(name, tuple(shape)):
+        raise BadInput(
+            f"TensorRT refused input shape {tuple(shape)} for '{name}': outside the engine's optimization profile",
+            hint="rebuild the engine with a wider --trt-min-batch / --trt-max-batch",
+        )
+
+
+def profile_chunks(batch: np.ndarray, min_batch: int, max_batch: int) -> Iterator[tuple[np.ndarray, int]]:
+    """``batch`` cut into pieces an engine with batch profile ``min_batch..max_batch`` accepts.
+
+    Yields (piece, rows): pieces over ``max_batch`` are split, a piece under ``min_batch`` is zero-padded
+    and only its first ``rows`` outputs are real.
+    """
+    for start in range(0, len(batch), max_batch):
+        piece = batch[start : start + max_batch]
+        rows = len(piece)
+        if rows < min_batch:
+            piece = np.concatenate([piece, np.zeros((min_batch - rows, *piece.shape[1:]), piece.dtype)])
+        yield piece, rows
+
+
+def run_in_profile(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, min_batch: int, max_batch: int) -> np.ndarray:
+    """``run`` on each :func:`profile_chunks` piece of ``batch``, padding rows dropped, outputs concatenated."""
+    return np.concatenate([run(piece)[:rows] for piece, rows in profile_chunks(batch, min_batch, max_batch)])
+
+
 def _cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
@@ -146,8 +264,8 @@ def _cuda_call(result: Any, what: str) -> Any:
 class TensorRTBackend:
     """A serialized TensorRT 10 engine run with ``execute_async_v3`` on buffers from cuda-python.
 
-    Device buffers grow to the largest batch seen; ``max_batch`` comes from the engine's optimization
-    profile so the encoder can split bigger batches.
+    Device buffers grow to the largest batch seen; batches outside the engine's optimization profile are
+    split or zero-padded (:func:`run_in_profile`).
     """
 
     provider = "TensorRT (native)"
@@ -174,7 +292,8 @@ class TensorRTBackend:
         self.input_name, self.output_name = input_name, output_name
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(input_name)))
         self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(output_name)))
-        self.max_batch = int(self.engine.get_tensor_profile_shape(input_name, 0)[2][0])
+        profile = self.engine.get_tensor_profile_shape(input_name, 0)  # (min, opt, max) shapes
+        self.min_batch, self.max_batch = int(profile[0][0]), int(profile[2][0])
         self.context = self.engine.create_execution_context()
         self.stream = _cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
@@ -189,9 +308,12 @@ class TensorRTBackend:
         return ptr
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return run_in_profile(self._run_piece, batch, self.min_batch, self.max_batch)
+
+    def _run_piece(self, batch: np.ndarray) -> np.ndarray:
         cudart = self._cudart
         host_in = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        self.context.set_input_shape(self.input_name, host_in.shape)
+        set_input_shape(self.context, self.input_name, host_in.shape)
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
         host_out = np.empty(out_shape, dtype=self.output_dtype)
         d_in = self._buffer(self.input_name, host_in.nbytes)

@@ -81,7 +81,7 @@ class Encoder:
             if art.format == "tensorrt":
                 return art, self._tensorrt(art, strict=True)
             return art, self._onnx(
-                art, gpu=device != "cpu" and bool(backends.ort_gpu_providers(art.precision)), strict=device == "cuda"
+                art, gpu=device != "cpu" and bool(self._gpu_providers()), strict=device == "cuda"
             )
         if device != "cpu":
             picked = self._select_gpu(precision, strict=device == "cuda")
@@ -112,8 +112,8 @@ class Encoder:
                 return art, self._tensorrt(art, strict=strict)
             self.skipped.append(f"{art.file}: {why}")
         onnx = self._candidates(precision, _GPU_ORDER, "onnx", _TARGET_RANK["gpu"])
-        if not backends.ort_gpu_providers("fp32"):
-            why = "onnxruntime has no CUDA/TensorRT provider (install onnxruntime-gpu)"
+        if not self._gpu_providers():
+            why = backends.gpu_install_problem() or "onnxruntime offers no CUDA/TensorRT provider"
             if strict:
                 raise BadInput(f"device='cuda' but {why}", hint='pip install "proxyembed[gpu]"')
             self.skipped.append(f"ONNX Runtime GPU: {why}")
@@ -150,7 +150,7 @@ class Encoder:
         return art, self._onnx(art, gpu=False, strict=False)
 
     def _onnx(self, art: Artifact, *, gpu: bool, strict: bool) -> backends.OrtBackend:
-        providers = backends.ort_gpu_providers(art.precision) if gpu else ["CPUExecutionProvider"]
+        providers = self._gpu_providers() if gpu else ["CPUExecutionProvider"]
         backend = backends.OrtBackend(
             self.bundle.artifact_path(art),
             providers,
@@ -164,6 +164,10 @@ class Encoder:
                 hint="check the CUDA driver, or use device='auto'",
             )
         return backend
+
+    def _gpu_providers(self) -> list[object]:
+        manifest = self.bundle.manifest
+        return backends.ort_gpu_providers(manifest.input_name, manifest.preprocess.crop)
 
     def _tensorrt(self, art: Artifact, *, strict: bool) -> backends.TensorRTBackend:
         why = backends.engine_mismatch(art.device, backends.gpu_info(), backends.tensorrt_version())

@@ -21,11 +21,12 @@ from helpers.checkpoints import make_checkpoint
 from proxyembed.cli import app
 from proxyembed.data import Sample, resolve_data
 from proxyembed.export.graph import float_tail
-from proxyembed.export.int8 import calibration_batch, calibration_samples
+from proxyembed.export.int8 import Int8Options, calibration_batch, calibration_samples, quantize_int8
 from proxyembed.export.onnx_export import export_onnx, unexportable_op
 from proxyembed.export.parity import check_parity
 from proxyembed.export.runners import ort_runner, torch_runner
 from proxyembed.export.validate import parse_max_drop
+from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
 from proxyembed.runtime.preprocess import Preprocessor
@@ -202,3 +203,28 @@ def test_parse_max_drop(values: list[str], expected: dict[str, float]) -> None:
 def test_parse_max_drop_rejects(bad: str) -> None:
     with pytest.raises(BadInput, match="--max-recall-drop"):
         parse_max_drop([bad])
+
+
+
+def test_only_the_cpu_int8_file_dequantizes_int32_biases(tmp_path: Path) -> None:
+    """TensorRT's ONNX parser dequantizes INT8 / FP8 / INT4 only, so the gpu file keeps its conv biases float.
+
+    BatchNorm with non-trivial statistics (as after training) folds into conv biases; the random-init
+    model of the other tests has all-zero ones, which the exporter drops.
+    """
+    torch.manual_seed(0)
+    model = build_embedder(ModelConfig("resnet18", 16)).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.bias.data.normal_(0, 0.1)
+            m.running_mean.normal_(0, 0.1)
+    export_onnx(model, tmp_path / "m.onnx", crop=32, backbone="resnet18")
+    calibration = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    for target, int32_biases in (("gpu", False), ("cpu", True)):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / f"{target}.onnx", calibration, target, Int8Options())
+        graph = onnx.load(str(tmp_path / f"{target}.onnx")).graph
+        inits = {i.name: i.data_type for i in graph.initializer}
+        dq_inputs = [inits.get(n.input[0]) for n in graph.node if n.op_type == "DequantizeLinear"]
+        assert (onnx.TensorProto.INT32 in dq_inputs) is int32_biases, target
+        float_biases = [n for n in graph.node if n.op_type == "Conv" and inits.get(n.input[-1]) == onnx.TensorProto.FLOAT]
+        assert bool(float_biases) is not int32_biases, target

@@ -61,7 +61,7 @@ def test_missing_precision_and_bad_options(bundle_dir: Path) -> None:
 
 
 def test_cuda_without_gpu_provider_is_refused(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backends_mod, "ort_gpu_providers", lambda precision: [])
+    monkeypatch.setattr(backends_mod, "ort_gpu_providers", lambda input_name, crop: [])
     with pytest.raises(BadInput, match="device='cuda'"):
         Encoder(bundle_dir, device="cuda")
 

@@ -24,7 +24,7 @@ def test_runtime_library_runs_without_torch(tmp_path: Path) -> None:
         f"""
         from pathlib import Path
         import proxyembed.runtime as rt
-        enc = rt.Encoder({str(bundle)!r})
+        enc = rt.Encoder({str(bundle)!r}, device="cpu")
         paths = sorted(Path({str(tmp_path / "imgs")!r}).rglob("*.png"))
         r = rt.Retriever(enc)
         r.add(paths, [p.name for p in paths], [{{"label": p.parent.name}} for p in paths])

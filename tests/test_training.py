@@ -241,3 +241,40 @@ def test_cli_dynamic_assignment_learns_and_resumes(tmp_path: Path) -> None:
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["loss"]["proxies"].shape == (24, 32)
     assert saved["config"]["loss_params"] == {"assignment": "dynamic", "num_proxies": 24}
+
+
+def test_evaluation_runs_in_fp32_while_training_uses_autocast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """metrics.jsonl and best.pt must come from the fp32 numbers `proxyembed eval` and export validation see."""
+    from proxyembed.models.embedder import Embedder
+    from proxyembed.training import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "_amp_dtype", lambda choice, device: torch.bfloat16)  # CPU autocast does bf16
+    calls: list[tuple[bool, bool]] = []
+    forward = Embedder.forward
+
+    def spy(self: Embedder, x: torch.Tensor) -> torch.Tensor:
+        calls.append((self.training, torch.is_autocast_enabled("cpu")))
+        return forward(self, x)
+
+    monkeypatch.setattr(Embedder, "forward", spy)
+    train(tiny_config(epochs=1), tmp_path / "run")
+    assert {autocast for training, autocast in calls if training} == {True}
+    assert {autocast for training, autocast in calls if not training} == {False}
+
+
+def test_cuda_runs_pick_native_bf16_only_and_autotune_convolutions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T4 / V100 only emulates bf16: ``auto`` must choose fp16 there; cudnn.benchmark is on for CUDA runs."""
+    from proxyembed.training import trainer as trainer_mod
+
+    asked: list[bool] = []
+
+    def emulated_only(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated_only)
+    monkeypatch.setattr(trainer_mod, "_select_device", lambda choice: torch.device("cuda"))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    t = trainer_mod.Trainer(tiny_config(), tmp_path / "run")
+    assert t.amp_dtype == torch.float16 and asked == [False]
+    assert torch.backends.cudnn.benchmark is True

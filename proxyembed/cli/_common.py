@@ -7,8 +7,11 @@ check); anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -21,6 +24,28 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool = True) -> Iterator[None]:
+    """Send what libraries write to stdout to stderr for the block, both Python prints and file descriptor 1.
+
+    A ``--json`` command promises parseable stdout, but ONNX Runtime prints its provider fall-back banner
+    ("EP Error ... Falling back") and native libraries may write to descriptor 1 directly.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def user_errors(fn: F) -> F:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import console, err_console, user_errors
+from ._common import console, err_console, stdout_to_stderr, user_errors
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _MAX_LISTED = 20
@@ -179,8 +179,9 @@ def search_command(
     from proxyembed.runtime import Retriever
 
     paths = [p for q in queries for p in ([it["path"] for it in list_images(q)] if q.is_dir() else [q])]
-    retriever = Retriever.load(gallery, bundle=bundle, precision=precision)
-    hits = retriever.index.search(retriever.encoder.encode(paths), k, ef=ef)
+    with stdout_to_stderr(as_json):
+        retriever = Retriever.load(gallery, bundle=bundle, precision=precision)
+        hits = retriever.index.search(retriever.encoder.encode(paths), k, ef=ef)
     if as_json:
         payload = [
             {"query": str(p), "results": [{"rank": r, **h.to_dict()} for r, h in enumerate(row, 1)]}

@@ -170,6 +170,26 @@ def sync_batchnorm(model: nn.Module) -> nn.Module:
     return convert_sync_batchnorm(model)
 
 
+def unused_parameters(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of trainable parameters that the forward pass on ``example`` never reaches.
+
+    timm backbones built with ``num_classes=0`` keep parts of their classifier head that the embedding path
+    skips (ConvNeXt's ``head.norm``: :class:`~proxyembed.models.Embedder` pools ``forward_features`` itself).
+    DistributedDataParallel waits for a gradient of every parameter it holds and fails with "Expected to
+    have finished reduction" when one never comes; the trainer freezes these instead of paying for
+    ``find_unused_parameters`` on every step. The probe runs in eval mode so BatchNorm statistics stay put.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(example)
+        grads = torch.autograd.grad(out.float().sum(), [p for _, p in named], allow_unused=True)
+    finally:
+        model.train(was_training)
+    return [n for (n, _), g in zip(named, grads, strict=True) if g is None]
+
+
 def wrap_model(model: nn.Module, world: World, device: torch.device, *, find_unused: bool) -> nn.Module:
     """``model`` in DistributedDataParallel for a multi-process run, else ``model`` itself.
 

@@ -46,6 +46,7 @@ from .distributed import (
     select_device,
     shard_bounds,
     sync_batchnorm,
+    unused_parameters,
     world_from_env,
     wrap_model,
 )
@@ -98,7 +99,8 @@ def _amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or choice == "none":
         return None
     if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # By default is_bf16_supported() also counts bf16 emulated in fp32 (V100, T4): slower than fp16 there.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
@@ -148,6 +150,8 @@ class Trainer:
         self.cfg = cfg
         self.device = select_device(self.world, _select_device(cfg.device))
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed image size and batch: autotuned conv kernels pay off
         self.sync_bn = self.world.distributed and (self.device.type == "cuda" if cfg.sync_bn is None else cfg.sync_bn)
         if self.sync_bn and self.device.type != "cuda":
             raise BadInput("sync_bn: SyncBatchNorm needs CUDA devices", hint="set sync_bn to false or null for CPU training")
@@ -171,6 +175,13 @@ class Trainer:
             self.model = build_embedder(self.model_config, pretrained=pretrained)
         for w in caught:
             self.reporter.log(f"[yellow]warning:[/] {w.message}")
+        self.unused: set[str] = set()
+        if self.world.distributed:  # DDP needs every trainable parameter to get a gradient
+            self.unused = set(unused_parameters(self.model, torch.zeros(2, 3, self.spec.crop, self.spec.crop)))
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name not in self.unused)
+            if self.unused:
+                self.reporter.log(f"frozen {len(self.unused)} parameter(s) the embedding never uses: {', '.join(sorted(self.unused))}")
         self.loss_fn = build_loss(cfg.loss, self.dataset.num_classes, cfg.embedding_dim, **cfg.loss_params)
         if self.sync_bn:
             self.model = sync_batchnorm(self.model)
@@ -273,7 +284,8 @@ class Trainer:
         broadcast_from_main(self.model.buffers(), self.world)
         out: dict[str, float] = {}
         for prefix, split in splits:
-            kw: dict[str, Any] = dict(device=self.device, autocast_dtype=self.amp_dtype, on_batch=lambda k: self.reporter.advance(k))
+            # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
+            kw: dict[str, Any] = dict(device=self.device, on_batch=lambda k: self.reporter.advance(k))
             if self.world.distributed:
                 metrics = evaluate_sharded(self.model, split, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
             else:
@@ -284,8 +296,8 @@ class Trainer:
     def _set_train_mode(self, epoch: int) -> None:
         self.model.train()
         frozen = epoch <= self.cfg.warmup_epochs
-        for p in self.model.backbone.parameters():
-            p.requires_grad_(not frozen)
+        for name, p in self.model.backbone.named_parameters(prefix="backbone"):
+            p.requires_grad_(not frozen and name not in self.unused)
         if self.cfg.freeze_bn or frozen:
             for m in self.model.backbone.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):

@@ -1,0 +1,257 @@
+"""Training speed: proxyembed's trainer next to a plain torch loop on preloaded tensors, same model and batch.
+
+Usage: ``python benchmarks/train_speed.py [--data FOLDER|synthetic] [--classes 20 --per-class 16]
+[--backbone resnet18] [--batch 32] [--size 112] [--workers 0,2] [--device auto] [--threads 2]``
+
+For each device (the CPU; CUDA too when present, with AMP and channels-last) and each DataLoader worker
+count, the real :class:`~proxyembed.training.trainer.Trainer` trains one warm-up epoch and one timed
+epoch; its DataLoader is wrapped so the time spent waiting for the next batch is measured apart from
+the compute. Its evaluation is timed as well (decode, preprocess and embed the held-out images). The
+plain loop then trains the same network, loss, optimizer, gradient clipping and batch on tensors that
+were decoded and augmented beforehand, right after each trainer row (the same machine load), so
+``trainer / plain`` isolates what the input pipeline and the trainer's bookkeeping cost.
+Decode + augmentation is also timed alone, per image, in this process. ``--classes / --per-class``
+take a subset of a class-folder dataset (symlinks in a temp folder). Results go to
+``benchmarks/results/train_speed.{json,md}`` (``--out`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under python -P (benchmarks/gpu_check.sh)
+
+from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
+
+from proxyembed.data.folder import list_images  # noqa: E402
+from proxyembed.losses import build_loss  # noqa: E402
+from proxyembed.models import ModelConfig, build_embedder  # noqa: E402
+from proxyembed.training.config import resolve_config  # noqa: E402
+from proxyembed.training.trainer import Trainer  # noqa: E402
+
+
+class TimedLoader:
+    """A DataLoader whose iteration records the seconds spent waiting for batches (worker start-up included)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.wait_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        t0 = time.perf_counter()
+        it = iter(self.loader)
+        self.wait_s += time.perf_counter() - t0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.wait_s += time.perf_counter() - t0
+            yield batch
+
+
+def subset(root: Path, classes: int, per_class: int, dst: Path) -> Path:
+    """The first ``classes`` class folders of ``root`` with ``per_class`` images each, as symlinks under ``dst``."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and len(list_images(p)) >= per_class)[:classes]
+    for folder in folders:
+        (dst / folder.name).mkdir(parents=True)
+        for img in list_images(folder)[:per_class]:
+            (dst / folder.name / img.name).symlink_to(img.resolve())
+    return dst
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def trainer_run(cfg_dict: dict[str, Any], out: Path) -> tuple[Trainer, dict[str, float]]:
+    """A warm-up epoch, then a timed epoch (waiting vs compute) and a timed evaluation, with the real trainer."""
+    trainer = Trainer(resolve_config(cfg_dict), out)
+    trainer._setup()
+    timed: list[TimedLoader] = []
+    make_loader = trainer._loader
+    trainer._loader = lambda epoch: timed.append(TimedLoader(make_loader(epoch))) or timed[-1]  # type: ignore[method-assign]
+    trainer._train_epoch(1)  # warm-up: worker start, allocator, cudnn autotuning
+    sync(trainer.device)
+    t0 = time.perf_counter()
+    trainer._train_epoch(2)
+    sync(trainer.device)
+    epoch_s = time.perf_counter() - t0
+    images = len(timed[-1]) * trainer.cfg.batch_size
+    t0 = time.perf_counter()
+    trainer._evaluate(2)
+    sync(trainer.device)
+    eval_s = time.perf_counter() - t0
+    eval_images = len(trainer.data.eval) + len(trainer.data.gallery or [])
+    return trainer, {
+        "train_images_per_s": images / epoch_s,
+        "epoch_s": epoch_s,
+        "steps": len(timed[-1]),
+        "data_wait_s": timed[-1].wait_s,
+        "data_wait_share": timed[-1].wait_s / epoch_s,
+        "eval_images_per_s": eval_images / eval_s,
+        "eval_images": eval_images,
+    }
+
+
+def plain_loop(trainer: Trainer, steps: int) -> dict[str, float]:
+    """The same network, loss, optimizer and clipping trained on preloaded, already augmented tensors."""
+    cfg, device = trainer.cfg, trainer.device
+    torch.manual_seed(0)
+    model = build_embedder(ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)).to(device).train()
+    loss_fn = build_loss(cfg.loss, trainer.dataset.num_classes, cfg.embedding_dim, **cfg.loss_params).to(device)
+    params = [*model.parameters(), *loss_fn.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    n = min(len(trainer.dataset), steps * cfg.batch_size)
+    items = [trainer.dataset[i % len(trainer.dataset)] for i in range(n)]
+    xs = torch.stack([x for x, _ in items]).to(device)
+    ys = torch.tensor([y for _, y in items]).to(device)
+    if channels_last:
+        xs = xs.contiguous(memory_format=torch.channels_last)
+    amp = trainer.amp_dtype
+
+    def step(i: int) -> None:
+        lo = (i * cfg.batch_size) % (n - cfg.batch_size + 1)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            emb = model(xs[lo : lo + cfg.batch_size])
+        loss = loss_fn(emb.float(), ys[lo : lo + cfg.batch_size])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        loss.item()
+
+    step(0)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    sync(device)
+    return {"train_images_per_s": steps * cfg.batch_size / (time.perf_counter() - t0), "steps": steps}
+
+
+def decode_augment_ms(trainer: Trainer, n: int = 64) -> float:
+    """Milliseconds per image to decode and augment one training sample in this process (no workers)."""
+    n = min(n, len(trainer.dataset))
+    t0 = time.perf_counter()
+    for i in range(n):
+        trainer.dataset[i]
+    return 1000 * (time.perf_counter() - t0) / n
+
+
+def devices(choice: str) -> list[str]:
+    if choice != "auto":
+        return [choice]
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def measure(args: argparse.Namespace, data: str, work: Path) -> list[dict[str, Any]]:
+    rows = []
+    for device in devices(args.device):
+        for workers in [int(w) for w in args.workers.split(",")]:
+            cfg = {"data": data, "backbone": args.backbone, "batch_size": args.batch, "image_size": args.size,
+                   "resize": args.resize or round(args.size * 8 / 7), "embedding_dim": 128, "device": device,
+                   "amp": args.amp, "channels_last": True, "workers": workers, "epochs": 2, "schedule": "none"}
+            trainer, row = trainer_run(cfg, work / f"run-{device}-{workers}")
+            plain = plain_loop(trainer, row["steps"])  # right after, so both see the same machine load
+            decode_ms = decode_augment_ms(trainer)
+            row.update(device=device, workers=workers, amp=str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "none",
+                       plain_images_per_s=plain["train_images_per_s"], ratio_vs_plain=row["train_images_per_s"] / plain["train_images_per_s"],
+                       decode_augment_ms_per_image=decode_ms,
+                       decode_augment_share_if_serial=decode_ms * row["steps"] * args.batch / 1000 / row["epoch_s"])
+            rows.append(row)
+            print(f"  {device} workers={workers}: train {row['train_images_per_s']:.1f} img/s "
+                  f"(plain loop {row['plain_images_per_s']:.1f}, ratio {row['ratio_vs_plain']:.2f}), "
+                  f"waiting on data {100 * row['data_wait_share']:.1f}% of the epoch, eval {row['eval_images_per_s']:.1f} img/s", flush=True)
+    return rows
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Training speed",
+        "",
+        f"Machine: {machine_line(meta['machine'])}; torch {meta['torch']} with {meta['threads']} thread(s); {meta['gpu'] or 'no CUDA GPU'}.",
+        f"Data: {meta['data']}. Model: {meta['backbone']} (128-d, Proxy-Anchor), batch {meta['batch']}, "
+        f"{meta['size']} px training crop. One warm-up epoch, then one timed epoch and one timed evaluation.",
+        f"Command: `{meta['command']}`",
+        "",
+        "| device | AMP | workers | train img/s | plain loop img/s | trainer / plain | waiting on data | eval img/s | "
+        "decode+augment ms/img | decode+augment share if serial |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['device']} | {r['amp']} | {r['workers']} | {r['train_images_per_s']:.1f} | {r['plain_images_per_s']:.1f} | "
+            f"{r['ratio_vs_plain']:.2f} | {100 * r['data_wait_share']:.1f}% | {r['eval_images_per_s']:.1f} | "
+            f"{r['decode_augment_ms_per_image']:.2f} | {100 * r['decode_augment_share_if_serial']:.1f}% |"
+        )
+    lines += [
+        "",
+        "*Waiting on data* is the share of the timed epoch spent in the DataLoader's `next()`; *decode+augment "
+        "share if serial* is what decoding and augmenting would take of that epoch if done in the training "
+        "process with no overlap. *trainer / plain* compares the trainer with a plain loop on preloaded tensors "
+        "(same network, loss, AdamW, gradient clipping and batch): below 1.0 is what the input pipeline and the "
+        "trainer's bookkeeping cost.",
+    ]
+    if meta.get("note"):
+        lines += ["", meta["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="synthetic", help="'synthetic[:opts]' or a folder with one subfolder per class")
+    p.add_argument("--classes", type=int, default=None, help="use only this many class folders of --data")
+    p.add_argument("--per-class", type=int, default=16, help="images per class with --classes")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--resize", type=int, default=None)
+    p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--note", default="", help="a sentence for the results file (e.g. how contended the machine was)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    meta = {
+        "machine": machine(), "torch": torch.__version__, "threads": args.threads,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "backbone": args.backbone, "batch": args.batch, "size": args.size, "note": args.note,
+        "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]),
+    }
+    print(f"{machine_line(meta['machine'])} | torch {torch.__version__}, {args.threads} thread(s) | {meta['gpu'] or 'no CUDA GPU'}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="proxyembed-train-speed-") as tmp:
+        work = Path(tmp)
+        data = args.data
+        if args.classes:
+            data = str(subset(Path(args.data), args.classes, args.per_class, work / "data"))
+        meta["data"] = (f"{args.data} ({args.classes} classes x {args.per_class} images, half of the classes for training)"
+                        if args.classes else args.data)
+        rows = measure(args, data, work)
+    md = markdown(meta, rows)
+    write_results("train_speed", {"meta": meta, "rows": rows}, md, args.out)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

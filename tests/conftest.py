@@ -1,0 +1,53 @@
+"""Tests not marked ``gpu`` run as on a CPU-only machine, whatever this one has.
+
+Their assertions (the artifact ``Encoder(device="auto")`` picks, the files ``export --tensorrt`` writes,
+the device ``--device auto`` trains on) describe the CPU path; on a machine with a GPU, onnxruntime-gpu or
+tensorrt they would take another. The pin is session-wide because module-scoped fixtures build bundles
+before any function-scoped fixture runs; a ``gpu``-marked test lifts it for its own duration (and is
+skipped where torch sees no CUDA GPU). It patches
+this process only: tests that start subprocesses pass ``--device cpu`` (or hide the GPU) themselves, and
+no environment variable is set, because CUDA reads ``CUDA_VISIBLE_DEVICES`` once per process.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+
+def _pin_to_cpu(mp: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+    import torch
+
+    from proxyembed.runtime import backends
+
+    mp.setattr(torch.cuda, "is_available", lambda: False)
+    mp.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    mp.setattr(backends, "_cudart", lambda: None)  # no cuda-python: gpu_info() is None
+    mp.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_only() -> Iterator[pytest.MonkeyPatch]:
+    mp = pytest.MonkeyPatch()
+    _pin_to_cpu(mp)
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _gpu_tests_see_the_machine(request: pytest.FixtureRequest, cpu_only: pytest.MonkeyPatch) -> Iterator[None]:
+    if request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    cpu_only.undo()
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA GPU")
+        yield
+    finally:
+        _pin_to_cpu(cpu_only)
