@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import console, err_console, user_errors
+from proxyembed.runtime.encoder import PrecisionChoice
+
+from ._common import console, err_console, print_json, user_errors
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _MAX_LISTED = 20
@@ -32,26 +34,30 @@ def register(app: typer.Typer) -> None:
 @user_errors
 def index_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `proxyembed export`.")],
-    images: Annotated[
-        Path,
-        typer.Argument(help="Folder of images (class subfolders give labels), or a CSV/TSV list: path[,id][,label]."),
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Gallery folder to write.")],
+    images: Annotated[
+        Path | None,
+        typer.Argument(help="Folder of images (class subfolders give labels), or a CSV/TSV list: path[,id][,label]."),
+    ] = None,
+    from_embeddings: Annotated[
+        list[Path] | None,
+        typer.Option("--from-embeddings", help="Index `proxyembed embed` output(s) instead of IMAGES (repeatable: merges shards)."),
+    ] = None,
     append: Annotated[
         bool, typer.Option(help="Add to the existing gallery at --out (same ids are re-embedded).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing gallery at --out.")] = False,
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or int8.")] = "auto",
+    precision: Annotated[PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads (default: all cores).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
-    """Embed a folder or list of images with BUNDLE and write a searchable gallery."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    """Embed a folder or list of images with BUNDLE (or take --from-embeddings) and write a searchable gallery."""
     from proxyembed.runtime import BadInput, Encoder, Retriever
     from proxyembed.runtime.retriever import GALLERY_FILE
 
-    items = list_images(images)
+    if (images is None) == (not from_embeddings):
+        raise BadInput("give either IMAGES or --from-embeddings FILE...", hint="e.g. proxyembed index BUNDLE photos/ --out galleries/NAME")
     exists = (out / GALLERY_FILE).is_file()
     if append and not exists:
         raise BadInput(f"--append: no gallery at {out}", hint="drop --append to create it")
@@ -64,6 +70,27 @@ def index_command(
     else:
         retriever = Retriever(Encoder(bundle, precision=precision, threads=threads))  # type: ignore[arg-type]
     err_console.print(f"encoder: {retriever.encoder.describe()}", highlight=False)
+    if images is not None:
+        report = _embed_images(retriever, list_images(images), batch_size, append)
+    else:
+        report = add_embeddings(retriever, from_embeddings or [], replace=append)
+    if report.added == 0:
+        raise BadInput(f"none of the images under {images or from_embeddings} could be read; no gallery written")
+    retriever.save(out)
+    if as_json:
+        skipped = [{"id": item_id, "reason": why} for item_id, why in report.skipped]
+        print_json({"gallery": str(out), "added": report.added, "replaced": report.replaced, "skipped": skipped, "count": len(retriever)})
+        return
+    replaced = f", {report.replaced} replaced" if report.replaced else ""
+    console.print(
+        f"indexed {report.added} image(s){replaced}, skipped {len(report.skipped)} → {out} ({len(retriever)} items)",
+        highlight=False,
+    )
+
+
+def _embed_images(retriever: Any, items: list[dict[str, Any]], batch_size: int, append: bool) -> Any:
+    """Embed and add ``items`` with a progress bar; list what could not be read."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
@@ -83,14 +110,38 @@ def index_command(
             err_console.print(f"  {item_id}: {why}", highlight=False, soft_wrap=True)
         if len(report.skipped) > _MAX_LISTED:
             err_console.print(f"  … and {len(report.skipped) - _MAX_LISTED} more", highlight=False)
-    if report.added == 0:
-        raise BadInput(f"none of the {len(items)} images under {images} could be read; no gallery written")
-    retriever.save(out)
-    replaced = f", {report.replaced} replaced" if report.replaced else ""
-    console.print(
-        f"indexed {report.added} image(s){replaced}, skipped {len(report.skipped)} → {out} ({len(retriever)} items)",
-        highlight=False,
-    )
+    return report
+
+
+def add_embeddings(retriever: Any, files: list[Path], *, replace: bool) -> Any:
+    """Add the rows of ``proxyembed embed`` outputs (shards) to the retriever's index, in file order.
+
+    Each file must come from the retriever's bundle (same manifest sha256 and dim) and be complete;
+    rows of unreadable images are reported as skipped. Ids must be unique across the files.
+    """
+    from proxyembed.runtime import BadInput
+    from proxyembed.runtime.embeddings import read_embeddings
+    from proxyembed.runtime.retriever import AddReport
+
+    want = retriever.encoder.bundle.signature
+    parts = [read_embeddings(f) for f in files]  # all checked before any row is added
+    for part in parts:
+        got = {k: part.info["source"].get(k) for k in want}
+        if got != want:
+            raise BadInput(
+                f"{part.path} was embedded by another model ({got}), not bundle {retriever.encoder.bundle.path} ({want})",
+                hint="index it with the bundle that embedded it, or re-embed with this bundle",
+            )
+    report = AddReport()
+    for part in parts:
+        for vectors, items in part.readable_chunks():
+            ids = [it["id"] for it in items]
+            report.replaced += sum(1 for i in ids if i in retriever.index)
+            retriever.index.add(vectors, ids, [it["metadata"] for it in items], replace=replace)
+            report.added += len(ids)
+        skipped_items = [part.items[i]["id"] for i in part.info["skipped"]]
+        report.skipped += [(item_id, f"unreadable when embedded into {part.path}") for item_id in skipped_items]
+    return report
 
 
 def list_images(source: Path) -> list[dict[str, Any]]:
@@ -162,7 +213,7 @@ def search_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts).")] = False,
     grid: Annotated[Path | None, typer.Option(help="Write a PNG of each query beside its results.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Bundle to use instead of the one the gallery records.")] = None,
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or int8.")] = "auto",
+    precision: Annotated[PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")] = "auto",
     ef: Annotated[int | None, typer.Option(min=1, help="hnswlib search breadth (default: the gallery's).")] = None,
 ) -> None:
     """Find the K gallery images most similar to each QUERY image."""
@@ -176,7 +227,7 @@ def search_command(
             {"query": str(p), "results": [{"rank": r, **h.to_dict()} for r, h in enumerate(row, 1)]}
             for p, row in zip(paths, hits, strict=True)
         ]
-        typer.echo(json.dumps(payload, indent=2))
+        print_json(payload)
     else:
         _print_tables(paths, hits)
     if grid is not None:
