@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.errors import BadInput
 
 from .evaluation import CheckOptions, Progress
@@ -26,11 +27,11 @@ def _as_items(limits: Limits) -> list[str]:
 
 
 def run_check(
-    bundle: str | Path,
+    bundle: str | Path | Bundle,
     data: str,
     baseline: str | Path | None = None,
     *,
-    against: str | Path | None = None,
+    against: str | Path | Bundle | None = None,
     artifact: str = "auto",
     max_drop: Limits = (),
     min_value: Limits = (),
@@ -41,7 +42,7 @@ def run_check(
     device: str = "auto",
     progress: Progress | None = None,
 ) -> CheckReport:
-    """Check ``bundle`` on ``data`` against a ``baseline`` file (or an older bundle, ``against``).
+    """Check ``bundle`` (a folder or a loaded :class:`Bundle`) on ``data`` against a ``baseline`` file (or an older bundle, ``against``).
 
     ``max_drop`` allows drops in points per metric (``{"recall@1": 0.5}`` or ``["recall@1=0.5"]``),
     ``min_value`` sets absolute floors as fractions; both as ``--max-drop`` / ``--min`` of the CLI.
@@ -54,6 +55,7 @@ def run_check(
         raise BadInput("--write-baseline and --allow-data-change need --baseline, not --against")
     if device not in ("auto", "cpu", "cuda"):
         raise BadInput(f"--device '{device}' is unknown", hint="use auto, cpu or cuda")
+    bundle, against = (b.path if isinstance(b, Bundle) else b for b in (bundle, against))
     tol = parse_tolerances(_as_items(max_drop), _as_items(min_value))
     opts = CheckOptions(artifact=artifact, device=device, threads=threads, batch_size=batch_size)
     split = resolve_eval_data(data)

@@ -71,11 +71,14 @@ def index_command(
         retriever = Retriever(Encoder(bundle, precision=precision, threads=threads))  # type: ignore[arg-type]
     err_console.print(f"encoder: {retriever.encoder.describe()}", highlight=False)
     if images is not None:
-        report = _embed_images(retriever, list_images(images), batch_size, append)
+        items = list_images(images)
+        report = _embed_images(retriever, items, batch_size, append)
+        source = f"the {len(items)} images under {images}"
     else:
         report = add_embeddings(retriever, from_embeddings or [], replace=append)
+        source = f"the rows of {', '.join(map(str, from_embeddings or []))}"
     if report.added == 0:
-        raise BadInput(f"none of the images under {images or from_embeddings} could be read; no gallery written")
+        raise BadInput(f"none of {source} could be read; no gallery written")
     retriever.save(out)
     if as_json:
         skipped = [{"id": item_id, "reason": why} for item_id, why in report.skipped]
