@@ -1,7 +1,7 @@
 """Embeddings on disk for corpora of any size: ``FILE.npy`` filled in place, plus two sidecars.
 
 ``proxyembed embed`` streams images through the encoder and writes each finished batch straight into
-a preallocated float32 ``.npy`` (a memory map, so memory stays flat however many images there are),
+its rows of a preallocated float32 ``.npy`` (so memory stays flat however many images there are),
 then records progress in ``FILE.json`` atomically. A killed job resumes from the last recorded row; a
 batch written but not yet recorded is simply redone. ``FILE.items.jsonl`` holds one ``{"id",
 "metadata"}`` line per row, written before any embedding.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,10 @@ class EmbeddingWriter:
             atomic_write(out, lambda tmp: np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(items), dim)).flush())
             self.info = {**header, "done": 0, "skipped": []}
             write_json_atomic(self.sidecar, self.info)
-        self._rows = np.load(out, mmap_mode="r+")
+        self._file = open(out, "r+b")  # held for the writer's life: close() or the with block closes it
+        major, _ = np.lib.format.read_magic(self._file)
+        (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(self._file)
+        self._data_offset, self._row_bytes = self._file.tell(), dim * 4
 
     def _existing(self, overwrite: bool) -> dict[str, Any] | None:
         if not self.sidecar.exists():
@@ -115,13 +119,29 @@ class EmbeddingWriter:
         return self.done == self.info["count"]
 
     def write(self, vectors: np.ndarray, skipped: Sequence[int] = ()) -> None:
-        """Store the next ``len(vectors)`` rows (rows at ``skipped`` offsets are unreadable images, left zero)."""
+        """Store the next ``len(vectors)`` rows (rows at ``skipped`` offsets are unreadable images, left zero).
+
+        Plain positioned writes, not a memory map: mapped pages would count in the process's resident
+        memory and grow with the file. The rows are fsynced before the sidecar says they are done.
+        """
         start = self.done
-        self._rows[start : start + len(vectors)] = vectors
-        self._rows.flush()
+        self._file.seek(self._data_offset + start * self._row_bytes)
+        self._file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self.info["done"] = start + len(vectors)
         self.info["skipped"] += [start + i for i in skipped]
         write_json_atomic(self.sidecar, self.info)
+
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> EmbeddingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _write_items(path: Path, items: Sequence[dict[str, Any]]) -> None:

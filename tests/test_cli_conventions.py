@@ -184,3 +184,15 @@ def test_torch_commands_name_the_missing_extra(argv: list[str], needs: str, tmp_
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"error: {needs}"
+
+
+def test_export_json_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
+    from checkpoints import make_checkpoint
+
+    make_checkpoint(tmp_path / "run", data="synthetic:train_classes=4,eval_classes=6,per_class=6")
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)  # the steps and the validation table went to stderr
+    assert Path(summary["bundle"]).resolve() == (tmp_path / "b").resolve()
+    assert [a["file"] for a in summary["artifacts"]] == ["model.onnx"] and summary["refused"] == []
+    assert summary["artifacts"][0]["validation"]["passed"] is True

@@ -57,7 +57,7 @@ def embed_command(
     writer = EmbeddingWriter(out, items, model.dim, model.source, part, overwrite=overwrite)
     resumed = writer.done
     columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with writer, Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("embedding", total=len(items), completed=resumed)
         for vectors, unreadable in model.batches((it["path"] for it in items[resumed:]), batch_size, workers):
             writer.write(vectors, unreadable)

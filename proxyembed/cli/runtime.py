@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
 
@@ -91,7 +93,7 @@ def index_command(
     )
 
 
-def _embed_images(retriever: Any, items: list[dict[str, Any]], batch_size: int, append: bool) -> Any:
+def _embed_images(retriever: Any, items: Sequence[dict[str, Any]], batch_size: int, append: bool) -> Any:
     """Embed and add ``items`` with a progress bar; list what could not be read."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -147,7 +149,47 @@ def add_embeddings(retriever: Any, files: list[Path], *, replace: bool) -> Any:
     return report
 
 
-def list_images(source: Path) -> list[dict[str, Any]]:
+class FolderImages(Sequence[dict[str, Any]]):
+    """The image files below a folder, sorted, as ``{"path", "id", "metadata"}`` dicts built on access.
+
+    Only the relative paths are held (about 100 bytes an image, against 1.2 KB for Path objects and
+    dicts, measured with tracemalloc), so listing a million-image folder for ``proxyembed embed`` costs
+    about 100 MB rather than over a gigabyte. Slicing gives another ``FolderImages`` (a shard).
+    """
+
+    def __init__(self, root: Path, relative: list[str]) -> None:
+        self.root, self._relative = root, relative
+
+    @classmethod
+    def scan(cls, root: Path) -> FolderImages:
+        found = []
+        for folder, _, files in os.walk(root):
+            base = Path(folder).relative_to(root).as_posix()
+            prefix = "" if base == "." else base + "/"
+            found += [prefix + f for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        found.sort(key=lambda rel: rel.replace("/", "\0"))  # the order of sorted(Path.rglob(...)): parts first
+        return cls(root, found)
+
+    def __len__(self) -> int:
+        return len(self._relative)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> FolderImages: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | FolderImages:
+        if isinstance(index, slice):
+            return FolderImages(self.root, self._relative[index])
+        rel = self._relative[index]
+        path = self.root / rel
+        meta: dict[str, Any] = {"path": os.path.realpath(path)}
+        if "/" in rel:
+            meta["label"] = rel.split("/", 1)[0]
+        return {"path": path, "id": rel, "metadata": meta}
+
+
+def list_images(source: Path) -> Sequence[dict[str, Any]]:
     """The images to index as ``{"path", "id", "metadata"}`` dicts, from a folder or a CSV/TSV file list.
 
     Folder: every image file below it; ids are paths relative to it; an image inside a subfolder gets the
@@ -157,14 +199,9 @@ def list_images(source: Path) -> list[dict[str, Any]]:
     """
     from proxyembed.runtime import BadInput
 
+    items: Sequence[dict[str, Any]]
     if source.is_dir():
-        items = []
-        for p in sorted(f for f in source.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS):
-            rel = p.relative_to(source)
-            meta: dict[str, Any] = {"path": str(p.resolve())}
-            if len(rel.parts) > 1:
-                meta["label"] = rel.parts[0]
-            items.append({"path": p, "id": rel.as_posix(), "metadata": meta})
+        items = FolderImages.scan(source)
     elif source.is_file():
         items = _read_file_list(source)
     else:
