@@ -35,7 +35,7 @@ class Run:
         self.path = Path(path)
         if not (self.path / CONFIG_FILE).is_file():
             raise BadInput(f"'{self.path}' is not a run dir: {CONFIG_FILE} is missing", hint="give a folder written by `proxyembed train`")
-        self._model: Embedder | None = None
+        self._model: tuple[str, Embedder] | None = None  # (device, model) kept for repeated embed() calls
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -104,11 +104,11 @@ class Run:
 
         items = [images] if is_single_image(images) else list(images)  # type: ignore[list-item]
         ckpt = load_checkpoint(self.path)
-        if self._model is None:
-            self._model = ckpt.build_model().to(device)
+        if self._model is None or self._model[0] != device:
+            self._model = (device, ckpt.build_model().to(device))
         samples = [Sample(source=img, label=-1, key=str(i)) for i, img in enumerate(items)]
         with progress_callback(progress, len(items), "embedding") as on_batch:
-            out = embed_samples(self._model, samples, ckpt.preprocess, device=device, batch_size=batch_size, on_batch=on_batch)
+            out = embed_samples(self._model[1], samples, ckpt.preprocess, device=device, batch_size=batch_size, on_batch=on_batch)
         return out if len(items) else np.zeros((0, ckpt.model_config.embedding_dim), np.float32)
 
     def export(self, out: str | Path, **options: Any) -> Bundle:

@@ -196,3 +196,13 @@ def test_export_json_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
     assert Path(summary["bundle"]).resolve() == (tmp_path / "b").resolve()
     assert [a["file"] for a in summary["artifacts"]] == ["model.onnx"] and summary["refused"] == []
     assert summary["artifacts"][0]["validation"]["passed"] is True
+
+
+def test_check_errors_reach_json_stdout_json_out_and_summary(tmp_path: Path) -> None:
+    summary, report = tmp_path / "summary.md", tmp_path / "report.json"
+    argv = ["check", str(tmp_path / "no-bundle"), "--data", "synthetic", "--baseline", str(tmp_path / "b.json")]
+    res = runner.invoke(app, [*argv, "--json", "--json-out", str(report), "--summary", str(summary)])
+    assert res.exit_code == 2
+    printed = json.loads(res.stdout)
+    assert printed["status"] == "error" and printed == json.loads(report.read_text())
+    assert printed["verdict"] in summary.read_text()

@@ -102,10 +102,10 @@ def _finish_error(exc: ProxyEmbedError, json_out: Path | None, summary: Path | N
     with suppress(ProxyEmbedError):  # the error may be about these very files
         if json_out is not None:
             _write_json(json_out, {"status": "error", "exit_code": code, "verdict": line})
-    if as_json:
-        print_json({"status": "error", "exit_code": code, "verdict": line})
         if summary is not None:
             _append(summary, f"### ❌ proxyembed check: error\n\n```\n{line}\n```\n\n")
+    if as_json:
+        print_json({"status": "error", "exit_code": code, "verdict": line})
     err_console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
