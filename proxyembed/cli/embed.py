@@ -62,7 +62,7 @@ def embed_command(
         for vectors, unreadable in model.batches((it["path"] for it in items[resumed:]), batch_size, workers):
             writer.write(vectors, unreadable)
             bar.advance(task, len(vectors))
-    skipped = len(writer.info["skipped"])
+    skipped = len(writer.info["skipped"])  # recorded by the writer's close
     summary = {"out": str(out), "rows": len(items), "resumed_from": resumed, "skipped": skipped, "shard": shard, "source": model.source}
     if as_json:
         print_json(summary)

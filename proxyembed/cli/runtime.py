@@ -159,6 +159,7 @@ class FolderImages(Sequence[dict[str, Any]]):
 
     def __init__(self, root: Path, relative: list[str]) -> None:
         self.root, self._relative = root, relative
+        self._resolved = root.resolve()  # metadata paths are absolute (the folder's symlinks resolved, once)
 
     @classmethod
     def scan(cls, root: Path) -> FolderImages:
@@ -183,7 +184,7 @@ class FolderImages(Sequence[dict[str, Any]]):
             return FolderImages(self.root, self._relative[index])
         rel = self._relative[index]
         path = self.root / rel
-        meta: dict[str, Any] = {"path": os.path.realpath(path)}
+        meta: dict[str, Any] = {"path": str(self._resolved / rel)}
         if "/" in rel:
             meta["label"] = rel.split("/", 1)[0]
         return {"path": path, "id": rel, "metadata": meta}
