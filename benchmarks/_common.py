@@ -23,7 +23,7 @@ def machine() -> dict[str, Any]:
     except (ValueError, OSError):
         pass
     versions = {}
-    for pkg in ("numpy", "hnswlib", "onnxruntime", "pillow"):
+    for pkg in ("numpy", "hnswlib", "chroma-hnswlib", "onnxruntime", "pillow"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -104,6 +104,16 @@ class ExportResult:
     notes: list[str]
     failed: list[BuildFailure] = field(default_factory=list)
 
+    def summary(self) -> dict[str, Any]:
+        """Plain-data form (``export --json``): the bundle, what it holds, what was refused and why."""
+        return {
+            "bundle": None if self.bundle is None else str(self.bundle),
+            "artifacts": [{"file": a.file, "format": a.format, "precision": a.precision, "target": a.target, "validation": a.validation}
+                          for a in self.artifacts],
+            "refused": [s.to_dict() for s in self.refused],
+            "notes": self.notes,
+        }
+
     def raise_if_refused(self) -> None:
         """Raise :class:`CheckFailed` (exit 1) naming every refused artifact, its drop or failure, and what to try."""
         if not self.refused and not self.failed:

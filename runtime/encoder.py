@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +23,7 @@ from .bundle import Bundle
 from .errors import BadInput, IntegrityError
 from .manifest import Artifact
 from .preprocess import ImageLike, Preprocessor
+from .progress import ProgressArg, progress_callback
 
 PrecisionChoice = Literal["auto", "fp32", "fp16", "int8"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -218,14 +219,29 @@ class Encoder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
-    def encode(self, images: Sequence[ImageLike] | ImageLike, batch_size: int = 32) -> np.ndarray:
-        """Embed images (paths, bytes, PIL images or uint8 HxWxC arrays): float32 (N, D), L2-normalised.
+    def encode(
+        self,
+        images: Iterable[ImageLike] | ImageLike,
+        batch_size: int = 32,
+        *,
+        progress: ProgressArg = False,
+        workers: int | None = None,
+    ) -> np.ndarray:
+        """Embed images (paths, bytes, PIL images or uint8 HxWxC arrays, mixed freely): float32 (N, D), L2-normalised.
 
-        A single image gives a (1, D) array. An unreadable image raises :class:`BadInput` naming it.
+        A single image gives a (1, D) array. Images are decoded on ``workers`` threads (default up to 4)
+        while the model runs; ``progress=True`` shows a bar on stderr, a callable gets ``n`` per batch.
+        An unreadable image raises :class:`BadInput` naming it.
         """
         if is_single_image(images):
             images = [images]
-        outs = [self.encode_batch(b) for b in self.preprocessor.batches(images, batch_size)]
+        total = len(images) if isinstance(images, Sized) else None
+        outs = []
+        with progress_callback(progress, total, "encoding") as advance:
+            for batch in self.preprocessor.batches(images, batch_size, workers=workers):  # type: ignore[arg-type]
+                outs.append(self.encode_batch(batch))
+                if advance is not None:
+                    advance(len(batch))
         return np.concatenate(outs) if outs else np.zeros((0, self.dim), np.float32)
 
     def __repr__(self) -> str:

@@ -333,8 +333,9 @@ class Index:
         with self._matrix_lock:
             if self._matrix is None:
                 labels = np.array(sorted(self._labels.values()), np.int64)
-                vectors = self._hnsw.get_items(labels, return_type="numpy") if len(labels) else np.zeros((0, self.dim))
-                self._matrix = (labels, np.ascontiguousarray(vectors, dtype=np.float32))
+                # get_items returns lists in every hnswlib build we install (chroma-hnswlib 0.7 has no return_type)
+                vectors = np.asarray(self._hnsw.get_items(labels) if len(labels) else [], dtype=np.float32).reshape(-1, self.dim)
+                self._matrix = (labels, np.ascontiguousarray(vectors))
             return self._matrix
 
     def _check_vectors(self, x: Any, what: str) -> np.ndarray:

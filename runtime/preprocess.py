@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import BadInput
 
 ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
+T = TypeVar("T")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -203,15 +205,48 @@ class Preprocessor:
             (0, 3, self.spec.crop, self.spec.crop), np.float32
         )
 
-    def batches(self, images: Iterable[ImageLike], batch_size: int) -> Iterable[np.ndarray]:
-        """Yield NCHW batches of at most ``batch_size`` images."""
-        if batch_size <= 0:
-            raise BadInput(f"batch_size must be positive, got {batch_size}")
-        chunk: list[ImageLike] = []
-        for src in images:
-            chunk.append(src)
-            if len(chunk) == batch_size:
-                yield self(chunk)
-                chunk = []
-        if chunk:
-            yield self(chunk)
+    def batches(self, images: Iterable[ImageLike], batch_size: int, *, workers: int | None = None) -> Iterator[np.ndarray]:
+        """Yield NCHW batches of at most ``batch_size`` images, in order, streaming over ``images``.
+
+        Decoding runs on a small thread pool, one batch ahead of the caller (see :func:`map_in_chunks`).
+        """
+        for chunk in map_in_chunks(self.image, images, batch_size, workers=workers):
+            yield np.stack(chunk)
+
+
+def map_in_chunks(fn: Callable[[ImageLike], T], images: Iterable[ImageLike], size: int, *, workers: int | None = None) -> Iterator[list[T]]:
+    """``fn`` over ``images`` on ``workers`` threads, yielded as in-order lists of ``size`` results.
+
+    Default workers: up to 4 (0 or 1 runs inline). Pillow releases the GIL while decoding and resizing,
+    and the next chunk is submitted before the current one is handed over, so decoding overlaps the
+    caller's inference instead of waiting for it. At most two chunks are in memory; ``images`` may be
+    a generator over millions of files. An exception from ``fn`` is raised when its chunk is reached.
+    """
+    if size <= 0:
+        raise BadInput(f"batch_size must be positive, got {size}")
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    chunks = _chunks(images, size)
+    if workers <= 1:
+        for chunk in chunks:
+            yield [fn(src) for src in chunk]
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="proxyembed-decode") as pool:
+        ahead: list[Future[T]] | None = None
+        for chunk in chunks:
+            submitted = [pool.submit(fn, src) for src in chunk]
+            if ahead is not None:
+                yield [f.result() for f in ahead]
+            ahead = submitted
+        if ahead is not None:
+            yield [f.result() for f in ahead]
+
+
+def _chunks(images: Iterable[ImageLike], size: int) -> Iterator[list[ImageLike]]:
+    chunk: list[ImageLike] = []
+    for src in images:
+        chunk.append(src)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from proxyembed.cli import app
 from proxyembed.runtime.errors import BadInput
 from proxyembed.training.checkpoint import load_checkpoint
-from proxyembed.training.config import TrainConfig, list_recipes, load_recipe, resolve_config
+from proxyembed.training.config import TrainConfig, resolve_config
+from proxyembed.training.recipes import list_recipes, load_recipe
 from proxyembed.training.trainer import Reporter, TrainingFailed, train
 
 TINY = "synthetic:train_classes=12,eval_classes=10,per_class=8,size=40"

@@ -19,11 +19,13 @@ the normal case (a new model) and only noted.
 
 Modules, in the order a check uses them: :mod:`.tolerances` (limits and floors), :mod:`.evaluation`
 (embedding and metrics), :mod:`.baseline` (the baseline file), :mod:`.comparison` (per-metric verdicts),
-:mod:`.notes` and :mod:`.report` (what is said), :mod:`.gate` (the two entry points).
+:mod:`.notes` and :mod:`.report` (what is said), :mod:`.gate` (the two entry points), :mod:`.run` (one
+call from user-level settings, the CLI's and ``proxyembed.check(...)``'s).
 """
 
 from __future__ import annotations
 
+from proxyembed._callable_module import make_callable
 from proxyembed.runtime.files import write_json_atomic
 
 from .baseline import (
@@ -41,6 +43,7 @@ from .evaluation import ARTIFACT_CHOICES, ArtifactRun, CheckOptions, Evaluation,
 from .gate import check_against_baseline, check_against_bundle
 from .notes import provenance_notes, resolution_notes
 from .report import CheckReport
+from .run import run_check
 from .tolerances import DEFAULT_MAX_DROP, DEFAULT_OTHER_DROP, GATE_METRIC, Tolerances, metric_names, parse_tolerances
 
 __all__ = [
@@ -73,7 +76,11 @@ __all__ = [
     "read_baseline",
     "require_same_data",
     "resolution_notes",
+    "run_check",
     "same_bundle",
     "same_data",
     "write_json_atomic",
 ]
+
+# proxyembed.check(bundle, data, baseline, ...) -> CheckReport, the Python API's form of the command
+make_callable(__name__, "proxyembed.check.run", "run_check")

@@ -11,16 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
+from rich.console import Console
 
-from ._common import console, err_console
+from proxyembed.runtime.encoder import DeviceChoice
+
+from ._common import console, err_console, print_json, user_errors
 
 if TYPE_CHECKING:
     from proxyembed.check import CheckReport, MetricRow
     from proxyembed.runtime.errors import ProxyEmbedError
 
+# The closed choice of --artifact (proxyembed.check.ARTIFACT_CHOICES; a test keeps the two equal).
+ArtifactChoice = Literal["auto", "fp32", "fp16", "int8", "all"]
 _STATUS_STYLE = {"pass": "green", "improved": "bold green", "fail": "bold red", "accepted": "yellow", "new": "cyan"}
 _STATUS_TEXT = {"pass": "PASS", "improved": "IMPROVED", "fail": "FAIL", "accepted": "accepted", "new": "new"}
 
@@ -30,12 +35,13 @@ def register(app: typer.Typer) -> None:
     app.command("check", rich_help_panel="CI")(check_command)
 
 
+@user_errors
 def check_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder to check (the new model).", show_default=False)],
     data: Annotated[str, typer.Option(help="Evaluation data: synthetic[:opts], a class-folder, or a CUB/Cars/SOP/In-Shop root.")],
     baseline: Annotated[Path | None, typer.Option(help="Baseline JSON to compare with (or to write, with --write-baseline).")] = None,
     against: Annotated[Path | None, typer.Option(help="Compare with this older bundle instead of a baseline file.")] = None,
-    artifact: Annotated[str, typer.Option(help="fp32, fp16, int8, all, or auto: what the runtime would pick here.")] = "auto",
+    artifact: Annotated[ArtifactChoice, typer.Option(help="fp32, fp16, int8, all, or auto: what the runtime would pick here.")] = "auto",
     max_drop: Annotated[
         list[str] | None,
         typer.Option(help="Allowed drop in points per metric, e.g. recall@1=1.0,map@r=2 (all=X for every metric). Default recall@1=1, others 2."),
@@ -43,62 +49,37 @@ def check_command(
     min_value: Annotated[list[str] | None, typer.Option("--min", help="Absolute floors as fractions, e.g. recall@1=0.80.")] = None,
     write_baseline: Annotated[bool, typer.Option(help="Record this run's numbers in --baseline (atomic); drops accepted, floors kept.")] = False,
     allow_data_change: Annotated[bool, typer.Option(help="Compare even though the baseline was made on other data.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout (the table goes to stderr).")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Write the full report as JSON to this file.")] = None,
     summary: Annotated[Path | None, typer.Option(help='Append a Markdown summary here, e.g. "$GITHUB_STEP_SUMMARY".')] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads; fix it in CI (default: all cores).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[DeviceChoice, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Check BUNDLE's retrieval accuracy against a baseline (or --against an older bundle): exit 0 pass, 1 regression, 2 bad input."""
+    from proxyembed.check import run_check
     from proxyembed.runtime.errors import ProxyEmbedError
 
+    human = err_console if as_json else console
     try:
-        report = _run(
-            bundle, data, baseline, against, artifact, max_drop or [], min_value or [], write_baseline, allow_data_change, threads, batch_size, device
-        )
-        _print_report(report)
+        with _progress() as advance:
+            report = run_check(
+                bundle, data, baseline, against=against, artifact=artifact, max_drop=max_drop or [], min_value=min_value or [],
+                write_baseline=write_baseline, allow_data_change=allow_data_change, threads=threads, batch_size=batch_size, device=device,
+                progress=advance,
+            )
+        _print_report(report, human)
         if json_out is not None:
             _write_json(json_out, report.to_dict())
         if summary is not None:
             _append(summary, markdown_summary(report))
     except ProxyEmbedError as exc:
-        _finish_error(exc, json_out, summary)
+        _finish_error(exc, json_out, summary, as_json)
+    if as_json:
+        print_json(report.to_dict())
     verdict = report.verdict()
-    console.print(verdict, style="bold green" if report.passed else "bold red", markup=False, highlight=False, soft_wrap=True)
+    human.print(verdict, style="bold green" if report.passed else "bold red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if report.passed else 1)
-
-
-def _run(
-    bundle: Path,
-    data: str,
-    baseline: Path | None,
-    against: Path | None,
-    artifact: str,
-    max_drop: list[str],
-    floors: list[str],
-    write: bool,
-    allow_data_change: bool,
-    threads: int | None,
-    batch_size: int,
-    device: str,
-) -> CheckReport:
-    from proxyembed.check import CheckOptions, check_against_baseline, check_against_bundle, parse_tolerances
-    from proxyembed.data.spec import resolve_eval_data
-    from proxyembed.runtime.errors import BadInput
-
-    if (baseline is None) == (against is None):
-        raise BadInput("give either --baseline FILE or --against OLD_BUNDLE", hint="e.g. proxyembed check NEW --data SPEC --baseline baseline.json")
-    if against is not None and (write or allow_data_change):
-        raise BadInput("--write-baseline and --allow-data-change need --baseline, not --against")
-    if device not in ("auto", "cpu", "cuda"):
-        raise BadInput(f"--device '{device}' is unknown", hint="use auto, cpu or cuda")
-    tol = parse_tolerances(max_drop, floors)
-    opts = CheckOptions(artifact=artifact, device=device, threads=threads, batch_size=batch_size)
-    split = resolve_eval_data(data)
-    with _progress() as advance:
-        if baseline is None:
-            return check_against_bundle(bundle, against, split, data, tol, opts, progress=advance)  # type: ignore[arg-type]
-        return check_against_baseline(bundle, split, data, baseline, tol, opts, write=write, allow_data_change=allow_data_change, progress=advance)
 
 
 @contextmanager
@@ -112,7 +93,7 @@ def _progress() -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-def _finish_error(exc: ProxyEmbedError, json_out: Path | None, summary: Path | None) -> NoReturn:
+def _finish_error(exc: ProxyEmbedError, json_out: Path | None, summary: Path | None, as_json: bool) -> NoReturn:
     """Report a user error as the last line (and in --json / --summary), then exit with its code."""
     from proxyembed.runtime.errors import ProxyEmbedError
 
@@ -123,6 +104,8 @@ def _finish_error(exc: ProxyEmbedError, json_out: Path | None, summary: Path | N
             _write_json(json_out, {"status": "error", "exit_code": code, "verdict": line})
         if summary is not None:
             _append(summary, f"### ❌ proxyembed check: error\n\n```\n{line}\n```\n\n")
+    if as_json:
+        print_json({"status": "error", "exit_code": code, "verdict": line})
     err_console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -134,7 +117,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     try:
         write_json_atomic(path, payload)
     except OSError as exc:
-        raise BadInput(f"--json: cannot write {path}: {exc.strerror}", hint="give a writable path") from None
+        raise BadInput(f"--json-out: cannot write {path}: {exc.strerror}", hint="give a writable path") from None
 
 
 def _append(path: Path, text: str) -> None:
@@ -179,18 +162,18 @@ def _reference_name(report: CheckReport) -> str:
     return "old" if report.mode == "against" else "baseline"
 
 
-def _print_report(report: CheckReport) -> None:
+def _print_report(report: CheckReport, out: Console) -> None:
     from rich import box
     from rich.table import Table
 
     cand, ref = report.candidate, report.reference
     data = cand.data
-    _say(f"bundle   {_describe_bundle(cand.bundle)}")
+    _say(out, f"bundle   {_describe_bundle(cand.bundle)}")
     if report.mode == "against" and ref is not None:
-        _say(f"against  {_describe_bundle(ref.bundle)}")
+        _say(out, f"against  {_describe_bundle(ref.bundle)}")
     else:
-        _say(f"baseline {report.baseline_path}" + (f" (created {ref.created})" if ref is not None else " (none yet)"))
-    _say(f"data     {data['spec']}: {data['images']} images / {data['classes']} classes, fingerprint {data['sha256'][:12]}")
+        _say(out, f"baseline {report.baseline_path}" + (f" (created {ref.created})" if ref is not None else " (none yet)"))
+    _say(out, f"data     {data['spec']}: {data['images']} images / {data['classes']} classes, fingerprint {data['sha256'][:12]}")
     table = Table(title="metrics in %; change and limit (max drop) in points; ≥ floor", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for name, justify in (("artifact", "left"), ("metric", "left"), (_reference_name(report), "right"), ("now", "right"),
                           ("change", "right"), ("limit", "right"), ("status", "left")):
@@ -202,15 +185,15 @@ def _print_report(report: CheckReport) -> None:
         for i, row in enumerate(result.rows):
             table.add_row(*_cells(result.precision if i == 0 else "", row), style=_STATUS_STYLE[row.status] if row.status != "pass" else None)
         table.add_section()
-    console.print(table)
+    out.print(table)
     for precision, run in cand.artifacts.items():
-        _say(f"{precision}: {run.file} on {run.provider}" + ("" if run.validated else " (NOT validated at export)"))
+        _say(out, f"{precision}: {run.file} on {run.provider}" + ("" if run.validated else " (NOT validated at export)"))
     for note in report.notes:
-        _say(f"note: {note}")
+        _say(out, f"note: {note}")
 
 
-def _say(text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+def _say(out: Console, text: str) -> None:
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def markdown_summary(report: CheckReport) -> str:

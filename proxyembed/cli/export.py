@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
-from ._common import console, user_errors
+from ._common import console, err_console, print_json, user_errors
 
 Method = Literal["minmax", "percentile", "entropy"]
 
@@ -50,8 +51,12 @@ def export(
     trt_max_batch: Annotated[int, typer.Option("--trt-max-batch", help="TensorRT profile: largest batch.")] = 64,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset to export with.")] = 18,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the export summary as JSON on stdout (progress goes to stderr).")] = False,
 ) -> None:
     """Export a trained run to ONNX (fp32, optionally fp16 / int8) and TensorRT, validated by Recall@K drop."""
+    from proxyembed.extras import require_extras
+
+    require_extras("proxyembed export", "train", "export")
     from proxyembed.export.int8 import Int8Options
     from proxyembed.export.pipeline import ExportOptions, run_export
     from proxyembed.export.report import validation_table
@@ -72,29 +77,35 @@ def export(
         force=force,
         opset=opset,
     )
-    result = run_export(opts, _RichReporter())
-    console.print(validation_table(result.report))
+    out_console = err_console if as_json else console
+    result = run_export(opts, _RichReporter(out_console))
+    out_console.print(validation_table(result.report))
     for art in result.artifacts:
         if art.device:
             dev = art.device
-            console.print(f"  {art.file}: built for {dev['gpu_name']} (sm {dev['compute_capability']}), TensorRT {dev['tensorrt_version']}")
+            out_console.print(f"  {art.file}: built for {dev['gpu_name']} (sm {dev['compute_capability']}), TensorRT {dev['tensorrt_version']}")
+    if as_json:
+        print_json(result.summary())
     result.raise_if_refused()
-    console.print(f"[bold green]bundle written:[/] {escape(str(result.bundle))}", highlight=False)
+    out_console.print(f"[bold green]bundle written:[/] {escape(str(result.bundle))}", highlight=False)
 
 
 class _RichReporter:
     """Prints pipeline steps and notes, and a progress bar while validation embeds the images."""
 
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
     def step(self, text: str) -> None:
-        console.print(f"[bold cyan]>[/] {escape(text)}", highlight=False)
+        self.console.print(f"[bold cyan]>[/] {escape(text)}", highlight=False)
 
     def note(self, text: str) -> None:
-        console.print(f"  [yellow]note:[/] {escape(text)}", highlight=False)
+        self.console.print(f"  [yellow]note:[/] {escape(text)}", highlight=False)
 
     @contextlib.contextmanager
     def embedding(self, total: int) -> Iterator[Callable[[int], None]]:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("  embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
+        with Progress(TextColumn("  embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True) as bar:
             task = bar.add_task("embed", total=total)
             yield lambda n: bar.advance(task, n)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
 
-from ._common import console, err_console, stdout_to_stderr, user_errors
+from proxyembed.runtime.encoder import PrecisionChoice
+
+from ._common import console, err_console, print_json, stdout_to_stderr, user_errors
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _MAX_LISTED = 20
@@ -32,26 +36,30 @@ def register(app: typer.Typer) -> None:
 @user_errors
 def index_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `proxyembed export`.")],
-    images: Annotated[
-        Path,
-        typer.Argument(help="Folder of images (class subfolders give labels), or a CSV/TSV list: path[,id][,label]."),
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Gallery folder to write.")],
+    images: Annotated[
+        Path | None,
+        typer.Argument(help="Folder of images (class subfolders give labels), or a CSV/TSV list: path[,id][,label]."),
+    ] = None,
+    from_embeddings: Annotated[
+        list[Path] | None,
+        typer.Option("--from-embeddings", help="Index `proxyembed embed` output(s) instead of IMAGES (repeatable: merges shards)."),
+    ] = None,
     append: Annotated[
         bool, typer.Option(help="Add to the existing gallery at --out (same ids are re-embedded).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing gallery at --out.")] = False,
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or int8.")] = "auto",
+    precision: Annotated[PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads (default: all cores).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
-    """Embed a folder or list of images with BUNDLE and write a searchable gallery."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    """Embed a folder or list of images with BUNDLE (or take --from-embeddings) and write a searchable gallery."""
     from proxyembed.runtime import BadInput, Encoder, Index, Retriever
     from proxyembed.runtime.retriever import GALLERY_FILE
 
-    items = list_images(images)
+    if (images is None) == (not from_embeddings):
+        raise BadInput("give either IMAGES or --from-embeddings FILE...", hint="e.g. proxyembed index BUNDLE photos/ --out galleries/NAME")
     exists = (out / GALLERY_FILE).is_file()
     if append and not exists:
         raise BadInput(f"--append: no gallery at {out}", hint="drop --append to create it")
@@ -59,12 +67,47 @@ def index_command(
         raise BadInput(
             f"a gallery already exists at {out}", hint="pass --append to add to it or --overwrite to replace it"
         )
-    if append:
-        retriever = Retriever.load(out, bundle=bundle, precision=precision, threads=threads)
-    else:
-        encoder = Encoder(bundle, precision=precision, threads=threads)  # type: ignore[arg-type]
-        retriever = Retriever(encoder, Index(encoder.dim, capacity=len(items)))  # the expected size picks M
+    items = list_images(images) if images is not None else []
+    with stdout_to_stderr(as_json):
+        if append:
+            retriever = Retriever.load(out, bundle=bundle, precision=precision, threads=threads)
+        else:
+            encoder = Encoder(bundle, precision=precision, threads=threads)
+            retriever = Retriever(encoder, Index(encoder.dim, capacity=max(len(items), 1)))  # the expected size picks M
     err_console.print(f"encoder: {retriever.encoder.describe()}", highlight=False)
+    if images is not None:
+        report = _embed_images(retriever, items, batch_size, append)
+        source = f"the {len(items)} images under {images}"
+    else:
+        report = add_embeddings(retriever, from_embeddings or [], replace=append)
+        source = f"the rows of {', '.join(map(str, from_embeddings or []))}"
+    if report.added == 0:
+        raise BadInput(f"none of {source} could be read; no gallery written")
+    retriever.save(out)
+    rec, M = retriever.index.recall(), retriever.index.M
+    if as_json:
+        skipped = [{"id": item_id, "reason": why} for item_id, why in report.skipped]
+        summary = {"gallery": str(out), "added": report.added, "replaced": report.replaced, "skipped": skipped, "count": len(retriever)}
+        print_json({**summary, "index": {**rec, "M": M}})
+        return
+    replaced = f", {report.replaced} replaced" if report.replaced else ""
+    console.print(
+        f"indexed {report.added} image(s){replaced}, skipped {len(report.skipped)} → {out} ({len(retriever)} items)",
+        highlight=False,
+    )
+    low = rec["recall@10"] < rec["target"]
+    console.print(
+        f"{'[yellow]' if low else ''}recall@10 {rec['recall@10']:.4f} against exact search "
+        + (f"({rec['queries']} stored items as queries)" if rec["queries"] else "(every item is in every answer)")
+        + f", ef={rec['ef']}, M={M}"
+        + (f"; below {rec['target']}: rebuild with --overwrite for a larger M" if low else ""),
+        highlight=False,
+    )
+
+
+def _embed_images(retriever: Any, items: Sequence[dict[str, Any]], batch_size: int, append: bool) -> Any:
+    """Embed and add ``items`` with a progress bar; list what could not be read."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
@@ -84,26 +127,82 @@ def index_command(
             err_console.print(f"  {item_id}: {why}", highlight=False, soft_wrap=True)
         if len(report.skipped) > _MAX_LISTED:
             err_console.print(f"  … and {len(report.skipped) - _MAX_LISTED} more", highlight=False)
-    if report.added == 0:
-        raise BadInput(f"none of the {len(items)} images under {images} could be read; no gallery written")
-    retriever.save(out)
-    replaced = f", {report.replaced} replaced" if report.replaced else ""
-    console.print(
-        f"indexed {report.added} image(s){replaced}, skipped {len(report.skipped)} → {out} ({len(retriever)} items)",
-        highlight=False,
-    )
-    rec, M = retriever.index.recall(), retriever.index.M
-    low = rec["recall@10"] < rec["target"]
-    console.print(
-        f"{'[yellow]' if low else ''}recall@10 {rec['recall@10']:.4f} against exact search "
-        + (f"({rec['queries']} stored items as queries)" if rec["queries"] else "(every item is in every answer)")
-        + f", ef={rec['ef']}, M={M}"
-        + (f"; below {rec['target']}: rebuild with --overwrite for a larger M" if low else ""),
-        highlight=False,
-    )
+    return report
 
 
-def list_images(source: Path) -> list[dict[str, Any]]:
+def add_embeddings(retriever: Any, files: list[Path], *, replace: bool) -> Any:
+    """Add the rows of ``proxyembed embed`` outputs (shards) to the retriever's index, in file order.
+
+    Each file must come from the retriever's bundle (same manifest sha256 and dim) and be complete;
+    rows of unreadable images are reported as skipped. Ids must be unique across the files.
+    """
+    from proxyembed.runtime import BadInput
+    from proxyembed.runtime.embeddings import read_embeddings
+    from proxyembed.runtime.retriever import AddReport
+
+    want = retriever.encoder.bundle.signature
+    parts = [read_embeddings(f) for f in files]  # all checked before any row is added
+    for part in parts:
+        got = {k: part.info["source"].get(k) for k in want}
+        if got != want:
+            raise BadInput(
+                f"{part.path} was embedded by another model ({got}), not bundle {retriever.encoder.bundle.path} ({want})",
+                hint="index it with the bundle that embedded it, or re-embed with this bundle",
+            )
+    report = AddReport()
+    for part in parts:
+        for vectors, items in part.readable_chunks():
+            ids = [it["id"] for it in items]
+            report.replaced += sum(1 for i in ids if i in retriever.index)
+            retriever.index.add(vectors, ids, [it["metadata"] for it in items], replace=replace)
+            report.added += len(ids)
+        skipped_items = [part.items[i]["id"] for i in part.info["skipped"]]
+        report.skipped += [(item_id, f"unreadable when embedded into {part.path}") for item_id in skipped_items]
+    return report
+
+
+class FolderImages(Sequence[dict[str, Any]]):
+    """The image files below a folder, sorted, as ``{"path", "id", "metadata"}`` dicts built on access.
+
+    Only the relative paths are held (about 100 bytes an image, against 1.2 KB for Path objects and
+    dicts, measured with tracemalloc), so listing a million-image folder for ``proxyembed embed`` costs
+    about 100 MB rather than over a gigabyte. Slicing gives another ``FolderImages`` (a shard).
+    """
+
+    def __init__(self, root: Path, relative: list[str]) -> None:
+        self.root, self._relative = root, relative
+        self._resolved = root.resolve()  # metadata paths are absolute (the folder's symlinks resolved, once)
+
+    @classmethod
+    def scan(cls, root: Path) -> FolderImages:
+        found = []
+        for folder, _, files in os.walk(root):
+            base = Path(folder).relative_to(root).as_posix()
+            prefix = "" if base == "." else base + "/"
+            found += [prefix + f for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        found.sort(key=lambda rel: rel.replace("/", "\0"))  # the order of sorted(Path.rglob(...)): parts first
+        return cls(root, found)
+
+    def __len__(self) -> int:
+        return len(self._relative)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> FolderImages: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | FolderImages:
+        if isinstance(index, slice):
+            return FolderImages(self.root, self._relative[index])
+        rel = self._relative[index]
+        path = self.root / rel
+        meta: dict[str, Any] = {"path": str(self._resolved / rel)}
+        if "/" in rel:
+            meta["label"] = rel.split("/", 1)[0]
+        return {"path": path, "id": rel, "metadata": meta}
+
+
+def list_images(source: Path) -> Sequence[dict[str, Any]]:
     """The images to index as ``{"path", "id", "metadata"}`` dicts, from a folder or a CSV/TSV file list.
 
     Folder: every image file below it; ids are paths relative to it; an image inside a subfolder gets the
@@ -113,14 +212,9 @@ def list_images(source: Path) -> list[dict[str, Any]]:
     """
     from proxyembed.runtime import BadInput
 
+    items: Sequence[dict[str, Any]]
     if source.is_dir():
-        items = []
-        for p in sorted(f for f in source.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS):
-            rel = p.relative_to(source)
-            meta: dict[str, Any] = {"path": str(p.resolve())}
-            if len(rel.parts) > 1:
-                meta["label"] = rel.parts[0]
-            items.append({"path": p, "id": rel.as_posix(), "metadata": meta})
+        items = FolderImages.scan(source)
     elif source.is_file():
         items = _read_file_list(source)
     else:
@@ -172,7 +266,7 @@ def search_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts).")] = False,
     grid: Annotated[Path | None, typer.Option(help="Write a PNG of each query beside its results.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Bundle to use instead of the one the gallery records.")] = None,
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or int8.")] = "auto",
+    precision: Annotated[PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")] = "auto",
     ef: Annotated[int | None, typer.Option(min=1, help="hnswlib search breadth (default: the gallery's).")] = None,
 ) -> None:
     """Find the K gallery images most similar to each QUERY image."""
@@ -187,7 +281,7 @@ def search_command(
             {"query": str(p), "results": [{"rank": r, **h.to_dict()} for r, h in enumerate(row, 1)]}
             for p, row in zip(paths, hits, strict=True)
         ]
-        typer.echo(json.dumps(payload, indent=2))
+        print_json(payload)
     else:
         _print_tables(paths, hits)
     if grid is not None:

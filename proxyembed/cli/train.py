@@ -8,120 +8,91 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import console, user_errors
+from proxyembed.training.config import DEFAULT_EVAL_FIT, Amp, Augment, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
+
+from ._common import console, err_console, given_options, print_json, user_errors
 
 PANEL = "Training"
-
-
-class _RichReporter:
-    """Shows training with a rich progress bar (loss, images/s) and one summary line per epoch."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-        self.task: Any = None
-
-    def __enter__(self) -> _RichReporter:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def log(self, message: str) -> None:
-        self.progress.console.print(message)
-
-    def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        label = f"epoch {epoch} {phase}" if epoch else "untrained eval"
-        self.task = self.progress.add_task(label, total=steps, stats="")
-
-    def advance(self, n: int, **fields: float) -> None:
-        stats = "  ".join(f"{k} {v:.3f}" if k == "loss" else f"{v:.0f} img/s" for k, v in fields.items())
-        self.progress.update(self.task, advance=n, stats=stats)
-
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        parts = [f"epoch {record['epoch']:>3}"]
-        if record.get("loss") is not None:
-            parts.append(f"loss {record['loss']:.4f}")
-        parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("recall@", "map@r", "nmi"))]
-        parts.append(f"{record['time_s']:.1f}s")
-        self.progress.console.print("  ".join(parts), highlight=False)
+# Options show these real defaults in --help; whether a value was typed is asked of click (given_options),
+# so a recipe's setting is overridden only by options actually given on the command line.
+_DEFAULTS = TrainConfig()
 
 
 @user_errors
 def train_cmd(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run dir to create (config, metrics, checkpoints, curves).")] = Path("runs/default"),
-    data: Annotated[str | None, typer.Option(help="'synthetic[:seed=N,...]', a class-folder dataset, or a CUB/Cars/SOP/In-Shop root.")] = None,
+    data: Annotated[str, typer.Option(help="'synthetic[:seed=N,...]', a class-folder dataset, or a CUB/Cars/SOP/In-Shop root.")] = _DEFAULTS.data,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="Folder of evaluation classes (default: split --data by class).")] = None,
     recipe: Annotated[str | None, typer.Option(help="Shipped recipe name (e.g. cub200) or a JSON file of settings; options override it.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="timm model name, e.g. resnet50 or vit_small_patch16_224.dino.")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="'hub' (download, random init if offline), 'none', or a local weights file.")] = None,
-    pool: Annotated[str | None, typer.Option(help="Pooling of CNN feature maps: avg, max or avg+max.")] = None,
-    embedding_dim: Annotated[int | None, typer.Option("--embedding-dim", help="Embedding size.")] = None,
-    loss: Annotated[str | None, typer.Option(help="proxy_anchor, proxy_nca, proxy_nca++, nir or triplet.")] = None,
+    backbone: Annotated[str, typer.Option(help="timm model name, e.g. resnet50 or vit_small_patch16_224.dino.")] = _DEFAULTS.backbone,
+    pretrained: Annotated[
+        str, typer.Option(help="'hub' (download, random init if offline), 'none', or a local weights file.")
+    ] = _DEFAULTS.pretrained,
+    pool: Annotated[Pool, typer.Option(help="Pooling of CNN feature maps: avg, max or avg+max.")] = _DEFAULTS.pool,
+    embedding_dim: Annotated[int, typer.Option("--embedding-dim", help="Embedding size.")] = _DEFAULTS.embedding_dim,
+    loss: Annotated[LossName, typer.Option(help="proxy_anchor, proxy_nca, proxy_nca++, nir or triplet.")] = _DEFAULTS.loss,
     loss_param: Annotated[list[str] | None, typer.Option("--loss-param", help="Loss hyper-parameter KEY=VALUE (repeatable), e.g. alpha=32.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch (per process under torchrun).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="random (as Proxy-Anchor) or balanced (P classes x K images).")] = None,
-    samples_per_class: Annotated[int | None, typer.Option("--samples-per-class", help="K of the balanced sampler.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Backbone learning rate (AdamW).")] = None,
-    proxy_lr_mult: Annotated[float | None, typer.Option("--proxy-lr-mult", help="Proxy learning rate as a multiple of --lr.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = _DEFAULTS.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch (per process under torchrun).")] = _DEFAULTS.batch_size,
+    sampler: Annotated[Sampler, typer.Option(help="random (as Proxy-Anchor) or balanced (P classes x K images).")] = _DEFAULTS.sampler,
+    samples_per_class: Annotated[int, typer.Option("--samples-per-class", help="K of the balanced sampler.")] = _DEFAULTS.samples_per_class,
+    lr: Annotated[float, typer.Option(help="Backbone learning rate (AdamW).")] = _DEFAULTS.lr,
+    proxy_lr_mult: Annotated[float, typer.Option("--proxy-lr-mult", help="Proxy learning rate as a multiple of --lr.")] = _DEFAULTS.proxy_lr_mult,
     aux_lr_mult: Annotated[
-        float | None, typer.Option("--aux-lr-mult", help="Learning rate of other loss parameters (NIR's flow) as a multiple of --lr.")
-    ] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adamw (decoupled weight decay) or adam (L2 weight decay).")] = None,
-    adam_eps: Annotated[float | None, typer.Option("--adam-eps", help="Adam's epsilon (ProxyNCA++ uses 1.0).")] = None,
+        float, typer.Option("--aux-lr-mult", help="Learning rate of other loss parameters (NIR's flow) as a multiple of --lr.")
+    ] = _DEFAULTS.aux_lr_mult,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = _DEFAULTS.weight_decay,
+    optimizer: Annotated[Optimizer, typer.Option(help="adamw (decoupled weight decay) or adam (L2 weight decay).")] = _DEFAULTS.optimizer,
+    adam_eps: Annotated[float, typer.Option("--adam-eps", help="Adam's epsilon (ProxyNCA++ uses 1.0).")] = _DEFAULTS.adam_eps,
     schedule: Annotated[
-        str | None, typer.Option(help="cosine, step (x0.5 every --step-size epochs), multistep (at a recipe's milestones) or none.")
+        Schedule, typer.Option(help="cosine, step (x0.5 every --step-size epochs), multistep (at a recipe's milestones) or none.")
+    ] = _DEFAULTS.schedule,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Epochs with the backbone frozen at the start.")] = _DEFAULTS.warmup_epochs,
+    freeze_bn: Annotated[bool, typer.Option("--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed.")] = _DEFAULTS.freeze_bn,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Model input size (square) for training and evaluation (default: the data's).")
     ] = None,
-    warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Epochs with the backbone frozen at the start.")] = None,
-    freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed.")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Model input size (square) for training and evaluation.")] = None,
     augment: Annotated[
-        str | None, typer.Option(help="Training augmentation: none (the evaluation geometry), light, standard (Proxy-Anchor's) or strong.")
-    ] = None,
+        Augment, typer.Option(help="Training augmentation: none (the evaluation geometry), light, standard (Proxy-Anchor's) or strong.")
+    ] = _DEFAULTS.augment,
     crop_scale: Annotated[
         str | None, typer.Option("--crop-scale", help="Random-resized-crop area range LOW,HIGH (overrides the preset), e.g. 0.5,1.")
     ] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (default: the preset's).")] = None,
     eval_fit: Annotated[
-        str | None,
-        typer.Option("--eval-fit", help="How evaluation and the exported model square an image: center_crop, squash or letterbox."),
+        EvalFit | None,
+        typer.Option("--eval-fit", help=f"How evaluation and the exported model square an image (default: the data's, else {DEFAULT_EVAL_FIT})."),
     ] = None,
     resize: Annotated[int | None, typer.Option(help="With --eval-fit center_crop: resize the shorter side to this before cropping.")] = None,
-    eval_every: Annotated[int | None, typer.Option("--eval-every", help="Evaluate every N epochs.")] = None,
-    select_metric: Annotated[str | None, typer.Option("--select-metric", help="Metric that picks best.pt, e.g. recall@1 or map@r.")] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Evaluate every N epochs.")] = _DEFAULTS.eval_every,
+    select_metric: Annotated[
+        str, typer.Option("--select-metric", help="Metric that picks best.pt, e.g. recall@1 or map@r.")
+    ] = _DEFAULTS.select_metric,
     val_fraction: Annotated[
-        float | None, typer.Option("--val-fraction", help="Hold out this fraction of training classes to pick best.pt (not the test classes).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    amp: Annotated[str | None, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or none.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data-loading worker processes.")] = None,
+        float, typer.Option("--val-fraction", help="Hold out this fraction of training classes to pick best.pt (not the test classes).")
+    ] = _DEFAULTS.val_fraction,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _DEFAULTS.seed,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = _DEFAULTS.device,
+    amp: Annotated[Amp, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or none.")] = _DEFAULTS.amp,
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = _DEFAULTS.workers,
     sync_bn: Annotated[
         bool | None, typer.Option("--sync-bn/--no-sync-bn", help="BatchNorm statistics over all torchrun processes (default: on on CUDA).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON on stdout (progress goes to stderr).")] = False,
 ) -> None:
     """Train an embedding network with a proxy loss and evaluate it on unseen classes.
 
     Data-parallel on several GPUs or machines: launch with ``torchrun --nproc-per-node N -m proxyembed train ...``.
     """
+    from proxyembed.extras import require_extras
+
+    require_extras("proxyembed train", "train")
     from proxyembed.runtime.errors import BadInput
     from proxyembed.training.config import resolve_config
     from proxyembed.training.distributed import is_main_process
+    from proxyembed.training.reporting import RichReporter
     from proxyembed.training.trainer import train
 
     params: dict[str, Any] = {}
@@ -142,10 +113,15 @@ def train_cmd(
         eval_every=eval_every, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
         sync_bn=sync_bn,
     )
-    cfg = resolve_config(overrides, recipe)
-    with _RichReporter() as reporter:
+    given = given_options(ctx)
+    cfg = resolve_config({k: v for k, v in overrides.items() if k not in ctx.params or k in given}, recipe)
+    with RichReporter(err_console if as_json else console) as reporter:
         result = train(cfg, out, resume=resume, reporter=reporter)
     if not is_main_process():
+        return
+    if as_json:
+        summary = {"run_dir": str(result.run_dir), "initial": result.initial, "final": result.final}
+        print_json({**summary, "best": result.best, "best_epoch": result.best_epoch})
         return
     r0, r1 = result.initial.get("recall@1"), result.final.get("recall@1")
     console.print(
@@ -174,10 +150,13 @@ def eval_cmd(
     data: Annotated[str | None, typer.Option(help="Evaluation data (default: the run's own --data and split).")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="Folder of evaluation classes.")] = None,
     last: Annotated[bool, typer.Option("--last", help="Evaluate last.pt instead of best.pt.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Evaluate a trained run on held-out classes: Recall@K, MAP@R, R-Precision, NMI."""
+    from proxyembed.extras import require_extras
+
+    require_extras("proxyembed eval", "train")
     from rich.table import Table
 
     from proxyembed.data import resolve_data
@@ -190,8 +169,8 @@ def eval_cmd(
     split = resolve_data(spec_data, eval_data=eval_data if data else (eval_data or ckpt.config.get("eval_data")))
     dev = _select_device(device)
     metrics = evaluate_model(ckpt.build_model().to(dev), split, ckpt.preprocess, device=dev)
-    if json_out:
-        typer.echo(json.dumps({"checkpoint": str(ckpt.path), "epoch": ckpt.epoch, "data": split.fingerprint(), "metrics": metrics}, indent=2))
+    if as_json:
+        print_json({"checkpoint": str(ckpt.path), "epoch": ckpt.epoch, "data": split.fingerprint(), "metrics": metrics})
         return
     table = Table(title=f"{ckpt.path} (epoch {ckpt.epoch}) on {split.name}")
     table.add_column("metric")

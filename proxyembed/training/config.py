@@ -1,6 +1,6 @@
 """The training configuration: one typed dataclass, resolved once as CLI over recipe over defaults.
 
-Recipes are JSON files in ``models/recipes/`` (``--recipe cub200``) or any JSON path; they hold the
+Recipes are shipped JSON files (``--recipe cub200``, see :mod:`.recipes`) or any JSON path; they hold the
 published settings for the standard benchmarks. The resolved config is written to the run dir, and
 ``--resume`` reads it back, so a resumed run trains exactly as the original.
 
@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from proxyembed.runtime.errors import BadInput
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "models" / "recipes"
+from .recipes import load_recipe
 
+# Closed choices: the CLI takes its option types from here, so --help lists them and the parser rejects
+# typos. LossName mirrors the loss registry without importing torch (a test keeps the two equal).
+LossName = Literal["proxy_anchor", "proxy_nca", "proxy_nca++", "nir", "triplet"]
+Pool = Literal["avg", "max", "avg+max"]
 Sampler = Literal["random", "balanced"]
 Schedule = Literal["cosine", "step", "multistep", "none"]
 Optimizer = Literal["adamw", "adam"]
@@ -40,9 +43,9 @@ class TrainConfig:
     eval_data: str | None = None
     backbone: str = "resnet18"
     pretrained: str = "none"  # none | hub | path to a weights file
-    pool: Literal["avg", "max", "avg+max"] = "avg+max"
+    pool: Pool = "avg+max"
     embedding_dim: int = 128
-    loss: str = "proxy_anchor"
+    loss: LossName = "proxy_anchor"
     loss_params: dict[str, Any] = field(default_factory=dict)
     epochs: int = 6
     batch_size: int = 64  # per process; the global batch is batch_size x the torchrun world size
@@ -179,28 +182,6 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in get_args(hint))
     names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null", dict: "an object"}
     return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
-
-
-def list_recipes() -> list[str]:
-    """Names of the recipes shipped in ``models/recipes``."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
-
-
-def load_recipe(name_or_path: str) -> dict[str, Any]:
-    """A recipe's settings, by shipped name or JSON path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = RECIPES_DIR / f"{name_or_path}.json"
-    if not path.is_file():
-        raise BadInput(f"--recipe: '{name_or_path}' not found", hint=f"shipped recipes: {', '.join(list_recipes()) or 'none'}; or give a JSON file")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BadInput(f"--recipe: cannot parse '{path}': {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadInput(f"--recipe: '{path}' must hold a JSON object of settings")
-    data.pop("_comment", None)
-    return data
 
 
 def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:

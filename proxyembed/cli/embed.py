@@ -1,0 +1,134 @@
+"""``proxyembed embed``: embeddings of a whole image corpus to a file, streaming, resumable, shardable.
+
+The file format and its guarantees are :mod:`proxyembed.runtime.embeddings`'; this module picks the
+model (a bundle through the torch-free :class:`Encoder`, or a run dir through :class:`proxyembed.Run`),
+decodes images on a thread pool, skips unreadable ones, and drives the writer with a progress bar.
+``proxyembed index BUNDLE --from-embeddings PART...`` merges the parts into one gallery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from proxyembed.runtime.encoder import PrecisionChoice
+from proxyembed.runtime.preprocess import PreprocessSpec
+
+from ._common import err_console, print_json, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the main app."""
+    app.command("embed", rich_help_panel="Runtime")(embed_command)
+
+
+@user_errors
+def embed_command(
+    source: Annotated[Path, typer.Argument(help="Bundle folder (torch-free) or run dir written by `proxyembed train`.")],
+    images: Annotated[Path, typer.Argument(help="Folder of images (class subfolders give labels), or a CSV/TSV list: path[,id][,label].")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Embeddings file to write (.npy; sidecars FILE.json and FILE.items.jsonl).")],
+    shard: Annotated[str, typer.Option(help="Embed only slice i of n (0-based), e.g. 0/4 on the first of four machines.")] = "0/1",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 64,
+    precision: Annotated[PrecisionChoice, typer.Option(help="Bundle artifact: auto picks the best validated one for this machine.")] = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads (default: all cores).")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Image-decoding threads (default: up to 4).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Start again instead of resuming an existing --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Embed every image under IMAGES into --out: resumes where a killed run stopped; --shard splits the work."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from proxyembed.runtime import BadInput
+    from proxyembed.runtime.embeddings import EmbeddingWriter, parse_shard, shard_slice
+
+    from .runtime import list_images
+
+    if out.suffix != ".npy":
+        raise BadInput(f"--out {out} must end in .npy", hint="e.g. --out embeddings/part0.npy")
+    part = parse_shard(shard)
+    items = list_images(images)
+    items = items[shard_slice(len(items), part)]
+    model = _model(source, precision, threads)
+    writer = EmbeddingWriter(out, items, model.dim, model.source, part, overwrite=overwrite)
+    resumed = writer.done
+    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with writer, Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("embedding", total=len(items), completed=resumed)
+        for vectors, unreadable in model.batches((it["path"] for it in items[resumed:]), batch_size, workers):
+            writer.write(vectors, unreadable)
+            bar.advance(task, len(vectors))
+    skipped = len(writer.info["skipped"])  # recorded by the writer's close
+    summary = {"out": str(out), "rows": len(items), "resumed_from": resumed, "skipped": skipped, "shard": shard, "source": model.source}
+    if as_json:
+        print_json(summary)
+        return
+    note = f", resumed at row {resumed}" if resumed else ""
+    err_console.print(f"embedded {len(items) - skipped} image(s) (shard {shard}, {skipped} unreadable{note}) → {out}", highlight=False)
+
+
+@dataclass
+class _Model:
+    """What embedding needs from a bundle or a run: dim, an identity for the file, preprocessing, inference."""
+
+    dim: int
+    source: dict[str, Any]
+    spec: PreprocessSpec
+    encode: Callable[[np.ndarray], np.ndarray]
+
+    def batches(self, paths: Iterable[Path], batch_size: int, workers: int | None) -> Iterator[tuple[np.ndarray, list[int]]]:
+        """(rows, offsets of unreadable images in them) per batch; an unreadable image's row stays zero."""
+        from proxyembed.runtime import BadInput
+        from proxyembed.runtime.preprocess import Preprocessor, map_in_chunks
+
+        pre = Preprocessor(self.spec)
+
+        def decode(path: Path) -> np.ndarray | None:
+            try:
+                return pre.image(path)
+            except BadInput:
+                return None
+
+        for chunk in map_in_chunks(decode, paths, batch_size, workers=workers):
+            rows = np.zeros((len(chunk), self.dim), np.float32)
+            ok = [i for i, x in enumerate(chunk) if x is not None]
+            if ok:
+                rows[ok] = self.encode(np.stack([chunk[i] for i in ok]))
+            yield rows, [i for i, x in enumerate(chunk) if x is None]
+
+
+def _model(source: Path, precision: str, threads: int | None) -> _Model:
+    """The bundle's encoder (torch-free) or a run dir's best checkpoint."""
+    from proxyembed.runtime import BadInput, Encoder
+    from proxyembed.runtime.manifest import MANIFEST_NAME
+
+    if (source / MANIFEST_NAME).is_file():
+        encoder = Encoder(source, precision=precision, threads=threads)  # type: ignore[arg-type]
+        err_console.print(f"encoder: {encoder.describe()}", highlight=False)
+        info = {**encoder.bundle.signature, "bundle": str(encoder.bundle.path), "precision": encoder.precision}
+        return _Model(encoder.dim, info, encoder.bundle.manifest.preprocess, encoder.encode_batch)
+    if (source / "config.json").is_file():
+        return _run_model(source)
+    raise BadInput(f"{source} is neither a bundle ({MANIFEST_NAME}) nor a run dir (config.json)", hint="give `proxyembed export` or `train` output")
+
+
+def _run_model(run_dir: Path) -> _Model:
+    from proxyembed.extras import require_extras
+
+    require_extras("proxyembed embed RUN", "train")
+    import torch
+
+    from proxyembed.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run_dir)
+    model = ckpt.build_model()
+
+    @torch.no_grad()
+    def encode(batch: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(batch)).numpy()
+
+    return _Model(ckpt.model_config.embedding_dim, {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256()}, ckpt.preprocess, encode)

@@ -1,0 +1,118 @@
+"""A training run dir as a Python object: its config, history and best metrics, its model, its embeddings.
+
+``Run(path)`` reads ``config.json`` and ``metrics.jsonl`` without torch; :meth:`Run.load_model`,
+:meth:`Run.embed` and :meth:`Run.export` need the ``train`` (and ``export``) extras and say so. Images
+go through the checkpoint's preprocessing with the runtime :class:`Preprocessor`, so ``run.embed(x)``
+gives what the exported bundle's :class:`~proxyembed.runtime.Encoder` gives, up to export precision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from proxyembed.runtime.errors import BadInput, IntegrityError
+from proxyembed.runtime.files import read_json_object
+from proxyembed.runtime.preprocess import ImageLike
+from proxyembed.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from proxyembed.models import Embedder
+    from proxyembed.runtime.bundle import Bundle
+
+CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
+_NOT_METRICS = ("epoch", "loss", "lr", "images_per_s", "time_s")
+
+
+class Run:
+    """A run dir written by ``proxyembed train`` / :func:`proxyembed.train`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / CONFIG_FILE).is_file():
+            raise BadInput(f"'{self.path}' is not a run dir: {CONFIG_FILE} is missing", hint="give a folder written by `proxyembed train`")
+        self._model: tuple[str, Embedder] | None = None  # (device, model) kept for repeated embed() calls
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def config(self) -> TrainConfig:
+        """The resolved training config, as written by the run."""
+        path = self.path / CONFIG_FILE
+        raw = read_json_object(path, missing=f"{path} is missing", hint="give a run dir", broken_hint="re-run training", fields={})
+        return TrainConfig.from_dict(raw, source=str(self.path / CONFIG_FILE))
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The ``metrics.jsonl`` records, one per epoch (epoch 0 is the untrained network)."""
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            return []
+        records = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise IntegrityError(f"{path}:{n} is not JSON ({exc.msg})", hint="the run was cut off mid-write; re-run with --resume") from exc
+        return records
+
+    @property
+    def best_metrics(self) -> dict[str, float]:
+        """Metrics of the epoch that chose ``best.pt`` (by ``select_metric``, on ``val/`` when classes were held out)."""
+        cfg = self.config
+        metric = ("val/" if cfg.val_fraction > 0 else "") + cfg.select_metric
+        trained = [h for h in self.history if h.get("epoch", 0) > 0 and metric in h]
+        if not trained:
+            raise BadInput(f"run {self.path} has no evaluated epoch yet", hint="train for at least one epoch")
+        best = max(trained, key=lambda h: h[metric])
+        return {k: v for k, v in best.items() if k not in _NOT_METRICS} | {"epoch": best["epoch"]}
+
+    def load_model(self, which: str = "best") -> Embedder:
+        """The trained network (``best.pt`` or ``last.pt``), in eval mode on the CPU."""
+        from proxyembed.extras import require_extras
+
+        require_extras("Run.load_model", "train")
+        from proxyembed.training.checkpoint import BEST, LAST, load_checkpoint
+
+        if which not in ("best", "last"):
+            raise BadInput(f"which='{which}' is not 'best' or 'last'")
+        return load_checkpoint(self.path, prefer=BEST if which == "best" else LAST).build_model()
+
+    def embed(
+        self,
+        images: Sequence[ImageLike] | ImageLike,
+        *,
+        batch_size: int = 64,
+        device: str = "cpu",
+        progress: bool | Callable[[int], None] = False,
+    ) -> np.ndarray:
+        """float32 (N, D) L2-normalised embeddings of images (paths, PIL images or uint8 HxWxC arrays) with ``best.pt``."""
+        from proxyembed.extras import require_extras
+
+        require_extras("Run.embed", "train")
+        from proxyembed.data.spec import Sample
+        from proxyembed.runtime.encoder import is_single_image
+        from proxyembed.runtime.progress import progress_callback
+        from proxyembed.training.checkpoint import load_checkpoint
+        from proxyembed.training.evaluate import embed_samples
+
+        items = [images] if is_single_image(images) else list(images)  # type: ignore[list-item]
+        ckpt = load_checkpoint(self.path)
+        if self._model is None or self._model[0] != device:
+            self._model = (device, ckpt.build_model().to(device))
+        samples = [Sample(source=img, label=-1, key=str(i)) for i, img in enumerate(items)]
+        with progress_callback(progress, len(items), "embedding") as on_batch:
+            out = embed_samples(self._model[1], samples, ckpt.preprocess, device=device, batch_size=batch_size, on_batch=on_batch)
+        return out if len(items) else np.zeros((0, ckpt.model_config.embedding_dim), np.float32)
+
+    def export(self, out: str | Path, **options: Any) -> Bundle:
+        """Export this run to a validated bundle at ``out``: :func:`proxyembed.export` with ``run=self``."""
+        from proxyembed.api import export
+
+        return export(self, out, **options)
