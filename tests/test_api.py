@@ -88,7 +88,7 @@ def test_run_reads_history_and_rejects_what_is_not_a_run(tmp_path: Path) -> None
 
 
 def test_encoder_encode_accepts_mixed_inputs_with_threads_and_progress(tmp_path: Path) -> None:
-    from bundles import make_tiny_bundle, pattern_image
+    from helpers.bundles import make_tiny_bundle, pattern_image
 
     encoder = proxyembed.Encoder(make_tiny_bundle(tmp_path / "b", with_int8=False))
     pil = [pattern_image(c, i) for c in ("red", "green", "blue") for i in range(3)]

@@ -187,7 +187,7 @@ def test_torch_commands_name_the_missing_extra(argv: list[str], needs: str, tmp_
 
 
 def test_export_json_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
-    from checkpoints import make_checkpoint
+    from helpers.checkpoints import make_checkpoint
 
     make_checkpoint(tmp_path / "run", data="synthetic:train_classes=4,eval_classes=6,per_class=6")
     res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--json"])

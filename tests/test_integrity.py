@@ -187,7 +187,7 @@ def test_kill_during_index_append_keeps_the_previous_gallery(two_galleries: tupl
 
 
 def test_kill_during_export_keeps_the_previous_bundle(tmp_path: Path) -> None:
-    from checkpoints import make_checkpoint
+    from helpers.checkpoints import make_checkpoint
 
     run = tmp_path / "run"
     make_checkpoint(run)
