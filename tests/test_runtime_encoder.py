@@ -12,6 +12,7 @@ import pytest
 from helpers.bundles import COLOURS, make_tiny_bundle, pattern_image
 from proxyembed.runtime import BadInput, Bundle, Encoder, IntegrityError, Preprocessor
 from proxyembed.runtime import backends as backends_mod
+from proxyembed.runtime.files import write_sealed_json
 from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, sha256_file
 
 
@@ -76,7 +77,7 @@ def test_engine_for_another_gpu_is_skipped_by_auto_and_refused_explicitly(tmp_pa
         validation={"passed": True},
     )  # fmt: skip
     manifest["artifacts"].insert(0, asdict(engine))
-    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_sealed_json(path / MANIFEST_NAME, manifest)
     enc = Encoder(path)
     assert enc.precision == "fp32"
     assert any("model.plan" in s for s in enc.skipped)
@@ -143,6 +144,6 @@ def test_wrong_output_dim_is_caught_at_warmup(tmp_path: Path) -> None:
     path = make_tiny_bundle(tmp_path / "b", with_int8=False)
     manifest = json.loads((path / MANIFEST_NAME).read_text())
     manifest["embedding"]["dim"] = 32
-    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_sealed_json(path / MANIFEST_NAME, manifest)  # a consistent manifest that lies about the model
     with pytest.raises(IntegrityError, match="manifest says dim 32"):
         Encoder(path)
