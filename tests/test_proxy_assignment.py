@@ -151,11 +151,34 @@ def test_dynamic_batch_without_usable_anchor_gives_zero_with_a_graph() -> None:
 ])
 def test_gradcheck(name: str, params: dict[str, object]) -> None:
     torch.manual_seed(0)
-    loss = build_loss(name, 3, 3, **params).double()
+    loss = build_loss(name, 3, 3, **params).double().eval()  # eval: no idle-proxy revival between gradcheck's calls
     x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
     proxies = loss.proxies.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda e, p: functional_call(loss, {"proxies": p}, (e, y)), (x, proxies))
+
+
+def test_dynamic_revives_idle_proxies_out_of_a_collapse() -> None:
+    """Every sample on one proxy is a zero loss forever; idle proxies move onto the crowded classes' samples."""
+    loss = build_loss("proxy_nca", 2, 3, assignment="dynamic", num_proxies=6)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.tensor([[1.0, 0, 0]] + [[-1.0, 0.1 * i, 0] for i in range(5)]))
+    x = torch.tensor([[1.0, 0.1, 0], [1.0, 0, 0.1], [0.9, 0.2, 0.1], [0.9, 0.1, 0.2]])  # all nearest proxy 0
+    y = torch.tensor([0, 0, 1, 1])
+    patience = 3 * 6 // 2
+    values = [loss(x, y).item() for _ in range(patience)]
+    assert values == [0.0] * patience  # collapsed: nothing to contrast, and proxies 1..5 idle for `patience` steps
+    unchanged = loss.proxies[0].detach().clone()
+    revived = loss(x, y)
+    assert revived.item() > 0.0  # proxies moved onto one sample of each class: anchors contrast again
+    assert torch.equal(loss.proxies[0].detach(), unchanged)  # the proxy still winning stays where it was
+    moved = torch.nn.functional.normalize(loss.proxies[1:3].detach(), dim=1)
+    assert torch.allclose(moved, torch.nn.functional.normalize(x[[0, 2]], dim=1), atol=1e-6)  # first sample of each class
+    loss.eval()
+    before = loss.proxies.detach().clone()
+    loss.idle_steps.fill_(100)
+    loss(x, y)
+    assert torch.equal(loss.proxies.detach(), before)  # eval mode never moves proxies
 
 
 def test_unassigned_proxies_get_no_gradient() -> None:

@@ -35,20 +35,26 @@ Both are averaged over the batch.
   negatives, so ``x`` is never pushed away from where its match lies (the negative keeps its own
   anchor terms, which pull it elsewhere); an anchor with no positive in the batch, or no negative proxy
   left, contributes nothing, and a batch without any such anchor gives a zero loss that stays in the
-  autograd graph. Proxies that no sample chooses get no gradient and keep their place; they may win
-  samples later as the embedding moves, so they are neither re-initialised nor removed (which would also
-  make runs depend on batch order). Choose ``N`` at least the number of classes in a batch: with fewer
-  proxies, matching and non-matching samples must share proxies and the shared ones drop out.
-  The nearest-proxy rule rewards the rich: a proxy that wins many samples is pulled towards all of
-  them and wins more. On the synthetic data (12 classes, N=24, resnet18) a proxy learning rate of
-  x100 the backbone's collapsed every sample onto one proxy by the fourth epoch (loss exactly 0); x10
-  kept learning (Recall@1 0.04 -> 0.14 in 3 epochs). Use a small ``--proxy-lr-mult`` with it.
+  autograd graph. Choose ``N`` at least the number of classes in a batch: with fewer proxies, matching
+  and non-matching samples must share proxies and the shared ones drop out.
+
+  **Idle proxies are revived.** The nearest-proxy rule rewards the rich: a proxy that wins many samples
+  is pulled towards all of them and wins more. An untrained network maps every image to nearly the
+  same point, so from scratch every sample soon chooses one proxy; then every negative shares the
+  positives' proxy, no anchor is left and the loss is exactly 0 for good (measured: resnet18 from
+  scratch on the synthetic data, Recall@1 0.04 -> 0.03 in 10 epochs, loss 0 from the second). So, as
+  k-means does with an empty cluster, a proxy that has won no sample for ``3 N / classes-in-the-batch``
+  training steps (about three times the steps a class takes to come round again) is moved onto a
+  sample whose proxy is shared with another class in the batch, one sample per such class. Proxies
+  that still win samples are never moved. In ``eval()`` mode and under multi-process training (where
+  each process sees another batch and the proxies must stay identical) nothing is revived.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -88,12 +94,16 @@ class ProxyNCALoss(ProxyLoss):
         elif num_proxies is not None:
             raise BadInput("num_proxies is for assignment=dynamic; static proxies are proxies_per_class x classes")
         super().__init__(num_classes, dim, proxies_per_class=proxies_per_class, num_proxies=num_proxies)
+        # training steps since each proxy last won a sample (dynamic assignment); not saved: a resumed run starts afresh
+        self.register_buffer("idle_steps", torch.zeros(len(self.proxies), dtype=torch.long), persistent=False)
         if not self.include_positive and assignment == "static" and num_classes < 2:
             raise BadInput(f"{self.name} needs at least 2 classes (its denominator sums over the other classes)")
         self.scale = require_positive("scale", scale)
         self.assignment: Assignment = assignment
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if self.assignment == "dynamic" and self.training and not _multi_process():
+            self._revive_idle_proxies(embeddings.detach(), labels)
         cos = F.normalize(embeddings, dim=1) @ F.normalize(self.proxies, dim=1).T
         logits = -2 * self.scale**2 * (1 - cos)  # -d(x, p) for every proxy, (B, P)
         if self.assignment == "dynamic":
@@ -122,6 +132,25 @@ class ProxyNCALoss(ProxyLoss):
             return logits.sum() * 0.0
         per_anchor = per_pair.sum(dim=1)[anchors] / valid.sum(dim=1)[anchors]
         return per_anchor.mean()
+
+    @torch.no_grad()
+    def _revive_idle_proxies(self, embeddings: Tensor, labels: Tensor) -> None:
+        """Count idle steps, then move long-idle proxies onto samples of classes crowded into a shared proxy."""
+        x = F.normalize(embeddings, dim=1)
+        won = (x @ F.normalize(self.proxies, dim=1).T).argmax(dim=1)
+        self.idle_steps += 1
+        self.idle_steps[won] = 0
+        patience = 3 * len(self.proxies) // max(int(labels.unique().numel()), 1)
+        idle = torch.nonzero(self.idle_steps > patience).flatten()
+        crowded = ((won[:, None] == won[None, :]) & (labels[:, None] != labels[None, :])).any(dim=1)
+        if not len(idle) or not crowded.any():
+            return
+        rows = torch.nonzero(crowded).flatten()
+        _, first = np.unique(labels[rows].cpu().numpy(), return_index=True)  # one sample per crowded class
+        picked = rows[torch.as_tensor(np.sort(first), device=rows.device)][: len(idle)]
+        targets = idle[: len(picked)]
+        self.proxies[targets] = (x[picked] * self.proxies.norm(dim=1).mean()).to(self.proxies.dtype)
+        self.idle_steps[targets] = 0
 
     def hyperparameters(self) -> dict[str, Any]:
         params: dict[str, Any] = {"scale": self.scale, "assignment": self.assignment}
@@ -161,3 +190,8 @@ class ProxyNCAPlusPlusLoss(ProxyNCALoss):
         super().__init__(
             num_classes, dim, scale=scale, assignment=assignment, num_proxies=num_proxies, proxies_per_class=proxies_per_class
         )
+
+
+def _multi_process() -> bool:
+    """Whether this is one of several data-parallel processes (each revives nothing on its own batch)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
