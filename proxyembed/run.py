@@ -96,7 +96,7 @@ class Run:
         from proxyembed.extras import require_extras
 
         require_extras("Run.embed", "train")
-        from proxyembed.data.spec import Sample
+        from proxyembed.data.types import Sample
         from proxyembed.runtime.encoder import is_single_image
         from proxyembed.runtime.progress import progress_callback
         from proxyembed.training.checkpoint import load_checkpoint

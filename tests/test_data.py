@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from proxyembed.data import resolve_data, resolve_eval_data
-from proxyembed.data.export_folder import write_split
+from proxyembed.data.write_folders import write_split
 from proxyembed.runtime.errors import BadInput
 
 TINY = "synthetic:train_classes=3,eval_classes=4,per_class=3,size=40"

@@ -187,8 +187,8 @@ def data_cmd(
     force: Annotated[bool, typer.Option("--force", help="Write into an existing non-empty folder.")] = False,
 ) -> None:
     """Write the built-in synthetic dataset to disk as image folders (for index, search and check)."""
-    from proxyembed.data.export_folder import write_split
-    from proxyembed.data.spec import resolve_data
+    from proxyembed.data.resolve import resolve_data
+    from proxyembed.data.write_folders import write_split
     from proxyembed.runtime.errors import BadInput
 
     if not (spec == "synthetic" or spec.startswith("synthetic:")):

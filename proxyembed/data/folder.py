@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from proxyembed.runtime.errors import BadInput
 
-from .spec import DataSplit, Sample
+from .types import DataSplit, Sample
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 

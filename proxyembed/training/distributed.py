@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from proxyembed.data.spec import DataSplit, Sample
+from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import PreprocessSpec
 
