@@ -12,7 +12,6 @@ refused. Saves are built in a temporary sibling folder, fsynced, and renamed int
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,8 @@ import numpy as np
 from .bundle import Bundle
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
-from .files import make_staging_dir, read_json_object, swap_dir_into_place, write_sealed_json
+from .files import read_json_object, sha256_file, staged_dir, write_sealed_json
 from .index import SIDECAR_FILE, Filter, Hit, Index, ItemId
-from .manifest import sha256_file
 from .preprocess import ImageLike
 
 GALLERY_FILE = "gallery.json"
@@ -128,8 +126,7 @@ class Retriever:
             raise BadInput(
                 f"{folder} exists and is not a gallery", hint="choose a new --out folder; it is not overwritten"
             )
-        tmp = make_staging_dir(folder)
-        try:
+        with staged_dir(folder) as tmp:
             self.index.save(tmp)
             info = {
                 "format_version": GALLERY_VERSION,
@@ -142,10 +139,6 @@ class Retriever:
                 "items_sha256": sha256_file(tmp / SIDECAR_FILE),
             }
             write_sealed_json(tmp / GALLERY_FILE, info)
-            swap_dir_into_place(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     @classmethod

@@ -8,7 +8,6 @@ config file: the model config, the preprocessing spec, the proxies (inside the l
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from proxyembed.models import Embedder, ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.files import atomic_write
+from proxyembed.runtime.files import atomic_write, sha256_file
 from proxyembed.runtime.preprocess import PreprocessSpec
 
 CHECKPOINT_FORMAT = 1
@@ -73,11 +72,7 @@ class Checkpoint:
 
     def sha256(self) -> str:
         """Hex digest of the checkpoint file (recorded in bundles to trace them to their source)."""
-        h = hashlib.sha256()
-        with open(self.path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(self.path)
 
     def build_model(self) -> Embedder:
         """The embedding network with this checkpoint's weights, in eval mode, on the CPU."""
