@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
+from .embeddings import read_embeddings
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
 from .files import read_json_object, sha256_file, staged_dir, write_sealed_json
@@ -96,6 +97,32 @@ class Retriever:
                 report.added += len(keep)
             if progress is not None:
                 progress(min(start + batch_size, len(images)))
+        return report
+
+    def add_embeddings(self, files: Sequence[str | Path], *, replace: bool = False) -> AddReport:
+        """Add the rows of ``proxyembed embed`` outputs (shards) to the index, in file order, without re-embedding.
+
+        Each file must come from this retriever's bundle (same manifest sha256 and dim) and be complete;
+        rows of unreadable images are reported as skipped. Ids must be unique across the files.
+        """
+        want = self.encoder.bundle.signature
+        parts = [read_embeddings(f) for f in files]  # all checked before any row is added
+        for part in parts:
+            got = {k: part.info["source"].get(k) for k in want}
+            if got != want:
+                raise BadInput(
+                    f"{part.path} was embedded by another model ({got}), not bundle {self.encoder.bundle.path} ({want})",
+                    hint="index it with the bundle that embedded it, or re-embed with this bundle",
+                )
+        report = AddReport()
+        for part in parts:
+            for vectors, items in part.readable_chunks():
+                ids = [it["id"] for it in items]
+                report.replaced += sum(1 for i in ids if i in self.index)
+                self.index.add(vectors, ids, [it["metadata"] for it in items], replace=replace)
+                report.added += len(ids)
+            skipped_items = [part.items[i]["id"] for i in part.info["skipped"]]
+            report.skipped += [(item_id, f"unreadable when embedded into {part.path}") for item_id in skipped_items]
         return report
 
     def search(

@@ -45,8 +45,7 @@ def embed_command(
 
     from proxyembed.runtime import BadInput
     from proxyembed.runtime.embeddings import EmbeddingWriter, parse_shard, shard_slice
-
-    from .runtime import list_images
+    from proxyembed.runtime.images import list_images
 
     if out.suffix != ".npy":
         raise BadInput(f"--out {out} must end in .npy", hint="e.g. --out embeddings/part0.npy")
