@@ -91,19 +91,6 @@ def is_main_process() -> bool:
     return world_from_env().is_main
 
 
-def select_device(world: World, device: torch.device) -> torch.device:
-    """``cuda:LOCAL_RANK`` for a multi-process CUDA run (and make it current); ``device`` otherwise."""
-    if not world.distributed or device.type != "cuda":
-        return device
-    if world.local_rank >= torch.cuda.device_count():
-        raise BadInput(
-            f"LOCAL_RANK {world.local_rank} but this machine has {torch.cuda.device_count()} CUDA device(s)",
-            hint="use --nproc-per-node at most the number of GPUs per machine",
-        )
-    torch.cuda.set_device(world.local_rank)
-    return torch.device("cuda", world.local_rank)
-
-
 @contextmanager
 def process_group(world: World, device: torch.device) -> Iterator[None]:
     """Join the job's process group (NCCL on CUDA, gloo on CPU) for the block, and always leave it."""
