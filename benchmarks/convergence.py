@@ -13,6 +13,10 @@ batch) and each loss's own default training settings (ProxyNCA++ its fast proxie
 except dynamic Proxy-NCA, whose proxies move at x10 the backbone lr instead of x100 (at x100 its
 assignment collapses onto one proxy; see proxyembed/losses/proxy_nca.py).
 
+Runs train ``--jobs`` at a time (default 2), each with cores / jobs torch threads: on 2 cores two
+one-thread runs finish sooner than one two-thread run after another, and keep doing so on a busy
+machine, where torch's two threads stall on each other. Every run's seconds are then one thread's.
+
     python benchmarks/convergence.py                    # synthetic + caltech101, 3 seeds
     python benchmarks/convergence.py --smoke            # a few minutes: 1 seed, 2 epochs, tiny data
 """
@@ -21,15 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
 
 from proxyembed.training.config import resolve_config  # noqa: E402
@@ -98,6 +106,11 @@ def run_one(label: str, data: dict[str, Any], common: dict[str, Any], seed: int)
     }
 
 
+def _worker_threads(threads: int) -> None:
+    """Runs in each worker process before its first run: its share of the cores."""
+    torch.set_num_threads(threads)
+
+
 def _first_reaching(run: dict[str, Any], target: float) -> tuple[int, float] | None:
     """The first epoch whose Recall@1 is >= ``target`` and the training seconds spent up to it."""
     seconds = 0.0
@@ -114,7 +127,7 @@ def speedups(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     triplet = {r["seed"]: r for r in runs if r["loss"] == "triplet"}
     for label in dict.fromkeys(r["loss"] for r in runs):
         ratios_e, ratios_s, reached = [], [], 0
-        for r in (r for r in runs if r["loss"] == label):
+        for r in (r for r in runs if r["loss"] == label and r["seed"] in triplet):
             base = triplet[r["seed"]]
             target = base["epochs"][-1]["recall@1"]
             mine, theirs = _first_reaching(r, target), _first_reaching(base, target)
@@ -210,10 +223,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=48)
+    ap.add_argument("--image-size", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--per-class", type=int, default=24, help="Caltech-101 images per class (train and eval)")
     ap.add_argument("--caltech-root", type=Path, default=CALTECH, help="the caltech101 folder (its README describes it)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs trained at once, each with cores / jobs torch threads")
     ap.add_argument("--smoke", action="store_true", help="1 seed, 2 epochs, tiny data: checks the script in minutes")
     ap.add_argument("--name", default="convergence", help="results file stem under benchmarks/results/")
     args = ap.parse_args()
@@ -229,29 +243,37 @@ def main() -> None:
         "embedding_dim": 64, "schedule": "none", "channels_last": False,
     }
     info, t0 = machine(), time.perf_counter()
-    results: dict[str, list[dict[str, Any]]] = {}
-    planned = len(args.data.split(",")) * len(args.seeds.split(",")) * len(args.losses.split(","))
+    order = args.losses.split(",")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, data in datasets(args, Path(tmp)).items():
-            results[name] = []
-            for seed in (int(s) for s in args.seeds.split(",")):  # seeds outside: a cut-short run keeps whole seeds
-                for label in args.losses.split(","):
-                    results[name].append(run_one(label, data, common, seed))
-                    last = results[name][-1]["epochs"][-1]
-                    print(f"{name} {label} seed {seed}: R@1 {last['recall@1']:.4f} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-                report(args, info, common, results, planned, time.perf_counter() - t0)
+        data = datasets(args, Path(tmp))
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in data}
+        # seed-major, triplet first: a cut-short run keeps whole seeds, each with its speed-up baseline
+        units = [(name, seed, label) for seed in (int(s) for s in args.seeds.split(",")) for name in data for label in order]
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_worker_threads, initargs=(threads,)) as pool:
+            pending = {pool.submit(run_one, label, data[name], common, seed): (name, seed, label) for name, seed, label in units}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name, seed, label = pending.pop(future)
+                    run = future.result()
+                    results[name] = sorted([*results[name], run], key=lambda r: (r["seed"], order.index(r["loss"])))
+                    final = run["epochs"][-1]["recall@1"]
+                    print(f"{name} {label} seed {seed}: R@1 {final:.4f} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+                report(args, info, common, results, len(units), time.perf_counter() - t0, threads)
 
 
 def report(args: argparse.Namespace, info: dict[str, Any], common: dict[str, Any], results: dict[str, list[dict[str, Any]]],
-           planned: int, total: float) -> None:
+           planned: int, total: float, threads: int) -> None:
     """Write the Markdown table, JSON and plot for the runs done so far (rewritten after every seed)."""
     done = sum(len(r) for r in results.values())
     lines = [
         f"# Convergence: {args.backbone} from scratch, {args.image_size} px, batch {args.batch_size} (P x 4), "
         f"{args.epochs} epochs, seeds {args.seeds}",
         "",
-        f"Machine: {machine_line(info)}. Wall time {total / 60:.1f} min for {done} of {planned} runs"
-        + ("." if done == planned else " (incomplete: the run was cut short)."),
+        f"Machine: {machine_line(info)}. Wall time {total / 60:.1f} min for {done} of {planned} runs, {args.jobs} at a time "
+        f"with {threads} torch thread(s) each" + ("." if done == planned else " (incomplete: the run was cut short)."),
         "",
         "Mean ± std over seeds. Speed-up = (epochs or training seconds triplet needs to first reach its own final "
         "Recall@1) / (those the loss needs to reach it), per seed; 'not reached' when no seed got there.",

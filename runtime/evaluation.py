@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .metrics import retrieval_metrics
+from .metrics import NmiMode, retrieval_metrics
 
 
 class EvalSample(Protocol):
@@ -57,11 +57,11 @@ class SplitEvaluation:
     gallery: dict[str, np.ndarray] | None
 
 
-def evaluate_split(split: EvalSplit, embed: Embed, *, ks: Sequence[int] | None = None, nmi: bool = False) -> SplitEvaluation:
+def evaluate_split(split: EvalSplit, embed: Embed, *, ks: Sequence[int] | None = None, nmi: NmiMode | bool = False) -> SplitEvaluation:
     """Embed ``split`` with ``embed`` and compute Recall@K (``ks``, default the split's), MAP@R and R-Precision per model.
 
-    NMI (``nmi``) is computed in all-vs-all mode only: clustering a query set against a separate
-    gallery has no single ground truth.
+    NMI (``nmi``: a mode of :func:`~proxyembed.runtime.metrics.nmi_wanted`) is computed in all-vs-all
+    mode only: clustering a query set against a separate gallery has no single ground truth.
     """
     ks = tuple(split.ks if ks is None else ks)
     labels = np.array([s.label for s in split.eval])

@@ -13,6 +13,7 @@ each correct rank within the first R neighbours. Metric values are fractions in 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -23,6 +24,18 @@ DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8)
 # blocked float32 Lloyd with random seeding above it (SOP: 60k x 11k = 7e8), LARGE_KMEANS_ITERS steps.
 EXACT_KMEANS_CELLS = 2**22
 LARGE_KMEANS_ITERS = 4
+# NMI "auto": computed up to this many evaluation items (CUB 5,924, Cars 8,131), skipped above (SOP 60,502),
+# where k-means with k = classes costs as much as all the neighbour metrics together
+# (benchmarks/results/eval_speed.md). "always" computes it at any size.
+NMI_AUTO_MAX_ITEMS = 20_000
+NmiMode = Literal["auto", "always", "never"]
+
+
+def nmi_wanted(n_items: int, mode: NmiMode | bool) -> bool:
+    """Whether NMI is computed for ``n_items`` all-vs-all items under ``mode`` (True / False mean always / never)."""
+    if mode == "auto":
+        return n_items <= NMI_AUTO_MAX_ITEMS
+    return mode in (True, "always")
 
 
 def knn(
@@ -125,10 +138,10 @@ def retrieval_metrics(
     ks: Sequence[int] = DEFAULT_KS,
     gallery: np.ndarray | None = None,
     gallery_labels: Sequence[int] | np.ndarray | None = None,
-    nmi: bool = False,
+    nmi: NmiMode | bool = False,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Recall@K for each K, MAP@R and R-Precision (and NMI if asked), keyed ``recall@1``, ``map@r``, ...
+    """Recall@K for each K, MAP@R and R-Precision (and NMI, see :func:`nmi_wanted`), keyed ``recall@1``, ``map@r``, ...
 
     Without ``gallery`` it is all-vs-all on ``embeddings`` with the query excluded (CUB / Cars / SOP);
     with ``gallery`` the ``embeddings`` are queries against it (In-Shop). Queries without any relevant
@@ -173,7 +186,7 @@ def retrieval_metrics(
         out["r_precision"] = float((r_prec[valid] / r[valid]).mean())
     else:
         out["map@r"] = out["r_precision"] = 0.0
-    if nmi:
+    if all_vs_all and nmi_wanted(len(q), nmi):
         out["nmi"] = nmi_kmeans(q, q_lab, seed=seed)
     return out
 

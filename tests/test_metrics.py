@@ -125,3 +125,16 @@ def test_large_kmeans_path_clusters_without_n_by_c(monkeypatch: pytest.MonkeyPat
     large = nmi_kmeans(x, labels)
     assert exact > 0.99 and 0.9 < large <= 1.0
     assert large == nmi_kmeans(x, labels)  # deterministic for a seed
+
+
+def test_nmi_auto_skips_large_splits_and_always_forces_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """"auto" computes NMI up to NMI_AUTO_MAX_ITEMS items only; "always" at any size; never for query -> gallery."""
+    import proxyembed.runtime.metrics as metrics
+
+    assert "nmi" in retrieval_metrics(TOY, TOY_LABELS, ks=(1,), nmi="auto")
+    monkeypatch.setattr(metrics, "NMI_AUTO_MAX_ITEMS", 3)
+    auto = retrieval_metrics(TOY, TOY_LABELS, ks=(1,), nmi="auto")
+    assert "nmi" not in auto and auto["recall@1"] == pytest.approx(0.5)
+    assert retrieval_metrics(TOY, TOY_LABELS, ks=(1,), nmi="always")["nmi"] == nmi_kmeans(TOY, TOY_LABELS)
+    assert "nmi" not in retrieval_metrics(TOY, TOY_LABELS, ks=(1,), nmi="never")
+    assert "nmi" not in retrieval_metrics(TOY[:2], [0, 1], ks=(1,), gallery=TOY, gallery_labels=TOY_LABELS, nmi="always")

@@ -147,6 +147,15 @@ def test_config_precedence_and_validation() -> None:
         resolve_config({"sampler": "balanced", "batch_size": 30, "samples_per_class": 4})
     with pytest.raises(BadInput, match="--recipe"):
         resolve_config({}, recipe="nope")
+    with pytest.raises(BadInput, match="\"nmi\": \"sometimes\""):
+        resolve_config({"nmi": "sometimes"})
+
+
+def test_nmi_never_leaves_it_out_of_the_run(tmp_path: Path) -> None:
+    """The run's --nmi reaches its evaluation: 'never' (or 'auto' on a SOP-size split) writes no NMI."""
+    train(tiny_config(epochs=1, nmi="never"), tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("recall@1" in h and "nmi" not in h for h in lines)
 
 
 def test_cli_train_then_eval_reproduces(tmp_path: Path) -> None:

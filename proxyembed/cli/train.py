@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, NmiMode
 from proxyembed.training.config import DEFAULT_EVAL_FIT, Amp, Augment, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
 
 from ._common import console, err_console, given_options, print_json, user_errors
@@ -66,6 +67,9 @@ def train_cmd(
     ] = None,
     resize: Annotated[int | None, typer.Option(help="With --eval-fit center_crop: resize the shorter side to this before cropping.")] = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Evaluate every N epochs.")] = _DEFAULTS.eval_every,
+    nmi: Annotated[
+        NmiMode, typer.Option(help=f"NMI in evaluation: auto (only up to {NMI_AUTO_MAX_ITEMS:,} images: k-means costs more above), always or never.")
+    ] = _DEFAULTS.nmi,
     select_metric: Annotated[
         str, typer.Option("--select-metric", help="Metric that picks best.pt, e.g. recall@1 or map@r.")
     ] = _DEFAULTS.select_metric,
@@ -110,7 +114,7 @@ def train_cmd(
         samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, aux_lr_mult=aux_lr_mult, weight_decay=weight_decay,
         optimizer=optimizer, adam_eps=adam_eps, schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, image_size=image_size,
         augment=augment, crop_scale=_pair(crop_scale, "--crop-scale"), hflip=hflip, eval_fit=eval_fit, resize=resize,
-        eval_every=eval_every, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
+        eval_every=eval_every, nmi=nmi, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
         sync_bn=sync_bn,
     )
     given = given_options(ctx)

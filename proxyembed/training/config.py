@@ -17,6 +17,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.metrics import NmiMode
 
 from .recipes import load_recipe
 
@@ -78,6 +79,7 @@ class TrainConfig:
     # data's own choice where it has one (the synthetic set declares its centre crop), else DEFAULT_EVAL_FIT.
     eval_fit: EvalFit | None = None
     eval_every: int = 1
+    nmi: NmiMode = "auto"  # auto: up to runtime.metrics.NMI_AUTO_MAX_ITEMS evaluation images (SOP's k-means would cost more than the rest)
     select_metric: str = "recall@1"
     val_fraction: float = 0.0  # training classes held out to pick best.pt, instead of the test classes
     seed: int = 0
@@ -115,7 +117,7 @@ class TrainConfig:
             )
         choices = (
             ("sampler", Sampler), ("schedule", Schedule), ("optimizer", Optimizer), ("amp", Amp), ("device", Device),
-            ("augment", Augment), ("eval_fit", EvalFit),
+            ("augment", Augment), ("eval_fit", EvalFit), ("nmi", NmiMode),
         )
         for name, allowed in choices:
             if name == "eval_fit" and self.eval_fit is None:

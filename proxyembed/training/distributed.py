@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.metrics import NmiMode
 from proxyembed.runtime.preprocess import PreprocessSpec
 
 from .evaluate import embed_samples, split_metrics
@@ -226,6 +227,7 @@ def evaluate_sharded(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
+    nmi: NmiMode = "auto",
 ) -> dict[str, float]:
     """:func:`~proxyembed.training.evaluate.evaluate_model`'s metrics with the embedding split over ranks.
 
@@ -233,4 +235,4 @@ def evaluate_sharded(
     rank, which DistributedDataParallel's per-forward collectives would not survive.
     """
     kw = dict(dim=dim, device=device, autocast_dtype=autocast_dtype, on_batch=on_batch)
-    return split_metrics(data, lambda samples: embed_sharded(model, samples, spec, world, **kw))
+    return split_metrics(data, lambda samples: embed_sharded(model, samples, spec, world, **kw), nmi=nmi)

@@ -13,6 +13,7 @@ import torch
 
 from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.evaluation import evaluate_split
+from proxyembed.runtime.metrics import NmiMode
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
 
@@ -52,17 +53,17 @@ def evaluate_model(
     spec: PreprocessSpec,
     *,
     device: torch.device | str = "cpu",
-    nmi: bool = True,
+    nmi: NmiMode = "auto",
     batch_size: int = 128,
     autocast_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Recall@K (the data's Ks), MAP@R, R-Precision and NMI on the evaluation classes."""
+    """Recall@K (the data's Ks), MAP@R, R-Precision and NMI (``nmi``: auto skips it for large splits) on the evaluation classes."""
     kw = dict(device=device, batch_size=batch_size, autocast_dtype=autocast_dtype, on_batch=on_batch)
     return split_metrics(data, lambda samples: embed_samples(model, samples, spec, **kw), nmi=nmi)
 
 
-def split_metrics(data: DataSplit, embed: Callable[[Sequence[Sample]], np.ndarray], *, nmi: bool = True) -> dict[str, float]:
+def split_metrics(data: DataSplit, embed: Callable[[Sequence[Sample]], np.ndarray], *, nmi: NmiMode = "auto") -> dict[str, float]:
     """The metrics of :func:`evaluate_model` for any way of embedding samples (one process or sharded).
 
     All-vs-all on ``data.eval``, or queries against ``data.gallery`` when the data defines one (no NMI

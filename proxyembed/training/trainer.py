@@ -32,6 +32,7 @@ from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, sharded
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput, ProxyEmbedError
+from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, nmi_wanted
 from proxyembed.runtime.preprocess import PreprocessSpec
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -256,7 +257,7 @@ class Trainer:
         out: dict[str, float] = {}
         for prefix, split in splits:
             # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
-            kw: dict[str, Any] = dict(device=self.device, on_batch=lambda k: self.reporter.advance(k))
+            kw: dict[str, Any] = dict(device=self.device, nmi=self.cfg.nmi, on_batch=lambda k: self.reporter.advance(k))
             if self.world.distributed:
                 metrics = evaluate_sharded(self.model, split, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
             else:
@@ -357,6 +358,8 @@ class Trainer:
         self.reporter.log(self.data.describe())
         amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
         self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
+        if self.data.gallery is None and self.cfg.nmi == "auto" and not nmi_wanted(len(self.data.eval), "auto"):
+            self.reporter.log(f"NMI left out: {len(self.data.eval):,} evaluation images > {NMI_AUTO_MAX_ITEMS:,} (--nmi always computes it)")
         if self.world.distributed:
             self.reporter.log(
                 f"data-parallel over {self.world.size} processes ({torch.distributed.get_backend()}): batch {self.cfg.batch_size} "
