@@ -36,7 +36,8 @@ from proxyembed.export.runners import ort_runner, torch_runner
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.preprocess import PreprocessSpec
 from proxyembed.runtime.system import cpu_name
-from proxyembed.training.checkpoint import BEST, save_checkpoint
+from proxyembed.training.checkpoint import save_checkpoint
+from proxyembed.training.run_dir import BEST
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
-from proxyembed.data.spec import DataSplit, Sample  # noqa: E402
+from proxyembed.data.types import DataSplit, Sample  # noqa: E402
 from proxyembed.runtime.metrics import retrieval_metrics  # noqa: E402
 from proxyembed.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image  # noqa: E402
 from proxyembed.training.config import TrainConfig  # noqa: E402

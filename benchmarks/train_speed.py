@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under python -P
 
 from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
 
-from proxyembed.data.folder import list_images  # noqa: E402
 from proxyembed.losses import build_loss  # noqa: E402
 from proxyembed.models import ModelConfig, build_embedder  # noqa: E402
+from proxyembed.runtime.images import image_files  # noqa: E402
 from proxyembed.training.config import resolve_config  # noqa: E402
 from proxyembed.training.trainer import Trainer  # noqa: E402
 
@@ -66,10 +66,11 @@ class TimedLoader:
 
 def subset(root: Path, classes: int, per_class: int, dst: Path) -> Path:
     """The first ``classes`` class folders of ``root`` with ``per_class`` images each, as symlinks under ``dst``."""
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and len(list_images(p)) >= per_class)[:classes]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and len(image_files(p)) >= per_class)[:classes]
     for folder in folders:
         (dst / folder.name).mkdir(parents=True)
-        for img in list_images(folder)[:per_class]:
+        for rel in image_files(folder)[:per_class]:
+            img = folder / rel
             (dst / folder.name / img.name).symlink_to(img.resolve())
     return dst
 

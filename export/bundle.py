@@ -1,7 +1,7 @@
 """Writing a bundle folder atomically: all of it appears at ``--out``, or none of it does.
 
-Files are written into a hidden temp folder next to ``--out`` (same parent, so the final ``rename`` is
-atomic on one filesystem). :meth:`BundleWriter.commit` writes ``manifest.json`` last and renames the
+Files are written into a staged folder next to ``--out`` (:class:`~proxyembed.runtime.files.StagedDir`:
+same parent, so the final ``rename`` is atomic on one filesystem). :meth:`BundleWriter.commit` writes ``manifest.json`` last and renames the
 folder into place; an existing bundle is replaced only with ``force``, by moving it aside first and
 deleting it after the new one is in place. Any exception before the commit removes the temp folder,
 so a failed export never leaves a half-written bundle and never touches the previous one
@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.files import atomic_write_text, make_staging_dir, swap_dir_into_place
+from proxyembed.runtime.files import StagedDir, atomic_write_text
 from proxyembed.runtime.manifest import MANIFEST_NAME, Manifest
 
 
@@ -36,14 +36,14 @@ class BundleWriter:
         self.out = Path(out)
         self.force = force
         check_out_path(self.out, force)
-        self.dir = make_staging_dir(self.out)
+        self._stage = StagedDir(self.out)
+        self.dir = self._stage.path
 
     def __enter__(self) -> BundleWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
+        self._stage.__exit__(exc_type, exc, tb)
 
     def discard(self, name: str) -> None:
         """Delete a file written into the temp folder (a refused artifact) so it is not shipped."""
@@ -59,5 +59,4 @@ class BundleWriter:
                 stray.unlink()
         atomic_write_text(self.dir / MANIFEST_NAME, manifest.dumps())
         check_out_path(self.out, self.force)  # something may have appeared at --out during the export
-        swap_dir_into_place(self.dir, self.out)
-        return self.out
+        return self._stage.commit()

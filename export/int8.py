@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from proxyembed.data.spec import Sample
+from proxyembed.data.types import Sample
 from proxyembed.runtime.errors import BadInput, require
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from proxyembed import __version__
-from proxyembed.data.spec import DataSplit
+from proxyembed.data.types import DataSplit
 from proxyembed.runtime.errors import BadInput, CheckFailed
-from proxyembed.runtime.manifest import Artifact, Manifest, sha256_file
+from proxyembed.runtime.files import sha256_file
+from proxyembed.runtime.manifest import Artifact, Manifest
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
 from .bundle import BundleWriter, check_out_path

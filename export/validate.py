@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from proxyembed.data.spec import DataSplit, Sample
+from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.evaluation import SplitEvaluation, evaluate_split
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec

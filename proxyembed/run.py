@@ -8,24 +8,21 @@ gives what the exported bundle's :class:`~proxyembed.runtime.Encoder` gives, up 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from proxyembed.runtime.errors import BadInput, IntegrityError
+from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.files import read_json_object
 from proxyembed.runtime.preprocess import ImageLike
 from proxyembed.training.config import TrainConfig
+from proxyembed.training.run_dir import BEST, CONFIG_NAME, LAST, metrics_of, read_history
 
 if TYPE_CHECKING:
     from proxyembed.models import Embedder
     from proxyembed.runtime.bundle import Bundle
-
-CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
-_NOT_METRICS = ("epoch", "loss", "lr", "images_per_s", "time_s")
 
 
 class Run:
@@ -33,8 +30,8 @@ class Run:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not (self.path / CONFIG_FILE).is_file():
-            raise BadInput(f"'{self.path}' is not a run dir: {CONFIG_FILE} is missing", hint="give a folder written by `proxyembed train`")
+        if not (self.path / CONFIG_NAME).is_file():
+            raise BadInput(f"'{self.path}' is not a run dir: {CONFIG_NAME} is missing", hint="give a folder written by `proxyembed train`")
         self._model: tuple[str, Embedder] | None = None  # (device, model) kept for repeated embed() calls
 
     def __repr__(self) -> str:
@@ -43,24 +40,14 @@ class Run:
     @property
     def config(self) -> TrainConfig:
         """The resolved training config, as written by the run."""
-        path = self.path / CONFIG_FILE
+        path = self.path / CONFIG_NAME
         raw = read_json_object(path, missing=f"{path} is missing", hint="give a run dir", broken_hint="re-run training", fields={})
-        return TrainConfig.from_dict(raw, source=str(self.path / CONFIG_FILE))
+        return TrainConfig.from_dict(raw, source=str(self.path / CONFIG_NAME))
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """The ``metrics.jsonl`` records, one per epoch (epoch 0 is the untrained network)."""
-        path = self.path / METRICS_FILE
-        if not path.is_file():
-            return []
-        records = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise IntegrityError(f"{path}:{n} is not JSON ({exc.msg})", hint="the run was cut off mid-write; re-run with --resume") from exc
-        return records
+        return read_history(self.path)
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -71,14 +58,14 @@ class Run:
         if not trained:
             raise BadInput(f"run {self.path} has no evaluated epoch yet", hint="train for at least one epoch")
         best = max(trained, key=lambda h: h[metric])
-        return {k: v for k, v in best.items() if k not in _NOT_METRICS} | {"epoch": best["epoch"]}
+        return metrics_of(best) | {"epoch": best["epoch"]}
 
     def load_model(self, which: str = "best") -> Embedder:
         """The trained network (``best.pt`` or ``last.pt``), in eval mode on the CPU."""
         from proxyembed.extras import require_extras
 
         require_extras("Run.load_model", "train")
-        from proxyembed.training.checkpoint import BEST, LAST, load_checkpoint
+        from proxyembed.training.checkpoint import load_checkpoint
 
         if which not in ("best", "last"):
             raise BadInput(f"which='{which}' is not 'best' or 'last'")
@@ -96,7 +83,7 @@ class Run:
         from proxyembed.extras import require_extras
 
         require_extras("Run.embed", "train")
-        from proxyembed.data.spec import Sample
+        from proxyembed.data.types import Sample
         from proxyembed.runtime.encoder import is_single_image
         from proxyembed.runtime.progress import progress_callback
         from proxyembed.training.checkpoint import load_checkpoint

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput, IntegrityError
-from .files import SEAL_KEY, check_seal
-from .manifest import MANIFEST_NAME, Artifact, Manifest, sha256_file
+from .files import SEAL_KEY, check_seal, sha256_file
+from .manifest import MANIFEST_NAME, Artifact, Manifest
 
 
 class Bundle:

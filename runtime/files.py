@@ -1,8 +1,10 @@
-"""Atomic writes and strict JSON reads: the "fail loudly, lose nothing" file handling every stage shares.
+"""Atomic writes, staged folders, hashing and strict JSON reads: the "fail loudly, lose nothing" file
+handling every stage shares.
 
 A file is written beside its target, fsynced, and renamed over it (then its folder is fsynced), so a
 crash or a power loss leaves the old file or the new one, never half of either; a folder (bundle,
-gallery) is swapped in the same way. Files get the mode the umask gives a new file (``mkstemp``'s 0600
+gallery) is built in a staged folder beside its target and swapped in the same way (:class:`StagedDir`,
+:func:`staged_dir`). Files get the mode the umask gives a new file (``mkstemp``'s 0600
 would stop another user serving a gallery). JSON read back from a proxyembed artifact is checked to be
 an object, and a broken file is an :class:`IntegrityError`.
 
@@ -18,11 +20,22 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from .errors import BadInput, IntegrityError
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so large engines and checkpoints do not fill memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:
@@ -76,14 +89,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             os.unlink(tmp)
 
 
-def make_staging_dir(target: Path) -> Path:
-    """A new hidden folder beside ``target`` (same filesystem, so the final rename is atomic), with the umask's mode."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    return tmp
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -94,7 +99,15 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any], indent: 
     atomic_write_text(path, json.dumps(payload, indent=indent) + "\n")
 
 
-def swap_dir_into_place(new: Path, target: Path) -> None:
+def _make_staging_dir(target: Path) -> Path:
+    """A new hidden folder beside ``target`` (same filesystem, so the final rename is atomic), with the umask's mode."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def _swap_dir_into_place(new: Path, target: Path) -> None:
     """Rename folder ``new`` to ``target``; an old ``target`` is moved aside first and deleted only afterwards.
 
     Everything in ``new`` is fsynced before the rename and the parent folder after it, so a power loss
@@ -115,6 +128,38 @@ def swap_dir_into_place(new: Path, target: Path) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+class StagedDir:
+    """A hidden folder beside ``target`` to build a new version of it in, then swap into place.
+
+    :meth:`commit` moves the folder to ``target`` (see :func:`_swap_dir_into_place`); leaving the
+    ``with`` block without a commit, normally or by an exception, deletes the staged folder, so neither
+    a failure nor an abandoned build ever leaves half a folder at ``target`` or touches the old one.
+    """
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        self.target = Path(target)
+        self.path = _make_staging_dir(self.target)
+
+    def __enter__(self) -> StagedDir:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)  # gone already after a commit
+
+    def commit(self) -> Path:
+        """fsync the staged folder and swap it into ``target``; returns ``target``."""
+        _swap_dir_into_place(self.path, self.target)
+        return self.target
+
+
+@contextmanager
+def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """The staged folder of :class:`StagedDir` for the block to fill, committed to ``target`` when the block completes."""
+    with StagedDir(target) as stage:
+        yield stage.path
+        stage.commit()
 
 
 SEAL_KEY = "checksum"

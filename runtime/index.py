@@ -29,8 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import BadInput, IntegrityError
-from .files import atomic_write, read_json_object, write_sealed_json
-from .manifest import sha256_file
+from .files import atomic_write, read_json_object, sha256_file, write_sealed_json
 from .metrics import knn
 from .rwlock import RWLock
 

@@ -7,9 +7,8 @@ strict: a missing field, a wrong type or an artifact path leaving the bundle fol
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from .errors import BadInput
@@ -23,15 +22,6 @@ Precision = Literal["fp32", "fp16", "int8"]
 ArtifactFormat = Literal["onnx", "tensorrt"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 FORMATS: tuple[str, ...] = ("onnx", "tensorrt")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so large engines do not fill memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -12,7 +12,6 @@ refused. Saves are built in a temporary sibling folder, fsynced, and renamed int
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
+from .embeddings import read_embeddings
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
-from .files import make_staging_dir, read_json_object, swap_dir_into_place, write_sealed_json
+from .files import read_json_object, sha256_file, staged_dir, write_sealed_json
 from .index import SIDECAR_FILE, Filter, Hit, Index, ItemId
-from .manifest import sha256_file
 from .preprocess import ImageLike
 
 GALLERY_FILE = "gallery.json"
@@ -100,6 +99,32 @@ class Retriever:
                 progress(min(start + batch_size, len(images)))
         return report
 
+    def add_embeddings(self, files: Sequence[str | Path], *, replace: bool = False) -> AddReport:
+        """Add the rows of ``proxyembed embed`` outputs (shards) to the index, in file order, without re-embedding.
+
+        Each file must come from this retriever's bundle (same manifest sha256 and dim) and be complete;
+        rows of unreadable images are reported as skipped. Ids must be unique across the files.
+        """
+        want = self.encoder.bundle.signature
+        parts = [read_embeddings(f) for f in files]  # all checked before any row is added
+        for part in parts:
+            got = {k: part.info["source"].get(k) for k in want}
+            if got != want:
+                raise BadInput(
+                    f"{part.path} was embedded by another model ({got}), not bundle {self.encoder.bundle.path} ({want})",
+                    hint="index it with the bundle that embedded it, or re-embed with this bundle",
+                )
+        report = AddReport()
+        for part in parts:
+            for vectors, items in part.readable_chunks():
+                ids = [it["id"] for it in items]
+                report.replaced += sum(1 for i in ids if i in self.index)
+                self.index.add(vectors, ids, [it["metadata"] for it in items], replace=replace)
+                report.added += len(ids)
+            skipped_items = [part.items[i]["id"] for i in part.info["skipped"]]
+            report.skipped += [(item_id, f"unreadable when embedded into {part.path}") for item_id in skipped_items]
+        return report
+
     def search(
         self,
         image_or_images: ImageLike | Sequence[ImageLike],
@@ -128,8 +153,7 @@ class Retriever:
             raise BadInput(
                 f"{folder} exists and is not a gallery", hint="choose a new --out folder; it is not overwritten"
             )
-        tmp = make_staging_dir(folder)
-        try:
+        with staged_dir(folder) as tmp:
             self.index.save(tmp)
             info = {
                 "format_version": GALLERY_VERSION,
@@ -142,10 +166,6 @@ class Retriever:
                 "items_sha256": sha256_file(tmp / SIDECAR_FILE),
             }
             write_sealed_json(tmp / GALLERY_FILE, info)
-            swap_dir_into_place(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     @classmethod

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from proxyembed.data import benchmarks
-from proxyembed.data.spec import DataSplit, Sample, resolve_data
+from proxyembed.data.resolve import resolve_data
+from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
 
 scipy_io = pytest.importorskip("scipy.io")

@@ -26,7 +26,8 @@ from proxyembed.check import (
     resolution_notes,
     write_json_atomic,
 )
-from proxyembed.data.spec import DataSplit, Sample, resolve_eval_data
+from proxyembed.data.resolve import resolve_eval_data
+from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
 
 SYN = "synthetic:train_classes=2,eval_classes=10,per_class=6,size=40"

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from helpers.bundles import INPUT, make_tiny_bundle, write_class_images
-from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, Manifest, sha256_file
+from proxyembed.runtime.files import sha256_file
+from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, Manifest
 
 SYN = "synthetic:train_classes=2,eval_classes=10,per_class=6,size=40"
 

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from proxyembed.data import resolve_data, resolve_eval_data
-from proxyembed.data.export_folder import write_split
+from proxyembed.data.write_folders import write_split
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.images import list_images
 
 TINY = "synthetic:train_classes=3,eval_classes=4,per_class=3,size=40"
 
@@ -98,6 +99,19 @@ def test_bad_files_are_skipped_and_counted(tmp_path: Path) -> None:
     assert "single image" in text and "class05" in text
     assert all("broken" not in s.key for s in split.train)
     assert "class05" not in {split.class_names[s.label] for s in split.eval}
+
+
+def test_training_data_and_index_list_the_same_images(tmp_path: Path) -> None:
+    """One lister: hidden files and folders are left out, and other extensions, for training data and index alike."""
+    root = _folder(tmp_path / "d", 4, 2)
+    _png(root / "class00" / "._0.png", (1, 2, 3))  # a macOS resource-fork companion
+    _png(root / "class01" / ".thumbs" / "0.png", (1, 2, 3))
+    _png(root / "class02" / "sub" / "9.PNG", (9, 9, 9))
+    (root / "class03" / "notes.txt").write_text("not an image")
+    split = resolve_eval_data(str(root))
+    listed = [item["id"] for item in list_images(root)]
+    assert listed == sorted(s.key for s in split.eval) == sorted(listed)
+    assert "class02/sub/9.PNG" in listed and not [k for k in listed if "/." in k or k.endswith(".txt")]
 
 
 @pytest.mark.parametrize(

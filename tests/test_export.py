@@ -28,7 +28,8 @@ from proxyembed.export.runners import ort_runner, torch_runner
 from proxyembed.export.validate import parse_max_drop
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
+from proxyembed.runtime.files import sha256_file
+from proxyembed.runtime.manifest import MANIFEST_NAME, Manifest
 from proxyembed.runtime.preprocess import Preprocessor
 from proxyembed.training.checkpoint import load_checkpoint
 

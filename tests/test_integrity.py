@@ -154,6 +154,24 @@ def test_bundle_files_follow_the_umask(two_bundles: tuple[Path, Path], tmp_path:
     assert oct(out.stat().st_mode & 0o777) == "0o750" and Bundle.load(out).dim == 16
 
 
+def test_a_staged_folder_replaces_its_target_only_when_complete(tmp_path: Path) -> None:
+    """staged_dir swaps on success only; a failed or uncommitted build leaves the old folder and no temp folder."""
+    from proxyembed.runtime.files import StagedDir, staged_dir
+
+    target = tmp_path / "out"
+    with staged_dir(target) as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(RuntimeError), staged_dir(target) as tmp:
+        (tmp / "v").write_text("2")
+        raise RuntimeError("failed mid-build")
+    with StagedDir(target) as stage:
+        (stage.path / "v").write_text("3")  # never committed
+    assert (target / "v").read_text() == "1" and [p.name for p in tmp_path.iterdir()] == ["out"]
+    with staged_dir(target) as tmp:
+        (tmp / "w").write_text("4")
+    assert [p.name for p in target.iterdir()] == ["w"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 # -- kill -9 mid-write ------------------------------------------------------------------------------
 
 

@@ -12,8 +12,8 @@ import pytest
 from helpers.bundles import COLOURS, make_tiny_bundle, pattern_image
 from proxyembed.runtime import BadInput, Bundle, Encoder, IntegrityError, Preprocessor
 from proxyembed.runtime import backends as backends_mod
-from proxyembed.runtime.files import write_sealed_json
-from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, sha256_file
+from proxyembed.runtime.files import sha256_file, write_sealed_json
+from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from proxyembed.runtime.errors import BadInput
 from proxyembed.training.checkpoint import load_checkpoint
 from proxyembed.training.config import TrainConfig, resolve_config
 from proxyembed.training.recipes import list_recipes, load_recipe
+from proxyembed.training.run_dir import BEST, LAST, CheckpointPayload
 from proxyembed.training.trainer import Reporter, TrainingFailed, train
 
 TINY = "synthetic:train_classes=12,eval_classes=10,per_class=8,size=40"
@@ -44,6 +46,14 @@ def test_run_dir_contract(trained: Path) -> None:
     data = torch.load(trained / "last.pt", weights_only=True)  # tensors and plain data only
     assert data["epoch"] == 3 and "optimizer" in data and data["loss"]["proxies"].shape == (12, 32)
     assert json.loads((trained / "config.json").read_text())["data"] == TINY
+
+
+def test_checkpoints_hold_the_typed_payload(trained: Path) -> None:
+    """best.pt holds every CheckpointPayload field but the resume states; last.pt holds those too."""
+    resume = {"optimizer", "scheduler", "scaler"}
+    fields = {f.name for f in dataclasses.fields(CheckpointPayload)}
+    best, last = load_checkpoint(trained, prefer=BEST).data, load_checkpoint(trained, prefer=LAST).data
+    assert set(best) == fields - resume | {"format_version"} and set(last) == fields | {"format_version"}
 
 
 def test_training_improves_recall_on_unseen_classes(trained: Path) -> None:
@@ -258,7 +268,7 @@ def test_evaluation_runs_in_fp32_while_training_uses_autocast(tmp_path: Path, mo
     from proxyembed.models.embedder import Embedder
     from proxyembed.training import trainer as trainer_mod
 
-    monkeypatch.setattr(trainer_mod, "_amp_dtype", lambda choice, device: torch.bfloat16)  # CPU autocast does bf16
+    monkeypatch.setattr(trainer_mod, "amp_dtype", lambda choice, device: torch.bfloat16)  # CPU autocast does bf16
     calls: list[tuple[bool, bool]] = []
     forward = Embedder.forward
 
@@ -283,7 +293,7 @@ def test_cuda_runs_pick_native_bf16_only_and_autotune_convolutions(tmp_path: Pat
         return including_emulation
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated_only)
-    monkeypatch.setattr(trainer_mod, "_select_device", lambda choice: torch.device("cuda"))
+    monkeypatch.setattr(trainer_mod, "select_device", lambda choice, world=None: torch.device("cuda"))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     t = trainer_mod.Trainer(tiny_config(), tmp_path / "run")
     assert t.amp_dtype == torch.float16 and asked == [False]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from proxyembed import __version__
-from proxyembed.data.spec import DataSplit
+from proxyembed.data.types import DataSplit
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.encoder import Encoder
 from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError

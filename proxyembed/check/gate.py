@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxyembed.data.spec import DataSplit
+from proxyembed.data.types import DataSplit
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.files import write_json_atomic
 

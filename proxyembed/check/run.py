@@ -47,7 +47,7 @@ def run_check(
     ``max_drop`` allows drops in points per metric (``{"recall@1": 0.5}`` or ``["recall@1=0.5"]``),
     ``min_value`` sets absolute floors as fractions; both as ``--max-drop`` / ``--min`` of the CLI.
     """
-    from proxyembed.data.spec import resolve_eval_data
+    from proxyembed.data.resolve import resolve_eval_data
 
     if (baseline is None) == (against is None):
         raise BadInput("give either --baseline FILE or --against OLD_BUNDLE", hint="e.g. proxyembed check NEW --data SPEC --baseline baseline.json")

@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from . import check, embed, export, runtime, train
+    from . import check, embed, export, gallery, train
 
-    for module in (train, export, embed, runtime, check):
+    for module in (train, export, embed, gallery, check):
         module.register(app)
 
 

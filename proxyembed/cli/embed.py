@@ -45,8 +45,7 @@ def embed_command(
 
     from proxyembed.runtime import BadInput
     from proxyembed.runtime.embeddings import EmbeddingWriter, parse_shard, shard_slice
-
-    from .runtime import list_images
+    from proxyembed.runtime.images import list_images
 
     if out.suffix != ".npy":
         raise BadInput(f"--out {out} must end in .npy", hint="e.g. --out embeddings/part0.npy")
@@ -105,15 +104,16 @@ def _model(source: Path, precision: str, threads: int | None) -> _Model:
     """The bundle's encoder (torch-free) or a run dir's best checkpoint."""
     from proxyembed.runtime import BadInput, Encoder
     from proxyembed.runtime.manifest import MANIFEST_NAME
+    from proxyembed.training.run_dir import CONFIG_NAME
 
     if (source / MANIFEST_NAME).is_file():
         encoder = Encoder(source, precision=precision, threads=threads)  # type: ignore[arg-type]
         err_console.print(f"encoder: {encoder.describe()}", highlight=False)
         info = {**encoder.bundle.signature, "bundle": str(encoder.bundle.path), "precision": encoder.precision}
         return _Model(encoder.dim, info, encoder.bundle.manifest.preprocess, encoder.encode_batch)
-    if (source / "config.json").is_file():
+    if (source / CONFIG_NAME).is_file():
         return _run_model(source)
-    raise BadInput(f"{source} is neither a bundle ({MANIFEST_NAME}) nor a run dir (config.json)", hint="give `proxyembed export` or `train` output")
+    raise BadInput(f"{source} is neither a bundle ({MANIFEST_NAME}) nor a run dir ({CONFIG_NAME})", hint="give `proxyembed export` or `train` output")
 
 
 def _run_model(run_dir: Path) -> _Model:

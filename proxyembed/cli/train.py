@@ -164,14 +164,15 @@ def eval_cmd(
     from rich.table import Table
 
     from proxyembed.data import resolve_data
-    from proxyembed.training.checkpoint import BEST, LAST, load_checkpoint
+    from proxyembed.training.checkpoint import load_checkpoint
+    from proxyembed.training.device import select_device
     from proxyembed.training.evaluate import evaluate_model
-    from proxyembed.training.trainer import _select_device
+    from proxyembed.training.run_dir import BEST, LAST
 
     ckpt = load_checkpoint(run, prefer=LAST if last else BEST)
     spec_data = data or ckpt.config.get("data", "synthetic")
     split = resolve_data(spec_data, eval_data=eval_data if data else (eval_data or ckpt.config.get("eval_data")))
-    dev = _select_device(device)
+    dev = select_device(device)
     metrics = evaluate_model(ckpt.build_model().to(dev), split, ckpt.preprocess, device=dev)
     if as_json:
         print_json({"checkpoint": str(ckpt.path), "epoch": ckpt.epoch, "data": split.fingerprint(), "metrics": metrics})
@@ -191,8 +192,8 @@ def data_cmd(
     force: Annotated[bool, typer.Option("--force", help="Write into an existing non-empty folder.")] = False,
 ) -> None:
     """Write the built-in synthetic dataset to disk as image folders (for index, search and check)."""
-    from proxyembed.data.export_folder import write_split
-    from proxyembed.data.spec import resolve_data
+    from proxyembed.data.resolve import resolve_data
+    from proxyembed.data.write_folders import write_split
     from proxyembed.runtime.errors import BadInput
 
     if not (spec == "synthetic" or spec.startswith("synthetic:")):

@@ -4,6 +4,7 @@ Training wraps them in a torch Dataset (``proxyembed.data.torch_dataset``); eval
 validation, calibration and ``proxyembed check`` read them through the runtime's preprocessing only.
 """
 
-from .spec import DataSplit, Sample, resolve_data, resolve_eval_data
+from .resolve import resolve_data, resolve_eval_data
+from .types import DataSplit, Sample
 
 __all__ = ["DataSplit", "Sample", "resolve_data", "resolve_eval_data"]

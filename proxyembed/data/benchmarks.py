@@ -23,7 +23,7 @@ import numpy as np
 
 from proxyembed.runtime.errors import BadInput, require
 
-from .spec import DataSplit, Sample
+from .types import DataSplit, Sample
 
 # A listed image is one of these parts; "eval" is all-vs-all, "query"/"gallery" is In-Shop's protocol.
 _PARTS = ("train", "eval", "query", "gallery")

@@ -12,20 +12,9 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.images import IMAGE_EXTENSIONS, image_files
 
-from .spec import DataSplit, Sample
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted, hidden files ignored."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
+from .types import DataSplit, Sample
 
 def readable(path: Path) -> bool:
     """Whether PIL can identify the file as an image (reads the header only, so it is fast)."""
@@ -37,7 +26,6 @@ def readable(path: Path) -> bool:
         return False
 
 
-
 def class_folders(root: Path) -> dict[str, list[Path]]:
     """Map class name -> readable images, with warnings collected by the caller."""
     if not root.is_dir():
@@ -45,7 +33,7 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise BadInput(f"data folder '{root}' has no class subfolders", hint="put each class's images in a subfolder named after the class")
-    return {c.name: list_images(c) for c in classes}
+    return {c.name: [c / rel for rel in image_files(c)] for c in classes}
 
 
 def _scan(root: Path, warnings: list[str]) -> dict[str, list[Path]]:
@@ -66,7 +54,7 @@ def _scan(root: Path, warnings: list[str]) -> dict[str, list[Path]]:
     if empty:
         warnings.append(f"skipped {len(empty)} class folder(s) with no readable image in {root}: {', '.join(empty[:5])}")
     if not out:
-        raise BadInput(f"data folder '{root}' holds no readable images", hint=f"supported: {', '.join(sorted(IMAGE_SUFFIXES))}")
+        raise BadInput(f"data folder '{root}' holds no readable images", hint=f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")
     return out
 
 

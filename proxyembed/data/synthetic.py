@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import PreprocessSpec
 
-from .spec import DataSplit, Sample
+from .types import DataSplit, Sample
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "diamond", "arrow", "crescent")
 PATTERNS = ("solid", "stripes", "checker", "dots", "half")

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec, load_image
 
-from .spec import Sample
+from .types import Sample
 
 # Training augmentation presets: (random-resized-crop scale or None for the evaluation geometry, flip,
 # colour jitter). "standard" is the Proxy-Anchor / ImageNet recipe; docs/defaults.md has the measurements.

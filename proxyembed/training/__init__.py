@@ -1,1 +1,5 @@
-"""Training: config, checkpoints, the trainer loop and evaluation (imports torch)."""
+"""Training: config, the run dir, checkpoints, the trainer loop and evaluation.
+
+``config`` and ``run_dir`` are torch-free (a run dir can be read where only the runtime is installed);
+the rest imports torch.
+"""

@@ -1,14 +1,13 @@
-"""Checkpoints: tensors and plain data only, written atomically.
+"""Checkpoint files: tensors and plain data only, written atomically.
 
-A checkpoint loads with ``torch.load(weights_only=True)``: nothing is unpickled but tensors, numbers,
-strings, lists and dicts. It carries what export and eval need to rebuild the network without the run's
-config file: the model config, the preprocessing spec, the proxies (inside the loss state) and metrics.
-``last.pt`` also holds optimizer and scheduler state for ``--resume``.
+What a checkpoint holds (:class:`~.run_dir.CheckpointPayload`) and where it sits in a run dir are
+:mod:`.run_dir`'s; this module writes and loads the files, and so imports torch. A checkpoint loads
+with ``torch.load(weights_only=True)``: nothing is unpickled but tensors, numbers, strings, lists and
+dicts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,30 +17,18 @@ import torch
 
 from proxyembed.models import Embedder, ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.files import atomic_write
+from proxyembed.runtime.files import atomic_write, sha256_file
 from proxyembed.runtime.preprocess import PreprocessSpec
 
+from .run_dir import BEST, find_checkpoint
+
 CHECKPOINT_FORMAT = 1
-BEST, LAST = "best.pt", "last.pt"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format version) to ``path`` via a temp file and ``os.replace``."""
     payload = {"format_version": CHECKPOINT_FORMAT, **payload}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def find_checkpoint(run_or_file: str | os.PathLike, prefer: str = BEST) -> Path:
-    """The checkpoint file for a run dir (best, else last) or the file itself."""
-    p = Path(run_or_file)
-    if p.is_file():
-        return p
-    if not p.exists():
-        raise BadInput(f"'{p}' does not exist", hint="give a run dir written by `proxyembed train` or a .pt checkpoint")
-    for name in (prefer, LAST if prefer == BEST else BEST):
-        if (p / name).is_file():
-            return p / name
-    raise BadInput(f"run dir '{p}' holds no checkpoint ({BEST} or {LAST})", hint="did training finish its first epoch? re-run `proxyembed train`")
 
 
 @dataclass
@@ -73,11 +60,7 @@ class Checkpoint:
 
     def sha256(self) -> str:
         """Hex digest of the checkpoint file (recorded in bundles to trace them to their source)."""
-        h = hashlib.sha256()
-        with open(self.path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(self.path)
 
     def build_model(self) -> Embedder:
         """The embedding network with this checkpoint's weights, in eval mode, on the CPU."""

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from proxyembed.data.spec import DataSplit, Sample
+from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.metrics import NmiMode
 from proxyembed.runtime.preprocess import PreprocessSpec
@@ -90,19 +90,6 @@ def world_from_env(environ: Mapping[str, str] = os.environ) -> World:
 def is_main_process() -> bool:
     """Whether this process should print results (rank 0, or not launched by torchrun)."""
     return world_from_env().is_main
-
-
-def select_device(world: World, device: torch.device) -> torch.device:
-    """``cuda:LOCAL_RANK`` for a multi-process CUDA run (and make it current); ``device`` otherwise."""
-    if not world.distributed or device.type != "cuda":
-        return device
-    if world.local_rank >= torch.cuda.device_count():
-        raise BadInput(
-            f"LOCAL_RANK {world.local_rank} but this machine has {torch.cuda.device_count()} CUDA device(s)",
-            hint="use --nproc-per-node at most the number of GPUs per machine",
-        )
-    torch.cuda.set_device(world.local_rank)
-    return torch.device("cuda", world.local_rank)
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from proxyembed.data.spec import DataSplit, Sample
+from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.evaluation import evaluate_split
 from proxyembed.runtime.metrics import NmiMode
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec

@@ -1,7 +1,9 @@
 """The training loop: proxy losses on a zero-shot split, evaluated on the unseen classes.
 
-Writes the run dir of DESIGN.md: ``config.json`` (resolved), ``metrics.jsonl`` (one line per epoch,
-epoch 0 = the untrained network), ``best.pt`` / ``last.pt`` and ``training_curves.png``. A killed run
+Writes the run dir of DESIGN.md (layout and payload: :mod:`.run_dir`): ``config.json`` (resolved),
+``metrics.jsonl`` (one line per epoch, epoch 0 = the untrained network), ``best.pt`` / ``last.pt`` and
+``training_curves.png``. The optimizer and schedule come from :mod:`.optim`, the device and autocast
+dtype from :mod:`.device`; this module keeps the loop. A killed run
 continues with ``resume=True`` from ``last.pt``; per-epoch reseeding makes the continuation draw the
 same batches and augmentations the uninterrupted run would have.
 
@@ -13,7 +15,6 @@ checkpoints hold the unwrapped network, so ``eval``, ``export`` and ``--resume``
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -31,12 +32,12 @@ from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, sharded
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput, ProxyEmbedError
-from proxyembed.runtime.files import atomic_write_text
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, nmi_wanted
 from proxyembed.runtime.preprocess import PreprocessSpec
 
-from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DEFAULT_EVAL_FIT, TrainConfig
+from .device import amp_dtype, select_device
 from .distributed import (
     all_reduce_mean,
     average_gradients,
@@ -44,7 +45,6 @@ from .distributed import (
     broadcast_from_main,
     evaluate_sharded,
     process_group,
-    select_device,
     shard_bounds,
     sync_batchnorm,
     unused_parameters,
@@ -52,9 +52,19 @@ from .distributed import (
     wrap_model,
 )
 from .evaluate import evaluate_model
+from .optim import build_optimizer, build_scheduler
 from .plots import plot_curves
-
-CONFIG_NAME, METRICS_NAME, CURVES_NAME = "config.json", "metrics.jsonl", "training_curves.png"
+from .run_dir import (
+    BEST,
+    CURVES_NAME,
+    LAST,
+    CheckpointPayload,
+    holds_run,
+    metrics_of,
+    read_history,
+    write_config,
+    write_history,
+)
 
 
 class TrainingFailed(ProxyEmbedError):
@@ -90,21 +100,6 @@ class Reporter:
         """An epoch's metrics.jsonl record."""
 
 
-def _select_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda: no CUDA device is available", hint="use --device cpu or auto")
-    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def _amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or choice == "none":
-        return None
-    if choice == "auto":
-        # By default is_bf16_supported() also counts bf16 emulated in fp32 (V100, T4): slower than fp16 there.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
-
-
 def eval_spec(cfg: TrainConfig, data_spec: PreprocessSpec | None) -> PreprocessSpec:
     """The evaluation transform of a run: sizes from the data (or ``image_size`` / ``resize``); the fit from
     ``eval_fit``, else the data's own, else the default."""
@@ -119,13 +114,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _read_history(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [h for h in lines if h["epoch"] <= up_to_epoch]
 
 
 class Trainer:
@@ -143,14 +131,14 @@ class Trainer:
             saved = TrainConfig.from_dict(self.resume_from.config, source=str(self.out / LAST))
             saved.epochs = max(cfg.epochs, saved.epochs) if cfg.epochs != TrainConfig.epochs else saved.epochs
             cfg = saved
-        elif self.out.exists() and any((self.out / n).exists() for n in (BEST, LAST, METRICS_NAME)):
+        elif holds_run(self.out):
             raise BadInput(f"--out '{self.out}' already holds a run", hint="pass --resume to continue it, or choose another --out")
         elif self.out.exists() and not self.out.is_dir():
             raise BadInput(f"--out '{self.out}' is a file", hint="give a folder path for the run dir")
         cfg.validate()
         self.cfg = cfg
-        self.device = select_device(self.world, _select_device(cfg.device))
-        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.device = select_device(cfg.device, self.world)
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed image size and batch: autotuned conv kernels pay off
         self.sync_bn = self.world.distributed and (self.device.type == "cuda" if cfg.sync_bn is None else cfg.sync_bn)
@@ -191,25 +179,8 @@ class Trainer:
         if cfg.channels_last and self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         self.loss_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
-        backbone = list(self.model.backbone.parameters())
-        groups = [
-            {"params": backbone, "lr": cfg.lr, "name": "backbone"},
-            {"params": list(self.model.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult, "name": "head"},
-            {"params": list(self.loss_fn.proxy_parameters()), "lr": cfg.lr * cfg.proxy_lr_mult, "name": "proxies", "weight_decay": 0.0},
-            # no weight decay on the loss's own weights either: the official NIR code gives its flow none
-            {"params": list(self.loss_fn.other_parameters()), "lr": cfg.lr * cfg.aux_lr_mult, "name": "loss", "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-        self.optimizer = optimizer([g for g in groups if g["params"]], weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-        if cfg.schedule == "cosine":
-            cosine = lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs))  # noqa: E731
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
-        elif cfg.schedule == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
-        elif cfg.schedule == "multistep":
-            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=cfg.milestones, gamma=cfg.step_gamma)
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0)
+        self.optimizer = build_optimizer(cfg, self.model, self.loss_fn)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.best_value = -math.inf
@@ -223,7 +194,7 @@ class Trainer:
             self.scaler.load_state_dict(d["scaler"])
             self.start_epoch = int(d["epoch"])
             self.best_value = float(d["best_value"])
-            self.history = _read_history(self.out / METRICS_NAME, self.start_epoch)
+            self.history = [h for h in read_history(self.out) if h["epoch"] <= self.start_epoch]
             self.reporter.log(f"resuming '{self.out}' after epoch {self.start_epoch}")
         broadcast_from_main([*self.loss_fn.parameters(), *self.loss_fn.buffers()], self.world)
         # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
@@ -342,34 +313,36 @@ class Trainer:
             self.reporter.advance(1, loss=total / count, ips=seen / (time.perf_counter() - t0))
         return total / max(count, 1), seen / (time.perf_counter() - t0)
 
-    def _payload(self, epoch: int, metrics: dict[str, float], full: bool) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model_config": self.model_config.to_dict(),
-            "model": self.model.state_dict(),
-            "loss_name": self.cfg.loss,
-            "loss": self.loss_fn.state_dict(),
-            "preprocess": self.spec.to_dict(),
-            "config": self.cfg.to_dict(),
-            "epoch": epoch,
-            "metrics": metrics,
-            "best_value": self.best_value,
-            "train_classes": self.dataset.num_classes,
-        }
+    def _payload(self, epoch: int, metrics: dict[str, float], full: bool) -> CheckpointPayload:
+        """This epoch's checkpoint contents; ``full`` adds the states ``--resume`` needs."""
+        payload = CheckpointPayload(
+            model_config=self.model_config.to_dict(),
+            model=self.model.state_dict(),
+            loss_name=self.cfg.loss,
+            loss=self.loss_fn.state_dict(),
+            preprocess=self.spec.to_dict(),
+            config=self.cfg.to_dict(),
+            epoch=epoch,
+            metrics=metrics,
+            best_value=self.best_value,
+            train_classes=self.dataset.num_classes,
+        )
         if full:
-            payload.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict())
+            payload.optimizer, payload.scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
+            payload.scaler = self.scaler.state_dict()
         return payload
 
     def _record(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         if self.world.is_main:
-            atomic_write_text(self.out / METRICS_NAME, "".join(json.dumps(h) + "\n" for h in self.history))
+            write_history(self.out, self.history)
             plot_curves(self.history, self.out / CURVES_NAME, title=f"{self.cfg.backbone} / {self.cfg.loss} on {self.data.name}")
         self.reporter.epoch_end(record)
 
     def _save(self, name: str, epoch: int, metrics: dict[str, float], full: bool) -> None:
         """Write a checkpoint of the unwrapped modules (no ``module.`` prefixes); rank 0 only."""
         if self.world.is_main:
-            save_checkpoint(self.out / name, self._payload(epoch, metrics, full))
+            save_checkpoint(self.out / name, self._payload(epoch, metrics, full).to_dict())
 
     def run(self) -> TrainResult:
         """Train for the configured epochs (continuing a resumed run) and return the metrics."""
@@ -381,7 +354,7 @@ class Trainer:
         barrier(self.world)  # every rank has checked --out and --resume before rank 0 writes into it
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / CONFIG_NAME, json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            write_config(self.out, self.cfg.to_dict())
         self.reporter.log(self.data.describe())
         amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
         self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
@@ -401,7 +374,7 @@ class Trainer:
                 raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
             self._record({"epoch": 0, "loss": None, **initial, "time_s": time.perf_counter() - t0})
         else:
-            initial = {k: v for k, v in self.history[0].items() if k not in ("epoch", "loss", "lr", "images_per_s", "time_s")} if self.history else {}
+            initial = metrics_of(self.history[0]) if self.history else {}
         last_metrics: dict[str, float] = {}
         for epoch in range(self.start_epoch + 1, self.cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -419,8 +392,7 @@ class Trainer:
             self._save(LAST, epoch, last_metrics, full=True)
             self._record(record)
         best_rec = max((h for h in self.history if metric in h and h["epoch"] > 0), key=lambda h: h[metric], default=self.history[-1])
-        keep = lambda h: {k: v for k, v in h.items() if k not in ("epoch", "loss", "lr", "images_per_s", "time_s")}  # noqa: E731
-        return TrainResult(self.out, initial, keep(self.history[-1]), keep(best_rec), best_rec["epoch"])
+        return TrainResult(self.out, initial, metrics_of(self.history[-1]), metrics_of(best_rec), best_rec["epoch"])
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:

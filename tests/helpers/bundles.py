@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, Manifest, sha256_file
+from proxyembed.runtime.files import sha256_file
+from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, Manifest
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
 INPUT, OUTPUT = "images", "embeddings"

@@ -14,7 +14,8 @@ import torch
 
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.preprocess import PreprocessSpec
-from proxyembed.training.checkpoint import BEST, save_checkpoint
+from proxyembed.training.checkpoint import save_checkpoint
+from proxyembed.training.run_dir import BEST
 
 
 def make_checkpoint(

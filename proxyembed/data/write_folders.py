@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .spec import DataSplit
+from .types import DataSplit
 
 
 def write_split(split: DataSplit, out: Path) -> int:

@@ -1,0 +1,54 @@
+"""The data model every loader builds and every consumer reads: a :class:`Sample` and a :class:`DataSplit`.
+
+Kept apart from the resolver (:mod:`.resolve`) so the loaders it dispatches to (:mod:`.synthetic`,
+:mod:`.folder`, :mod:`.benchmarks`) import these types without importing the resolver back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxyembed.runtime.preprocess import ImageLike, PreprocessSpec
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its class. ``source`` is a file path or an in-memory uint8 HxWxC array."""
+
+    source: ImageLike
+    label: int
+    key: str  # stable identifier: relative path, or "synthetic/<class>/<n>"
+
+
+@dataclass
+class DataSplit:
+    """Training and evaluation samples with disjoint classes.
+
+    In query->gallery mode (In-Shop) ``eval`` holds the queries and ``gallery`` the gallery.
+    ``preprocess`` is the evaluation transform that suits the data (the synthetic images are small).
+    """
+
+    name: str
+    train: list[Sample]
+    eval: list[Sample]
+    gallery: list[Sample] | None = None
+    class_names: dict[int, str] = field(default_factory=dict)
+    preprocess: PreprocessSpec | None = None
+    ks: tuple[int, ...] = (1, 2, 4, 8)
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        n_tr = len({s.label for s in self.train})
+        n_ev = len({s.label for s in self.eval})
+        return f"{self.name}: {len(self.train)} training images / {n_tr} classes, {len(self.eval)} evaluation images / {n_ev} classes"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """A digest of the evaluation file list and labels, to tell whether two runs used the same data."""
+        h = hashlib.sha256()
+        for part, samples in (("eval", self.eval), ("gallery", self.gallery or [])):
+            for s in samples:
+                h.update(f"{part}\t{s.key}\t{self.class_names.get(s.label, s.label)}\n".encode())
+        n_classes = len({s.label for s in self.eval})
+        return {"name": self.name, "sha256": h.hexdigest(), "images": len(self.eval) + len(self.gallery or []), "classes": n_classes}

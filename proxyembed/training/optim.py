@@ -1,0 +1,41 @@
+"""The optimizer and learning-rate schedule of a run, built from its config.
+
+Parameters fall into four groups with their own learning rates: the backbone (``lr``), the embedding
+head (``lr * head_lr_mult``), the proxies (``lr * proxy_lr_mult``) and the loss's other weights such as
+NIR's flow (``lr * aux_lr_mult``); proxies and loss weights get no weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from proxyembed.losses.base import MetricLoss
+from proxyembed.models import Embedder
+
+from .config import TrainConfig
+
+
+def build_optimizer(cfg: TrainConfig, model: Embedder, loss_fn: MetricLoss) -> torch.optim.Optimizer:
+    """Adam or AdamW (``cfg.optimizer``) over the non-empty parameter groups of ``model`` and ``loss_fn``."""
+    groups = [
+        {"params": list(model.backbone.parameters()), "lr": cfg.lr, "name": "backbone"},
+        {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult, "name": "head"},
+        {"params": list(loss_fn.proxy_parameters()), "lr": cfg.lr * cfg.proxy_lr_mult, "name": "proxies", "weight_decay": 0.0},
+        # no weight decay on the loss's own weights either: the official NIR code gives its flow none
+        {"params": list(loss_fn.other_parameters()), "lr": cfg.lr * cfg.aux_lr_mult, "name": "loss", "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return optimizer([g for g in groups if g["params"]], weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch schedule ``cfg.schedule``: cosine to zero at ``cfg.epochs``, step, multistep or constant."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs)))
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.step_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)

@@ -1,0 +1,104 @@
+"""The run dir (DESIGN.md, "Run dir"): its layout, the checkpoint payload and the history, torch-free.
+
+A run dir holds the resolved ``config.json``, ``metrics.jsonl`` (one JSON record per epoch; epoch 0 is
+the untrained network), ``best.pt`` / ``last.pt`` and ``training_curves.png``. The trainer writes it
+(rank 0 only) and :class:`proxyembed.Run`, ``eval``, ``export`` and ``--resume`` read it, all through the
+names and readers here, the way ``export/bundle.py`` and ``runtime/retriever.py`` own the bundle and
+the gallery. Nothing here imports torch, so a run dir can be inspected where only the runtime is
+installed; writing and loading the checkpoint files themselves is :mod:`.checkpoint`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxyembed.runtime.errors import BadInput, IntegrityError
+from proxyembed.runtime.files import atomic_write_text
+
+CONFIG_NAME, METRICS_NAME, CURVES_NAME = "config.json", "metrics.jsonl", "training_curves.png"
+BEST, LAST = "best.pt", "last.pt"
+BOOKKEEPING = ("epoch", "loss", "lr", "images_per_s", "time_s")
+"""The keys of a metrics.jsonl record that are not retrieval metrics."""
+
+
+@dataclass
+class CheckpointPayload:
+    """What a checkpoint holds: tensors and plain data only, so it loads with ``torch.load(weights_only=True)``.
+
+    The model config, weights, preprocessing spec and the proxies (inside the loss state) let export and
+    eval rebuild the network without the run's config file; ``last.pt`` also holds the optimizer,
+    scheduler and gradient-scaler states that ``--resume`` needs (``None`` in ``best.pt``).
+    """
+
+    model_config: dict[str, Any]
+    model: dict[str, Any]
+    loss_name: str
+    loss: dict[str, Any]
+    preprocess: dict[str, Any]
+    config: dict[str, Any]
+    epoch: int
+    metrics: dict[str, float]
+    best_value: float
+    train_classes: int
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The payload as the dict a checkpoint file stores (resume states only when present)."""
+        return {k: v for k, v in vars(self).items() if v is not None or k not in ("optimizer", "scheduler", "scaler")}
+
+
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` already holds (part of) a run: a checkpoint or a metrics history."""
+    return path.exists() and any((path / name).exists() for name in (BEST, LAST, METRICS_NAME))
+
+
+def find_checkpoint(run_or_file: str | os.PathLike, prefer: str = BEST) -> Path:
+    """The checkpoint file for a run dir (``prefer``, else the other one) or the file itself."""
+    p = Path(run_or_file)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise BadInput(f"'{p}' does not exist", hint="give a run dir written by `proxyembed train` or a .pt checkpoint")
+    for name in (prefer, LAST if prefer == BEST else BEST):
+        if (p / name).is_file():
+            return p / name
+    raise BadInput(f"run dir '{p}' holds no checkpoint ({BEST} or {LAST})", hint="did training finish its first epoch? re-run `proxyembed train`")
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write the resolved training config to ``config.json`` atomically."""
+    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` with ``history`` atomically (one JSON record a line)."""
+    atomic_write_text(run_dir / METRICS_NAME, "".join(json.dumps(h) + "\n" for h in history))
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The ``metrics.jsonl`` records, one per epoch; none when the run has not recorded any yet.
+
+    A line that is not JSON is an :class:`IntegrityError` naming the file and line.
+    """
+    path = run_dir / METRICS_NAME
+    if not path.is_file():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise IntegrityError(f"{path}:{n} is not JSON ({exc.msg})", hint="the run was cut off mid-write; re-run with --resume") from exc
+    return records
+
+
+def metrics_of(record: dict[str, Any]) -> dict[str, float]:
+    """The retrieval metrics of a metrics.jsonl record, without its bookkeeping (epoch, loss, lr, speed, time)."""
+    return {k: v for k, v in record.items() if k not in BOOKKEEPING}
