@@ -43,7 +43,8 @@ FORMAT_VERSION = 2  # 2: sealed sidecar, live items only with their labels, reco
 # Chosen from benchmarks/index_speed.py (results/index_speed.md): the smallest ef with recall@10 >= 0.99
 # against exact search on clustered unit vectors, dim 128, M=16, ef_construction=200 — at 100k items
 # ef=32 gives 0.985 and ef=64 0.994 (10k: 0.9992 / 0.9997). At 1M items (results/index_speed_1m.md) M=16
-# tops out at 0.974 even with ef=256: galleries that large want M=32 and a larger ef, measured on them.
+# tops out at 0.974 even with ef=256: galleries that large want M=32 and a larger ef, measured on them
+# (M=32 at 1M: ef=512 gives 0.993, the calibrated ef=1024 0.998).
 DEFAULT_EF = 64
 # M=16 reaches 0.99 at 100k; at 1M it stalls below it (0.974 at ef=256), so larger galleries get M=32.
 # M is fixed when the graph is built: pass the expected size as ``capacity`` so the choice is right.
