@@ -54,7 +54,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -146,8 +145,8 @@ class ProxyNCALoss(ProxyLoss):
         if not len(idle) or not crowded.any():
             return
         rows = torch.nonzero(crowded).flatten()
-        _, first = np.unique(labels[rows].cpu().numpy(), return_index=True)  # one sample per crowded class
-        picked = rows[torch.as_tensor(np.sort(first), device=rows.device)][: len(idle)]
+        seen = labels[rows][:, None] == labels[rows][None, :]
+        picked = rows[~torch.tril(seen, diagonal=-1).any(dim=1)][: len(idle)]  # one sample per crowded class, the first
         targets = idle[: len(picked)]
         self.proxies[targets] = (x[picked] * self.proxies.norm(dim=1).mean()).to(self.proxies.dtype)
         self.idle_steps[targets] = 0
