@@ -12,7 +12,8 @@ epochs, batch and embedding size. Both are scored on the unseen classes with the
 
 ``--tune KEY=VALUE,...`` instead runs proxyembed variants with ``--val-fraction 0.2`` and reports the
 metrics on the held-out *training* classes only, which is how the defaults were chosen (docs/defaults.md):
-the unseen classes never decide a default.
+the unseen classes never decide a default. ``--tune reference[,sampler=random,weight_decay=X]`` scores the
+reference loop (or a variant of it) on the same validation classes.
 
 Results: benchmarks/results/reference_pml.{md,json} (tuning: reference_pml_tune.{md,json}).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -39,7 +41,7 @@ from proxyembed.data import resolve_data  # noqa: E402
 from proxyembed.data.types import DataSplit, Sample  # noqa: E402
 from proxyembed.runtime.metrics import retrieval_metrics  # noqa: E402
 from proxyembed.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image  # noqa: E402
-from proxyembed.training.config import TrainConfig  # noqa: E402
+from proxyembed.training.config import resolve_config  # noqa: E402
 from proxyembed.training.trainer import train  # noqa: E402
 
 CALTECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "caltech101"
@@ -58,8 +60,15 @@ def _tensors(samples: list[Sample], size: int) -> tuple[torch.Tensor, torch.Tens
     return torch.stack(xs), torch.tensor([s.label for s in samples])
 
 
-def reference_run(split: DataSplit, size: int, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str) -> dict[str, Any]:
-    """Train and evaluate the plain PML + timm loop; returns metrics, wall time and training images/s."""
+def reference_run(
+    split: DataSplit, size: int, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, knobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train and evaluate the plain PML + timm loop; returns metrics, wall time and training images/s.
+
+    ``knobs`` (tuning only, never in the comparison) move the reference one step towards proxyembed to find
+    which difference matters: ``sampler=random``, ``weight_decay=...``.
+    """
+    knobs = knobs or {}
     import timm
     from pytorch_metric_learning import losses, samplers
 
@@ -71,8 +80,11 @@ def reference_run(split: DataSplit, size: int, loss: str, seed: int, epochs: int
     model = timm.create_model(backbone, pretrained=False, num_classes=dim)
     loss_cls = {"proxy_anchor": losses.ProxyAnchorLoss, "proxy_nca": losses.ProxyNCALoss}[loss]
     loss_fn = loss_cls(num_classes=len(classes), embedding_size=dim)
-    opt = torch.optim.AdamW([{"params": model.parameters(), "lr": 1e-3}, {"params": loss_fn.parameters(), "lr": 0.1}])
-    sampler = samplers.MPerClassSampler(y_train.tolist(), m=4, batch_size=batch, length_before_new_iter=len(y_train))
+    groups = [{"params": model.parameters(), "lr": 1e-3}, {"params": loss_fn.parameters(), "lr": 0.1}]
+    opt = torch.optim.AdamW(groups, weight_decay=knobs.get("weight_decay", 0.01))
+    sampler: Any = samplers.MPerClassSampler(y_train.tolist(), m=4, batch_size=batch, length_before_new_iter=len(y_train))
+    if knobs.get("sampler") == "random":
+        sampler = torch.utils.data.RandomSampler(range(len(y_train)), generator=torch.Generator().manual_seed(seed))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train, y_train), batch_size=batch, sampler=sampler, drop_last=True)
     seen, t_train = 0, 0.0
     for _ in range(epochs):
@@ -105,7 +117,7 @@ def proxyembed_run(
         settings["image_size"] = size
     if val:
         settings["val_fraction"] = 0.2
-    cfg = TrainConfig.from_dict({**settings, **overrides})
+    cfg = resolve_config({**settings, **overrides})  # as `proxyembed train` resolves it, the loss's own defaults included
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         result = train(cfg, Path(tmp) / "run")
@@ -139,7 +151,7 @@ def _data_spec(dataset: str, work: Path, per_class: int | None) -> str:
 
 def _parse_overrides(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for part in filter(None, text.split(",")):
+    for part in filter(None, re.split(r",(?![^\[{]*[\]}])", text)):  # commas inside [..] / {..} are values
         key, _, value = part.partition("=")
         try:
             out[key] = json.loads(value)
@@ -252,6 +264,15 @@ def _combine(args: argparse.Namespace) -> None:
     print(md)
 
 
+def _validation_split(split: DataSplit, fraction: float = 0.2) -> DataSplit:
+    """The training classes split as ``proxyembed train --val-fraction`` splits them (the last fifth held out),
+    so the reference loop can be scored on the same validation classes as the tuned variants."""
+    classes = sorted({s.label for s in split.train})
+    held = set(classes[-round(len(classes) * fraction) :])
+    train = [s for s in split.train if s.label not in held]
+    return DataSplit(name=f"{split.name} validation classes", train=train, eval=[s for s in split.train if s.label in held], ks=split.ks)
+
+
 def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) -> None:
     """proxyembed variants scored on held-out training classes (never the unseen ones)."""
     rows = []
@@ -263,7 +284,14 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
                 for loss in args.losses:
                     runs = []
                     for seed in args.seeds:
-                        run = proxyembed_run(data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, overrides, val=True)
+                        if "reference" in overrides:
+                            knobs = {k: v for k, v in overrides.items() if k != "reference"}
+                            val_split = _validation_split(resolve_data(data[dataset]))
+                            run = reference_run(val_split, size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, knobs)
+                        else:
+                            run = proxyembed_run(
+                                data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, overrides, val=True
+                            )
                         runs.append(run)
                         print(f"[{variant}] {dataset} {size} {loss} seed {seed}: val R@1 {runs[-1]['metrics']['recall@1']:.4f} "
                               f"MAP@R {runs[-1]['metrics']['map@r']:.4f} ({runs[-1]['wall_s']:.0f} s)", flush=True)

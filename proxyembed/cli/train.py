@@ -51,6 +51,9 @@ def train_cmd(
     ] = _DEFAULTS.schedule,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Epochs with the backbone frozen at the start.")] = _DEFAULTS.warmup_epochs,
     freeze_bn: Annotated[bool, typer.Option("--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed.")] = _DEFAULTS.freeze_bn,
+    ema_decay: Annotated[
+        float, typer.Option("--ema-decay", help="Evaluate, save and export a moving average of the weights with this decay (0: off).")
+    ] = _DEFAULTS.ema_decay,
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Model input size (square) for training and evaluation (default: the data's).")
     ] = None,
@@ -112,7 +115,8 @@ def train_cmd(
         data=data, eval_data=eval_data, backbone=backbone, pretrained=pretrained, pool=pool, embedding_dim=embedding_dim,
         loss=loss, loss_params=params or None, epochs=epochs, batch_size=batch_size, sampler=sampler,
         samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, aux_lr_mult=aux_lr_mult, weight_decay=weight_decay,
-        optimizer=optimizer, adam_eps=adam_eps, schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, image_size=image_size,
+        optimizer=optimizer, adam_eps=adam_eps, schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, ema_decay=ema_decay,
+        image_size=image_size,
         augment=augment, crop_scale=_pair(crop_scale, "--crop-scale"), hflip=hflip, eval_fit=eval_fit, resize=resize,
         eval_every=eval_every, nmi=nmi, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
         sync_bn=sync_bn,

@@ -32,8 +32,9 @@ Amp = Literal["auto", "bf16", "fp16", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Augment = Literal["none", "light", "standard", "strong"]
 EvalFit = Literal["center_crop", "squash", "letterbox"]
-# Chosen on held-out training classes of real photos (docs/defaults.md): it never cuts the object off.
-DEFAULT_EVAL_FIT: EvalFit = "letterbox"
+# Chosen on held-out training classes of real photos (docs/defaults.md): it never cuts the object off and,
+# unlike letterbox, spends every pixel on the image (+1.6 R@1 over letterbox, 4 seeds).
+DEFAULT_EVAL_FIT: EvalFit = "squash"
 
 
 @dataclass
@@ -68,6 +69,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # epochs where "multistep" multiplies the lr by step_gamma
     warmup_epochs: int = 0
     freeze_bn: bool = False
+    # Exponential moving average of the weights, evaluated, saved and exported instead of the last step's
+    # weights; 0 turns it off (docs/defaults.md has the measurement behind the default).
+    ema_decay: float = 0.0
     grad_clip: float = 10.0
     image_size: int | None = None  # model input size, training and evaluation; default from the data
     resize: int | None = None  # evaluation resize of the shorter side before a centre crop; default from the data
@@ -108,6 +112,8 @@ class TrainConfig:
             lo, hi = self.crop_scale
             if not 0 < lo <= hi <= 1:
                 raise BadInput(f"--crop-scale {lo},{hi} must satisfy 0 < low <= high <= 1", hint="e.g. --crop-scale 0.5,1")
+        if not 0 <= self.ema_decay < 1:
+            raise BadInput(f"ema_decay must be in [0, 1), got {self.ema_decay}", hint="e.g. 0.99; 0 turns weight averaging off")
         if not self.adam_eps > 0:
             raise BadInput(f"--adam-eps must be positive, got {self.adam_eps}")
         if self.schedule == "multistep" and (not self.milestones or self.milestones != sorted(set(self.milestones)) or self.milestones[0] < 1):
@@ -190,15 +196,20 @@ def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> Trai
     """Defaults, then the loss's own training defaults, then the recipe, then explicit CLI values.
 
     ``None`` in ``overrides`` means "not given". A loss's training defaults (``MetricLoss.train_defaults``,
-    e.g. ProxyNCA++'s fast proxies) replace the generic ones, so ``--loss proxy_nca++`` alone trains as its
-    paper does; a recipe or an explicit option still wins.
+    e.g. ProxyNCA++'s fast proxies, Proxy-Anchor's measured ``alpha``) replace the generic ones, so
+    ``--loss proxy_nca++`` alone trains as its paper does; a recipe or an explicit option still wins.
+    ``loss_params`` merge key by key, so ``--loss-param delta=0.2`` keeps the default ``alpha``.
     """
     from proxyembed.losses import loss_train_defaults
 
     given = {k: v for k, v in overrides.items() if v is not None}
     chosen = load_recipe(recipe) if recipe else {}
     loss = given.get("loss", chosen.get("loss", TrainConfig.loss))
-    merged: dict[str, Any] = {**loss_train_defaults(loss), **chosen, **given}
+    layers = (loss_train_defaults(loss), chosen, given)
+    merged: dict[str, Any] = {k: v for layer in layers for k, v in layer.items()}
+    params = [layer["loss_params"] for layer in layers if isinstance(layer.get("loss_params"), dict)]
+    if params:  # one parameter given does not drop the loss's other defaults
+        merged["loss_params"] = {k: v for p in params for k, v in p.items()}
     cfg = TrainConfig.from_dict(merged, source=f"recipe '{recipe}'" if recipe else "options")
     cfg.validate()
     return cfg

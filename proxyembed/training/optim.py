@@ -7,6 +7,7 @@ NIR's flow (``lr * aux_lr_mult``); proxies and loss weights get no weight decay.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -39,3 +40,29 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch
     if cfg.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.step_gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights and BatchNorm statistics.
+
+    Short runs at a constant learning rate end wherever the last noisy steps left them; the average is a
+    smoother point of the same trajectory, costs no inference time (it is the same network) and is what
+    evaluation, ``best.pt`` and export use. The decay ramps up from 0.1 (``(1 + n) / (10 + n)`` after ``n``
+    updates) so the random initial weights do not linger in the average of a run of a few hundred steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0) -> None:
+        self.decay = decay
+        self.updates = updates
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Move the average towards ``model``'s current weights (after an optimizer step)."""
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur.detach(), 1 - d)
+            else:  # BatchNorm's step counters
+                avg.copy_(cur)

@@ -25,6 +25,9 @@ BOOKKEEPING = ("epoch", "loss", "lr", "images_per_s", "time_s")
 """The keys of a metrics.jsonl record that are not retrieval metrics."""
 
 
+_OPTIONAL = ("optimizer", "scheduler", "scaler", "training_model", "ema_updates")
+
+
 @dataclass
 class CheckpointPayload:
     """What a checkpoint holds: tensors and plain data only, so it loads with ``torch.load(weights_only=True)``.
@@ -47,10 +50,14 @@ class CheckpointPayload:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
+    # With --ema-decay, ``model`` holds the averaged weights (what eval and export use) and a full checkpoint
+    # also holds the weights the optimizer steps and the number of averaging updates, for --resume.
+    training_model: dict[str, Any] | None = None
+    ema_updates: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The payload as the dict a checkpoint file stores (resume states only when present)."""
-        return {k: v for k, v in vars(self).items() if v is not None or k not in ("optimizer", "scheduler", "scaler")}
+        """The payload as the dict a checkpoint file stores (resume and averaging states only when present)."""
+        return {k: v for k, v in vars(self).items() if v is not None or k not in _OPTIONAL}
 
 
 def holds_run(path: Path) -> bool:

@@ -52,7 +52,7 @@ from .distributed import (
     wrap_model,
 )
 from .evaluate import evaluate_model
-from .optim import build_optimizer, build_scheduler
+from .optim import WeightAverage, build_optimizer, build_scheduler
 from .plots import plot_curves
 from .run_dir import (
     BEST,
@@ -185,9 +185,13 @@ class Trainer:
         self.start_epoch = 0
         self.best_value = -math.inf
         self.history: list[dict[str, Any]] = []
-        if self.resume_from is not None:
-            d = self.resume_from.data
-            self.model.load_state_dict(d["model"])
+        d = self.resume_from.data if self.resume_from is not None else {}
+        if d:
+            self.model.load_state_dict(d.get("training_model", d["model"]))
+        self.ema = WeightAverage(self.model, cfg.ema_decay, updates=d.get("ema_updates", 0)) if cfg.ema_decay else None
+        if self.ema and "training_model" in d:
+            self.ema.model.load_state_dict(d["model"])
+        if d:
             self.loss_fn.load_state_dict(d["loss"])
             self.optimizer.load_state_dict(d["optimizer"])
             self.scheduler.load_state_dict(d["scheduler"])
@@ -242,6 +246,11 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         return DataLoader(self.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen, **kw)
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The network evaluation, checkpoints and export see: the weight average when there is one."""
+        return self.ema.model if self.ema else self.model
+
     # ---- the loop ----------------------------------------------------------------------------
     def _evaluate(self, epoch: int) -> dict[str, float]:
         """Test-class metrics, plus ``val/``-prefixed ones when validation classes are held out.
@@ -253,15 +262,15 @@ class Trainer:
         sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
-        broadcast_from_main(self.model.buffers(), self.world)
+        broadcast_from_main(self.eval_model.buffers(), self.world)
         out: dict[str, float] = {}
         for prefix, split in splits:
             # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
             kw: dict[str, Any] = dict(device=self.device, nmi=self.cfg.nmi, on_batch=lambda k: self.reporter.advance(k))
             if self.world.distributed:
-                metrics = evaluate_sharded(self.model, split, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
+                metrics = evaluate_sharded(self.eval_model, split, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
             else:
-                metrics = evaluate_model(self.model, split, self.spec, **kw)
+                metrics = evaluate_model(self.eval_model, split, self.spec, **kw)
             out.update({prefix + k: v for k, v in metrics.items()})
         return out
 
@@ -307,6 +316,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema:
+                self.ema.update(self.model)
             total += mean_loss.item() * len(x)
             count += len(x)
             seen += len(x) * world.size  # every rank steps with an equal batch
@@ -317,7 +328,7 @@ class Trainer:
         """This epoch's checkpoint contents; ``full`` adds the states ``--resume`` needs."""
         payload = CheckpointPayload(
             model_config=self.model_config.to_dict(),
-            model=self.model.state_dict(),
+            model=self.eval_model.state_dict(),
             loss_name=self.cfg.loss,
             loss=self.loss_fn.state_dict(),
             preprocess=self.spec.to_dict(),
@@ -330,6 +341,8 @@ class Trainer:
         if full:
             payload.optimizer, payload.scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
             payload.scaler = self.scaler.state_dict()
+            if self.ema:
+                payload.training_model, payload.ema_updates = self.model.state_dict(), self.ema.updates
         return payload
 
     def _record(self, record: dict[str, Any]) -> None:
