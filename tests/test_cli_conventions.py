@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import proxyembed
 from proxyembed.cli import app, main
 from proxyembed.training import trainer
-from proxyembed.training.config import TrainConfig
+from proxyembed.training.config import TrainConfig, resolve_config
 from proxyembed.training.trainer import TrainResult
 
 runner = CliRunner()
@@ -113,7 +113,7 @@ def test_recipe_is_overridden_only_by_options_given(fake_training: list[TrainCon
     cfg = fake_training[-1]
     assert (cfg.freeze_bn, cfg.lr, cfg.epochs) == (False, 1e-3, 60)  # a typed value equal to the default still wins
     assert runner.invoke(app, ["train", "--out", out]).exit_code == 0
-    assert fake_training[-1] == TrainConfig()
+    assert fake_training[-1] == resolve_config({})  # the defaults, the loss's own included
 
 
 def test_train_json_prints_only_the_summary(fake_training: list[TrainConfig], tmp_path: Path) -> None:
