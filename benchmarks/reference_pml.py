@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
-from proxyembed.data.types import DataSplit, Sample  # noqa: E402
+from proxyembed.data.types import DataSplit, Sample, hold_out_classes  # noqa: E402
 from proxyembed.runtime.metrics import retrieval_metrics  # noqa: E402
 from proxyembed.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image  # noqa: E402
 from proxyembed.training.config import resolve_config  # noqa: E402
@@ -264,19 +264,15 @@ def _combine(args: argparse.Namespace) -> None:
     print(md)
 
 
-def _validation_split(split: DataSplit, fraction: float = 0.2) -> DataSplit:
-    """The training classes split as ``proxyembed train --val-fraction`` splits them (the last fifth held out),
-    so the reference loop can be scored on the same validation classes as the tuned variants."""
-    classes = sorted({s.label for s in split.train})
-    held = set(classes[-round(len(classes) * fraction) :])
-    train = [s for s in split.train if s.label not in held]
-    return DataSplit(name=f"{split.name} validation classes", train=train, eval=[s for s in split.train if s.label in held], ks=split.ks)
-
-
 def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) -> None:
     """proxyembed variants scored on held-out training classes (never the unseen ones)."""
     rows = []
     lines: list[str] = []
+    val_splits = {}  # the reference's validation split per dataset, resolved once
+    for dataset in args.datasets:
+        full = resolve_data(data[dataset])
+        rest, held = hold_out_classes(full.train, 0.2)
+        val_splits[dataset] = DataSplit(name=f"{full.name} validation classes", train=rest, eval=held, ks=full.ks)
     for variant in args.tune:
         overrides = _parse_overrides(variant)
         for dataset in args.datasets:
@@ -286,8 +282,7 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
                     for seed in args.seeds:
                         if "reference" in overrides:
                             knobs = {k: v for k, v in overrides.items() if k != "reference"}
-                            val_split = _validation_split(resolve_data(data[dataset]))
-                            run = reference_run(val_split, size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, knobs)
+                            run = reference_run(val_splits[dataset], size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, knobs)
                         else:
                             run = proxyembed_run(
                                 data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, overrides, val=True

@@ -52,3 +52,11 @@ class DataSplit:
                 h.update(f"{part}\t{s.key}\t{self.class_names.get(s.label, s.label)}\n".encode())
         n_classes = len({s.label for s in self.eval})
         return {"name": self.name, "sha256": h.hexdigest(), "images": len(self.eval) + len(self.gallery or []), "classes": n_classes}
+
+
+def hold_out_classes(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
+    """``samples`` split by class: the rest, and the last ``fraction`` of the sorted class labels held out
+    (how ``--val-fraction`` picks its validation classes; the reference benchmark scores on the same)."""
+    classes = sorted({s.label for s in samples})
+    held = set(classes[len(classes) - round(len(classes) * fraction) :])
+    return [s for s in samples if s.label not in held], [s for s in samples if s.label in held]

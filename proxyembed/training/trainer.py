@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from proxyembed.data import DataSplit, resolve_data
 from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, sharded_shuffle, train_transform
+from proxyembed.data.types import hold_out_classes
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput, ProxyEmbedError
@@ -188,10 +189,6 @@ class Trainer:
         d = self.resume_from.data if self.resume_from is not None else {}
         if d:
             self.model.load_state_dict(d.get("training_model", d["model"]))
-        self.ema = WeightAverage(self.model, cfg.ema_decay, updates=d.get("ema_updates", 0)) if cfg.ema_decay else None
-        if self.ema and "training_model" in d:
-            self.ema.model.load_state_dict(d["model"])
-        if d:
             self.loss_fn.load_state_dict(d["loss"])
             self.optimizer.load_state_dict(d["optimizer"])
             self.scheduler.load_state_dict(d["scheduler"])
@@ -200,6 +197,9 @@ class Trainer:
             self.best_value = float(d["best_value"])
             self.history = [h for h in read_history(self.out) if h["epoch"] <= self.start_epoch]
             self.reporter.log(f"resuming '{self.out}' after epoch {self.start_epoch}")
+        self.ema = WeightAverage(self.model, cfg.ema_decay, updates=d.get("ema_updates", 0)) if cfg.ema_decay else None
+        if self.ema and "training_model" in d:  # an averaged run: its "model" is the average
+            self.ema.model.load_state_dict(d["model"])
         broadcast_from_main([*self.loss_fn.parameters(), *self.loss_fn.buffers()], self.world)
         # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
         self.train_model = wrap_model(self.model, self.world, self.device, find_unused=cfg.warmup_epochs > 0)
@@ -220,9 +220,7 @@ class Trainer:
                 f"--val-fraction {self.cfg.val_fraction} leaves {n_val} validation and {len(classes) - n_val} training classes",
                 hint="each side needs at least 2 classes; change --val-fraction",
             )
-        val_classes = set(classes[-n_val:])
-        val = [s for s in self.data.train if s.label in val_classes]
-        self.data.train = [s for s in self.data.train if s.label not in val_classes]
+        self.data.train, val = hold_out_classes(self.data.train, self.cfg.val_fraction)
         return DataSplit(name=f"{self.data.name} validation classes", train=[], eval=val, ks=self.data.ks)
 
     def _loader(self, epoch: int) -> DataLoader:
