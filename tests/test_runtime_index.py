@@ -309,7 +309,7 @@ def test_save_calibrates_ef_to_the_target_recall(tmp_path: Path) -> None:
     assert loaded.recall() == rec and loaded.ef == rec["ef"]
     side = json.loads((tmp_path / "ix" / SIDECAR_FILE).read_text())
     assert side["recall"] == rec
-    weak = Index(DIM, ef=2, M=4, ef_construction=20, exact_below=0)  # too few links for 0.99 at any ef
+    weak = Index(DIM, ef=2, M=3, ef_construction=20, exact_below=0)  # too few links for the target at any ef (M=4 reached it now and then)
     weak.add(x[:5000], list(range(5000)))
     rec = weak.calibrate()
     assert rec["ef"] == index_mod.MAX_EF and 0.9 < rec["recall@10"] < rec["target"]  # reported, not hidden
