@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from proxyembed.runtime.files import atomic_write_text
 from proxyembed.runtime.system import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,6 +58,6 @@ def rss_mib() -> float:
 def write_results(name: str, data: dict[str, Any], markdown: str, out: Path = RESULTS) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
-    md_path.write_text(markdown)
+    atomic_write_text(json_path, json.dumps(data, indent=2) + "\n")  # an interrupted run never leaves half a file
+    atomic_write_text(md_path, markdown)
     return json_path, md_path

@@ -171,29 +171,30 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, Any], commands: list[str] | None = None) -> str:
-    def cell(s: dict[str, Any], key: str) -> str:
-        return f"{100 * s[key]['mean']:.1f} ± {100 * s[key]['std']:.1f}"
+    def cell(s: dict[str, Any], key: str, n: int) -> str:
+        return f"{100 * s[key]['mean']:.1f}" + (f" ± {100 * s[key]['std']:.1f}" if n > 1 else "")
 
     lines = [
         "# proxyembed defaults vs a plain pytorch-metric-learning + timm loop",
         "",
         *[f"`{c}`  " for c in commands or [" ".join(["python", "benchmarks/reference_pml.py", *sys.argv[1:]])]],
         "",
-        f"{args.backbone} from scratch, {args.epochs} epochs, batch {args.batch}, {args.dim}-d, {len(args.seeds)} seeds "
-        f"({', '.join(map(str, args.seeds))}); Caltech-101 capped at {args.per_class or 'all'} images a class; "
-        "unseen classes, last epoch, mean ± std in percent. Same split, same metric code; wall time includes data loading.",
+        f"{args.backbone} from scratch, {args.epochs} epochs, batch {args.batch}, {args.dim}-d; Caltech-101 capped at "
+        f"{args.per_class or 'all'} images a class; unseen classes, last epoch, mean ± std in percent over the seeds of each "
+        "row. Same split, same metric code; wall time includes data loading.",
         "",
-        "| data | px | loss | reference R@1 | proxyembed R@1 | Δ R@1 | reference MAP@R | proxyembed MAP@R | Δ MAP@R "
+        "| data | px | loss | seeds | reference R@1 | proxyembed R@1 | Δ R@1 | reference MAP@R | proxyembed MAP@R | Δ MAP@R "
         "| ref s | ours s | ref img/s | ours img/s |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
-        ref, ours = r["reference"], r["proxyembed"]
+        ref, ours, n = r["reference"], r["proxyembed"], len(r["runs"]["reference"])
         d1 = 100 * (ours["recall@1"]["mean"] - ref["recall@1"]["mean"])
         dm = 100 * (ours["map@r"]["mean"] - ref["map@r"]["mean"])
         lines.append(
-            f"| {r['dataset']} | {r['size'] or 'native'} | {r['loss']} | {cell(ref, 'recall@1')} | {cell(ours, 'recall@1')} | {d1:+.1f} "
-            f"| {cell(ref, 'map@r')} | {cell(ours, 'map@r')} | {dm:+.1f} | {ref['wall_s']:.0f} | {ours['wall_s']:.0f} "
+            f"| {r['dataset']} | {r['size'] or 'native'} | {r['loss']} | {', '.join(map(str, r['seeds']))} "
+            f"| {cell(ref, 'recall@1', n)} | {cell(ours, 'recall@1', n)} | {d1:+.1f} "
+            f"| {cell(ref, 'map@r', n)} | {cell(ours, 'map@r', n)} | {dm:+.1f} | {ref['wall_s']:.0f} | {ours['wall_s']:.0f} "
             f"| {ref['train_images_per_s']:.0f} | {ours['train_images_per_s']:.0f} |"
         )
     lines += ["", f"Machine: {machine_line(info)}", ""]
@@ -235,7 +236,8 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
         split_cache: dict[str, DataSplit] = {}
         for size in args.sizes if dataset == "caltech101" else [None]:
             for loss in args.losses:
-                row: dict[str, Any] = {"dataset": dataset, "size": size, "loss": loss, "runs": {"reference": [], "proxyembed": []}}
+                row: dict[str, Any] = {"dataset": dataset, "size": size, "loss": loss, "seeds": list(args.seeds)}
+                row["runs"] = {"reference": [], "proxyembed": []}
                 for seed in args.seeds:
                     split = split_cache.setdefault(dataset, resolve_data(data[dataset]))
                     ref = reference_run(split, size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone)
@@ -254,9 +256,24 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
 
 
 def _combine(args: argparse.Namespace) -> None:
-    """One table from results written by several processes (each ran some losses or datasets)."""
+    """One table from results written by several processes (each ran some losses, datasets, sizes or seeds)."""
     parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in args.combine]
-    results = [row for part in parts for row in part["results"]]
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}  # rows of the same data, size and loss pool their seeds
+    for part in parts:
+        for row in part["results"]:
+            key = (row["dataset"], row["size"], row["loss"])
+            seeds = row.get("seeds", part["args"]["seeds"])
+            into = merged.setdefault(key, {**{k: row[k] for k in ("dataset", "size", "loss")}, "seeds": []})
+            into.setdefault("runs", {"reference": [], "proxyembed": []})
+            if set(seeds) & set(into["seeds"]):
+                raise SystemExit(f"--combine: seeds {sorted(set(seeds) & set(into['seeds']))} of {key} appears in two results files")
+            into["seeds"] += seeds
+            for side in ("reference", "proxyembed"):
+                into["runs"][side] += row["runs"][side]
+    results = list(merged.values())
+    for row in results:
+        for side in ("reference", "proxyembed"):
+            row[side] = _summary(row["runs"][side])
     first = argparse.Namespace(**parts[0]["args"])
     commands = [f"python benchmarks/reference_pml.py {' '.join(p.get('argv', []))}" for p in parts]
     md = _markdown(results, first, parts[0]["machine"], commands)
