@@ -236,8 +236,8 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
         split_cache: dict[str, DataSplit] = {}
         for size in args.sizes if dataset == "caltech101" else [None]:
             for loss in args.losses:
-                row: dict[str, Any] = {"dataset": dataset, "size": size, "loss": loss, "seeds": list(args.seeds)}
-                row["runs"] = {"reference": [], "proxyembed": []}
+                runs: dict[str, list[dict[str, Any]]] = {"reference": [], "proxyembed": []}
+                row: dict[str, Any] = {"dataset": dataset, "size": size, "loss": loss, "seeds": list(args.seeds), "runs": runs}
                 for seed in args.seeds:
                     split = split_cache.setdefault(dataset, resolve_data(data[dataset]))
                     ref = reference_run(split, size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone)
@@ -263,10 +263,10 @@ def _combine(args: argparse.Namespace) -> None:
         for row in part["results"]:
             key = (row["dataset"], row["size"], row["loss"])
             seeds = row.get("seeds", part["args"]["seeds"])
-            into = merged.setdefault(key, {**{k: row[k] for k in ("dataset", "size", "loss")}, "seeds": []})
-            into.setdefault("runs", {"reference": [], "proxyembed": []})
-            if set(seeds) & set(into["seeds"]):
-                raise SystemExit(f"--combine: seeds {sorted(set(seeds) & set(into['seeds']))} of {key} appears in two results files")
+            empty = {"seeds": [], "runs": {"reference": [], "proxyembed": []}}
+            into = merged.setdefault(key, {**{k: row[k] for k in ("dataset", "size", "loss")}, **empty})
+            if twice := sorted(set(seeds) & set(into["seeds"])):
+                raise SystemExit(f"--combine: seeds {twice} of {key} appear in two results files")
             into["seeds"] += seeds
             for side in ("reference", "proxyembed"):
                 into["runs"][side] += row["runs"][side]
