@@ -233,13 +233,12 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
     results = []
     md = ""
     for dataset in args.datasets:
-        split_cache: dict[str, DataSplit] = {}
+        split = resolve_data(data[dataset])  # once per dataset: setdefault's argument re-scanned the folders every seed
         for size in args.sizes if dataset == "caltech101" else [None]:
             for loss in args.losses:
                 runs: dict[str, list[dict[str, Any]]] = {"reference": [], "proxyembed": []}
                 row: dict[str, Any] = {"dataset": dataset, "size": size, "loss": loss, "seeds": list(args.seeds), "runs": runs}
                 for seed in args.seeds:
-                    split = split_cache.setdefault(dataset, resolve_data(data[dataset]))
                     ref = reference_run(split, size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone)
                     ours = proxyembed_run(data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, {}, val=False)
                     row["runs"]["reference"].append(ref)
