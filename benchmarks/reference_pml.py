@@ -46,6 +46,7 @@ from proxyembed.training.trainer import train  # noqa: E402
 
 CALTECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "caltech101"
 REPORTED = ("recall@1", "map@r")
+FOLDS = 5  # --fold: the training classes in fifths, as --val-fraction 0.2 holds them out
 
 
 # ---- the hand-written reference ------------------------------------------------------------------------
@@ -130,23 +131,37 @@ def proxyembed_run(
 
 
 # ---- orchestration ------------------------------------------------------------------------------------
-def caltech_subset(root: Path, per_class: int | None, classes: int | None = None) -> Path:
+def caltech_subset(root: Path, per_class: int | None, classes: int | None = None, fold: int | None = None) -> Path:
     """Caltech-101 as one class-folder tree of symlinks, at most ``per_class`` images a class (the data's README
     suggests a cap against its uneven class sizes) and optionally the first ``classes`` of each half of the split.
     Sorted class names put the suggested train half first, so proxyembed's split-in-half is the suggested split.
+
+    ``fold`` (0 to FOLDS - 1) renames the folders so that the fold-th fifth of the training classes sorts last,
+    where ``--val-fraction 0.2`` takes its validation classes: the folds together validate on every training class
+    once, instead of always on the same 10.
     """
-    for part in ("train", "eval"):
-        for name in (CALTECH / f"{part}_classes.txt").read_text().split()[:classes]:
-            (root / name).mkdir(parents=True, exist_ok=True)
-            for img in sorted((CALTECH / "images" / name).glob("*.jpg"))[:per_class]:
-                (root / name / img.name).symlink_to(img)
+    train, unseen = ((CALTECH / f"{part}_classes.txt").read_text().split()[:classes] for part in ("train", "eval"))
+    names = {c: c for c in train + unseen}
+    if fold is not None:
+        if not 0 <= fold < FOLDS:
+            raise SystemExit(f"--fold {fold}: must be 0 to {FOLDS - 1}")
+        k = round(len(train) / FOLDS)
+        held = train[fold * k : (fold + 1) * k]
+        order = [c for c in train if c not in held] + held
+        names = {c: f"t{i:03d}_{c}" for i, c in enumerate(order)} | {c: f"u_{c}" for c in unseen}
+    for name, folder in names.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for img in sorted((CALTECH / "images" / name).glob("*.jpg"))[:per_class]:
+            (root / folder / img.name).symlink_to(img)
     return root
 
 
-def _data_spec(dataset: str, work: Path, per_class: int | None) -> str:
+def _data_spec(dataset: str, work: Path, per_class: int | None, fold: int | None = None) -> str:
     if dataset != "caltech101":
         return "synthetic"
-    return str(CALTECH / "images") if per_class is None else str(caltech_subset(work / "caltech101", per_class))
+    if per_class is None and fold is None:
+        return str(CALTECH / "images")
+    return str(caltech_subset(work / "caltech101", per_class, fold=fold))
 
 
 def _parse_overrides(text: str) -> dict[str, Any]:
@@ -214,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-class", type=int, default=60, help="cap on Caltech-101 images per class (0: all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     ap.add_argument("--tune", action="append", default=[], help="proxyembed variant KEY=VALUE,... scored on held-out training classes")
+    ap.add_argument(
+        "--fold", type=int, default=None, help=f"with --tune: validate on the fold-th fifth of the training classes (0 to {FOLDS - 1}; default: last)"
+    )
     ap.add_argument("--name", default=None, help="results file name (default reference_pml, or reference_pml_tune with --tune)")
     ap.add_argument("--combine", nargs="+", default=None, help="merge earlier results files (names) into --name, e.g. runs split over processes")
     args = ap.parse_args(argv)
@@ -223,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     info = machine()
     with tempfile.TemporaryDirectory() as work:
-        data = {d: _data_spec(d, Path(work), args.per_class or None) for d in args.datasets}
+        data = {d: _data_spec(d, Path(work), args.per_class or None, args.fold) for d in args.datasets}
         if args.tune:
             return _tune(args, info, data)
         _compare(args, info, data)
@@ -257,6 +275,8 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
 def _combine(args: argparse.Namespace) -> None:
     """One table from results written by several processes (each ran some losses, datasets, sizes or seeds)."""
     parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in args.combine]
+    if all("variant" in row for part in parts for row in part["results"]):
+        return _combine_tune(args, parts)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}  # rows of the same data, size and loss pool their seeds
     for part in parts:
         for row in part["results"]:
@@ -303,7 +323,7 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
                             run = proxyembed_run(
                                 data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, overrides, val=True
                             )
-                        runs.append(run)
+                        runs.append({**run, "seed": seed, "fold": args.fold})
                         print(f"[{variant}] {dataset} {size} {loss} seed {seed}: val R@1 {runs[-1]['metrics']['recall@1']:.4f} "
                               f"MAP@R {runs[-1]['metrics']['map@r']:.4f} ({runs[-1]['wall_s']:.0f} s)", flush=True)
                     rows.append({"variant": variant, "dataset": dataset, "size": size, "loss": loss, "runs": runs, **_summary(runs)})
@@ -312,7 +332,8 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
             "",
             f"`{' '.join(['python', 'benchmarks/reference_pml.py', *sys.argv[1:]])}`",
             "",
-            "`--val-fraction 0.2`: metrics on the last fifth of the *training* classes, last epoch; the unseen classes are not looked at.",
+            f"`--val-fraction 0.2`: metrics on the {'last' if args.fold is None else f'fold-{args.fold}'} fifth of the *training* "
+            "classes, last epoch; the unseen classes are not looked at.",
             "",
             "| variant | data | px | loss | val R@1 | val MAP@R | s |",
             "| --- | --- | ---: | --- | ---: | ---: | ---: |",
@@ -324,9 +345,56 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
                 f"| {100 * r['map@r']['mean']:.1f} ± {100 * r['map@r']['std']:.1f} | {r['wall_s']:.0f} |"
             )
         lines += ["", f"Machine: {machine_line(info)}", ""]
-        write_results(args.name or "reference_pml_tune", {"machine": info, "args": vars(args), "results": rows}, "\n".join(lines))
+        payload = {"machine": info, "args": vars(args), "argv": sys.argv[1:], "results": rows}
+        write_results(args.name or "reference_pml_tune", payload, "\n".join(lines))
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
     main()
+
+
+def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None:
+    """Tuning results of several processes (folds, seeds, variants) pooled per variant, each compared with the
+    current defaults (the variant ``''``) on the same folds and seeds: the paired difference cancels most of
+    what one fold's classes and one seed do to both."""
+    pooled: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for part in parts:
+        for row in part["results"]:
+            key = (row["variant"], row["dataset"], row["size"], row["loss"])
+            for run in row["runs"]:
+                run = {"seed": None, "fold": None, **run}
+                if any((r["seed"], r["fold"]) == (run["seed"], run["fold"]) for r in pooled.get(key, [])):
+                    raise SystemExit(f"--combine: seed {run['seed']} fold {run['fold']} of {key} appears twice")
+                pooled.setdefault(key, []).append(run)
+
+    def paired(runs: list[dict[str, Any]], base: list[dict[str, Any]], metric: str) -> str:
+        by_run = {(r["seed"], r["fold"]): r["metrics"][metric] for r in base}
+        diffs = [100 * (r["metrics"][metric] - by_run[(r["seed"], r["fold"])]) for r in runs if (r["seed"], r["fold"]) in by_run]
+        if len(diffs) < 2:
+            return ""
+        return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f} ({len(diffs)})"
+
+    lines = [
+        "# Choosing defaults on held-out training classes, pooled over folds and seeds",
+        "",
+        *[f"`python benchmarks/reference_pml.py {' '.join(p.get('argv', []))}`  " for p in parts if p.get("argv")],
+        "",
+        "Metrics on the validation fifth of the *training* classes (`--val-fraction 0.2`, `--fold` picks which fifth), last epoch, "
+        "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`) on the same "
+        "folds and seeds, mean ± standard error (pairs).",
+        "",
+        "| variant | data | px | loss | runs | val R@1 | val MAP@R | Δ R@1 | Δ MAP@R |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (variant, dataset, size, loss), runs in pooled.items():
+        base = pooled.get(("", dataset, size, loss), [])
+        r1, mr = (100 * statistics.mean(r["metrics"][m] for r in runs) for m in REPORTED)
+        lines.append(
+            f"| {f'`{variant}`' if variant else 'the defaults'} | {dataset} | {size or 'native'} | {loss} | {len(runs)} | {r1:.1f} | {mr:.1f} "
+            f"| {paired(runs, base, 'recall@1') if variant else ''} | {paired(runs, base, 'map@r') if variant else ''} |"
+        )
+    lines += ["", f"Machine: {machine_line(parts[0]['machine'])}", ""]
+    rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": v} for k, v in pooled.items()]
+    write_results(args.name or "reference_pml_tune", {"machine": parts[0]["machine"], "parts": args.combine, "results": rows}, "\n".join(lines))
+    print("\n".join(lines))

@@ -1,5 +1,7 @@
 """benchmarks/reference_pml.py --combine: runs split over processes (by loss, size or seed) make one table,
-with the seeds of the same data, size and loss pooled into one row and a seed that appears twice refused."""
+with the seeds of the same data, size and loss pooled into one row and a seed that appears twice refused;
+tuning runs pooled over folds and paired with the defaults; --fold validates on the chosen fifth of the
+training classes and leaves the unseen half alone."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reference_pml  # noqa: E402
+
+from proxyembed.data import resolve_data  # noqa: E402
+from proxyembed.data.types import hold_out_classes  # noqa: E402
 
 
 def _run(r1: float, mapr: float) -> dict[str, Any]:
@@ -56,3 +61,50 @@ def test_combine_refuses_a_seed_twice(results_dir: Path) -> None:
     with pytest.raises(SystemExit, match=r"seeds \[1\]"):
         reference_pml.main(["--combine", "a", "b", "--name", "all"])
     assert not (results_dir / "all.json").exists()
+
+
+def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    src = tmp_path / "caltech"
+    train, unseen = [f"a{i:02d}" for i in range(10)], [f"b{i:02d}" for i in range(10)]
+    for name in train + unseen:
+        (src / "images" / name).mkdir(parents=True)
+        for j in range(3):
+            Image.new("RGB", (8, 8), (j, 0, 0)).save(src / "images" / name / f"{j}.jpg")
+    (src / "train_classes.txt").write_text("\n".join(train))
+    (src / "eval_classes.txt").write_text("\n".join(unseen))
+    monkeypatch.setattr(reference_pml, "CALTECH", src)
+    for fold in range(reference_pml.FOLDS):
+        split = resolve_data(str(reference_pml.caltech_subset(tmp_path / f"fold{fold}", per_class=2, fold=fold)))
+        rest, held = hold_out_classes(split.train, 0.2)
+        names = {part: sorted({split.class_names[s.label].split("_", 1)[1] for s in samples}) for part, samples in
+                 (("held", held), ("rest", rest), ("eval", split.eval))}
+        assert names["held"] == train[2 * fold : 2 * fold + 2]
+        assert sorted(names["rest"] + names["held"]) == train
+        assert names["eval"] == unseen
+        assert len(split.train) == 2 * len(train)  # the per-class cap still applies
+    with pytest.raises(SystemExit, match="--fold 5"):
+        reference_pml.caltech_subset(tmp_path / "bad", per_class=2, fold=5)
+
+
+def _tune_part(tmp: Path, name: str, variant: str, fold: int, r1: list[float]) -> None:
+    runs = [{**_run(v, 0.1), "seed": seed, "fold": fold} for seed, v in enumerate(r1)]
+    row = {"variant": variant, "dataset": "caltech101", "size": 64, "loss": "proxy_anchor", "runs": runs}
+    info = {"cpu": "cpu", "cores": 2, "memory_gib": 1, "python": "3", "versions": {}}
+    (tmp / f"{name}.json").write_text(json.dumps({"machine": info, "args": {}, "argv": [name], "results": [row]}))
+
+
+def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) -> None:
+    _tune_part(results_dir, "base0", "", 0, [0.50, 0.60])
+    _tune_part(results_dir, "base1", "", 1, [0.40])
+    _tune_part(results_dir, "max0", "pool=max", 0, [0.52, 0.63])
+    _tune_part(results_dir, "max1", "pool=max", 1, [0.44])
+    reference_pml.main(["--combine", "base0", "base1", "max0", "max1", "--name", "cv"])
+    md = (results_dir / "cv.md").read_text()
+    assert "| the defaults | caltech101 | 64 | proxy_anchor | 3 | 50.0 | 10.0 |  |  |" in md
+    # paired differences +2, +3, +4: mean +3.0, standard error 1/sqrt(3)
+    assert "| `pool=max` | caltech101 | 64 | proxy_anchor | 3 | 53.0 | 10.0 | +3.0 ± 0.6 (3) | +0.0 ± 0.0 (3) |" in md
+    _tune_part(results_dir, "again", "pool=max", 1, [0.45])
+    with pytest.raises(SystemExit, match="seed 0 fold 1"):
+        reference_pml.main(["--combine", "max1", "again", "--name", "cv2"])
