@@ -350,10 +350,6 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
     print("\n".join(lines))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None:
     """Tuning results of several processes (folds, seeds, variants) pooled per variant, each compared with the
     current defaults (the variant ``''``) on the same folds and seeds: the paired difference cancels most of
@@ -398,3 +394,8 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
     rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": v} for k, v in pooled.items()]
     write_results(args.name or "reference_pml_tune", {"machine": parts[0]["machine"], "parts": args.combine, "results": rows}, "\n".join(lines))
     print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
+
