@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -164,6 +165,11 @@ def _data_spec(dataset: str, work: Path, per_class: int | None, fold: int | None
     return str(caltech_subset(work / "caltech101", per_class, fold=fold))
 
 
+def _command(argv: list[str]) -> str:
+    """The command line that ran with ``argv``, quoted so it can be pasted into a shell (``--tune ''`` included)."""
+    return shlex.join(["python", "benchmarks/reference_pml.py", *argv])
+
+
 def _parse_overrides(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in filter(None, re.split(r",(?![^\[{]*[\]}])", text)):  # commas inside [..] / {..} are values
@@ -192,7 +198,7 @@ def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, info: dic
     lines = [
         "# proxyembed defaults vs a plain pytorch-metric-learning + timm loop",
         "",
-        *[f"`{c}`  " for c in commands or [" ".join(["python", "benchmarks/reference_pml.py", *sys.argv[1:]])]],
+        *[f"`{c}`  " for c in commands or [_command(sys.argv[1:])]],
         "",
         f"{args.backbone} from scratch, {args.epochs} epochs, batch {args.batch}, {args.dim}-d; Caltech-101 capped at "
         f"{args.per_class or 'all'} images a class; unseen classes, last epoch, mean ± std in percent over the seeds of each "
@@ -294,7 +300,7 @@ def _combine(args: argparse.Namespace) -> None:
         for side in ("reference", "proxyembed"):
             row[side] = _summary(row["runs"][side])
     first = argparse.Namespace(**parts[0]["args"])
-    commands = [f"python benchmarks/reference_pml.py {' '.join(p.get('argv', []))}" for p in parts]
+    commands = [_command(p.get("argv", [])) for p in parts]
     md = _markdown(results, first, parts[0]["machine"], commands)
     write_results(args.name or "reference_pml", {"machine": parts[0]["machine"], "args": vars(first), "parts": args.combine, "results": results}, md)
     print(md)
@@ -330,7 +336,7 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
         lines = [
             "# Choosing defaults on held-out training classes",
             "",
-            f"`{' '.join(['python', 'benchmarks/reference_pml.py', *sys.argv[1:]])}`",
+            f"`{_command(sys.argv[1:])}`",
             "",
             f"`--val-fraction 0.2`: metrics on the {'last' if args.fold is None else f'fold-{args.fold}'} fifth of the *training* "
             "classes, last epoch; the unseen classes are not looked at.",
@@ -374,7 +380,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
     lines = [
         "# Choosing defaults on held-out training classes, pooled over folds and seeds",
         "",
-        *[f"`python benchmarks/reference_pml.py {' '.join(p.get('argv', []))}`  " for p in parts if p.get("argv")],
+        *[f"`{_command(p['argv'])}`  " for p in parts if p.get("argv")],
         "",
         "Metrics on the validation fifth of the *training* classes (`--val-fraction 0.2`, `--fold` picks which fifth), last epoch, "
         "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`) on the same "

@@ -92,7 +92,8 @@ def _tune_part(tmp: Path, name: str, variant: str, fold: int, r1: list[float]) -
     runs = [{**_run(v, 0.1), "seed": seed, "fold": fold} for seed, v in enumerate(r1)]
     row = {"variant": variant, "dataset": "caltech101", "size": 64, "loss": "proxy_anchor", "runs": runs}
     info = {"cpu": "cpu", "cores": 2, "memory_gib": 1, "python": "3", "versions": {}}
-    (tmp / f"{name}.json").write_text(json.dumps({"machine": info, "args": {}, "argv": [name], "results": [row]}))
+    argv = ["--fold", str(fold), "--tune", variant, "--name", name]
+    (tmp / f"{name}.json").write_text(json.dumps({"machine": info, "args": {}, "argv": argv, "results": [row]}))
 
 
 def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) -> None:
@@ -105,6 +106,7 @@ def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) ->
     assert "| the defaults | caltech101 | 64 | proxy_anchor | 3 | 50.0 | 10.0 |  |  |" in md
     # paired differences +2, +3, +4: mean +3.0, standard error 1/sqrt(3)
     assert "| `pool=max` | caltech101 | 64 | proxy_anchor | 3 | 53.0 | 10.0 | +3.0 ± 0.6 (3) | +0.0 ± 0.0 (3) |" in md
+    assert "`python benchmarks/reference_pml.py --fold 1 --tune '' --name base1`" in md  # pasteable: the empty variant quoted
     _tune_part(results_dir, "again", "pool=max", 1, [0.45])
     with pytest.raises(SystemExit, match="seed 0 fold 1"):
         reference_pml.main(["--combine", "max1", "again", "--name", "cv2"])
