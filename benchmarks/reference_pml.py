@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default=None, help="results file name (default reference_pml, or reference_pml_tune with --tune)")
     ap.add_argument("--combine", nargs="+", default=None, help="merge earlier results files (names) into --name, e.g. runs split over processes")
     args = ap.parse_args(argv)
+    if args.fold is not None and (not args.tune or args.datasets != ["caltech101"]):
+        ap.error("--fold needs --tune and --datasets caltech101: it picks which Caltech-101 training classes validate")
     if args.combine:
         return _combine(args)
     if args.threads:
@@ -364,8 +366,9 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
     for part in parts:
         for row in part["results"]:
             key = (row["variant"], row["dataset"], row["size"], row["loss"])
-            for run in row["runs"]:
-                run = {"seed": None, "fold": None, **run}
+            seeds = part.get("args", {}).get("seeds") or []  # files from before runs named their seed: in --seeds order
+            for i, run in enumerate(row["runs"]):
+                run = {"seed": seeds[i] if i < len(seeds) else None, "fold": None, **run}
                 if any((r["seed"], r["fold"]) == (run["seed"], run["fold"]) for r in pooled.get(key, [])):
                     raise SystemExit(f"--combine: seed {run['seed']} fold {run['fold']} of {key} appears twice")
                 pooled.setdefault(key, []).append(run)

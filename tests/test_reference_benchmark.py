@@ -86,6 +86,9 @@ def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkey
         assert len(split.train) == 2 * len(train)  # the per-class cap still applies
     with pytest.raises(SystemExit, match="--fold 5"):
         reference_pml.caltech_subset(tmp_path / "bad", per_class=2, fold=5)
+    with pytest.raises(SystemExit) as exit_info:  # a fold means nothing outside tuning on Caltech-101
+        reference_pml.main(["--fold", "1", "--datasets", "synthetic", "--tune", ""])
+    assert exit_info.value.code == 2
 
 
 def _tune_part(tmp: Path, name: str, variant: str, fold: int, r1: list[float]) -> None:
@@ -107,6 +110,12 @@ def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) ->
     # paired differences +2, +3, +4: mean +3.0, standard error 1/sqrt(3)
     assert "| `pool=max` | caltech101 | 64 | proxy_anchor | 3 | 53.0 | 10.0 | +3.0 ± 0.6 (3) | +0.0 ± 0.0 (3) |" in md
     assert "`python benchmarks/reference_pml.py --fold 1 --tune '' --name base1`" in md  # pasteable: the empty variant quoted
+    old = json.loads((results_dir / "base0.json").read_text())  # written before runs carried their seed and fold
+    for run in old["results"][0]["runs"]:
+        del run["seed"], run["fold"]
+    (results_dir / "old.json").write_text(json.dumps({**old, "args": {"seeds": [0, 1]}}))
+    reference_pml.main(["--combine", "old", "--name", "cv_old"])
+    assert "| the defaults | caltech101 | 64 | proxy_anchor | 2 | 55.0 |" in (results_dir / "cv_old.md").read_text()
     _tune_part(results_dir, "again", "pool=max", 1, [0.45])
     with pytest.raises(SystemExit, match="seed 0 fold 1"):
         reference_pml.main(["--combine", "max1", "again", "--name", "cv2"])
