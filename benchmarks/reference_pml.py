@@ -47,7 +47,8 @@ from proxyembed.training.trainer import train  # noqa: E402
 
 CALTECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "caltech101"
 REPORTED = ("recall@1", "map@r")
-FOLDS = 5  # --fold: the training classes in fifths, as --val-fraction 0.2 holds them out
+VAL_FRACTION = 0.2  # --tune's --val-fraction: the share of the training classes that validates
+FOLDS = round(1 / VAL_FRACTION)  # --fold: the training classes in as many parts as hold-outs cover them
 
 
 # ---- the hand-written reference ------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def proxyembed_run(
     if size:
         settings["image_size"] = size
     if val:
-        settings["val_fraction"] = 0.2
+        settings["val_fraction"] = VAL_FRACTION
     cfg = resolve_config({**settings, **overrides})  # as `proxyembed train` resolves it, the loss's own defaults included
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -146,7 +147,7 @@ def caltech_subset(root: Path, per_class: int | None, classes: int | None = None
     if fold is not None:
         if not 0 <= fold < FOLDS:
             raise SystemExit(f"--fold {fold}: must be 0 to {FOLDS - 1}")
-        k = round(len(train) / FOLDS)
+        k = round(len(train) * VAL_FRACTION)  # as many classes as hold_out_classes takes
         held = train[fold * k : (fold + 1) * k]
         order = [c for c in train if c not in held] + held
         names = {c: f"t{i:03d}_{c}" for i, c in enumerate(order)} | {c: f"u_{c}" for c in unseen}
@@ -315,7 +316,7 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
     val_splits = {}  # the reference's validation split per dataset, resolved once
     for dataset in args.datasets:
         full = resolve_data(data[dataset])
-        rest, held = hold_out_classes(full.train, 0.2)
+        rest, held = hold_out_classes(full.train, VAL_FRACTION)
         val_splits[dataset] = DataSplit(name=f"{full.name} validation classes", train=rest, eval=held, ks=full.ks)
     for variant in args.tune:
         overrides = _parse_overrides(variant)
