@@ -284,7 +284,10 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
 def _combine(args: argparse.Namespace) -> None:
     """One table from results written by several processes (each ran some losses, datasets, sizes or seeds)."""
     parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in args.combine]
-    if all("variant" in row for part in parts for row in part["results"]):
+    tuning = {"variant" in row for part in parts for row in part["results"]}
+    if tuning == {True, False}:
+        raise SystemExit(f"--combine: {args.combine} mix tuning results (--tune) with comparisons; combine each kind on its own")
+    if tuning == {True}:
         return _combine_tune(args, parts)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}  # rows of the same data, size and loss pool their seeds
     for part in parts:
@@ -341,7 +344,7 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
             "",
             f"`{_command(sys.argv[1:])}`",
             "",
-            f"`--val-fraction 0.2`: metrics on the {'last' if args.fold is None else f'fold-{args.fold}'} fifth of the *training* "
+            f"`--val-fraction {VAL_FRACTION}`: metrics on the {'last' if args.fold is None else f'fold-{args.fold}'} fifth of the *training* "
             "classes, last epoch; the unseen classes are not looked at.",
             "",
             "| variant | data | px | loss | val R@1 | val MAP@R | s |",
@@ -363,20 +366,19 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
     """Tuning results of several processes (folds, seeds, variants) pooled per variant, each compared with the
     current defaults (the variant ``''``) on the same folds and seeds: the paired difference cancels most of
     what one fold's classes and one seed do to both."""
-    pooled: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    pooled: dict[tuple[Any, ...], dict[tuple[Any, Any], dict[str, Any]]] = {}  # variant, data, size, loss -> (seed, fold) -> run
     for part in parts:
         for row in part["results"]:
             key = (row["variant"], row["dataset"], row["size"], row["loss"])
             seeds = part.get("args", {}).get("seeds") or []  # files from before runs named their seed: in --seeds order
             for i, run in enumerate(row["runs"]):
                 run = {"seed": seeds[i] if i < len(seeds) else None, "fold": None, **run}
-                if any((r["seed"], r["fold"]) == (run["seed"], run["fold"]) for r in pooled.get(key, [])):
+                if (run["seed"], run["fold"]) in pooled.setdefault(key, {}):
                     raise SystemExit(f"--combine: seed {run['seed']} fold {run['fold']} of {key} appears twice")
-                pooled.setdefault(key, []).append(run)
+                pooled[key][(run["seed"], run["fold"])] = run
 
-    def paired(runs: list[dict[str, Any]], base: list[dict[str, Any]], metric: str) -> str:
-        by_run = {(r["seed"], r["fold"]): r["metrics"][metric] for r in base}
-        diffs = [100 * (r["metrics"][metric] - by_run[(r["seed"], r["fold"])]) for r in runs if (r["seed"], r["fold"]) in by_run]
+    def paired(runs: dict[tuple[Any, Any], dict[str, Any]], base: dict[tuple[Any, Any], dict[str, Any]], metric: str) -> str:
+        diffs = [100 * (r["metrics"][metric] - base[at]["metrics"][metric]) for at, r in runs.items() if at in base]
         if len(diffs) < 2:
             return ""
         return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f} ({len(diffs)})"
@@ -386,7 +388,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         "",
         *[f"`{_command(p['argv'])}`  " for p in parts if p.get("argv")],
         "",
-        "Metrics on the validation fifth of the *training* classes (`--val-fraction 0.2`, `--fold` picks which fifth), last epoch, "
+        f"Metrics on the validation fifth of the *training* classes (`--val-fraction {VAL_FRACTION}`, `--fold` picks which fifth), last epoch, "
         "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`) on the same "
         "folds and seeds, mean ± standard error (pairs).",
         "",
@@ -394,14 +396,14 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (variant, dataset, size, loss), runs in pooled.items():
-        base = pooled.get(("", dataset, size, loss), [])
-        r1, mr = (100 * statistics.mean(r["metrics"][m] for r in runs) for m in REPORTED)
+        base = pooled.get(("", dataset, size, loss), {})
+        r1, mr = (100 * statistics.mean(r["metrics"][m] for r in runs.values()) for m in REPORTED)
         lines.append(
             f"| {f'`{variant}`' if variant else 'the defaults'} | {dataset} | {size or 'native'} | {loss} | {len(runs)} | {r1:.1f} | {mr:.1f} "
             f"| {paired(runs, base, 'recall@1') if variant else ''} | {paired(runs, base, 'map@r') if variant else ''} |"
         )
     lines += ["", f"Machine: {machine_line(parts[0]['machine'])}", ""]
-    rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": v} for k, v in pooled.items()]
+    rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": list(v.values())} for k, v in pooled.items()]
     write_results(args.name or "reference_pml_tune", {"machine": parts[0]["machine"], "parts": args.combine, "results": rows}, "\n".join(lines))
     print("\n".join(lines))
 

@@ -77,7 +77,7 @@ def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkey
     monkeypatch.setattr(reference_pml, "CALTECH", src)
     for fold in range(reference_pml.FOLDS):
         split = resolve_data(str(reference_pml.caltech_subset(tmp_path / f"fold{fold}", per_class=2, fold=fold)))
-        rest, held = hold_out_classes(split.train, 0.2)
+        rest, held = hold_out_classes(split.train, reference_pml.VAL_FRACTION)
         names = {part: sorted({split.class_names[s.label].split("_", 1)[1] for s in samples}) for part, samples in
                  (("held", held), ("rest", rest), ("eval", split.eval))}
         assert names["held"] == train[2 * fold : 2 * fold + 2]
