@@ -171,6 +171,12 @@ def _command(argv: list[str]) -> str:
     return shlex.join(["python", "benchmarks/reference_pml.py", *argv])
 
 
+def _part_commands(parts: list[dict[str, Any]]) -> list[str]:
+    """The commands behind results files: a run's own, or every command a combined file already lists, so that a
+    combined file combined again with new runs still says how each of its runs was made."""
+    return [c for p in parts for c in (p["commands"] if "commands" in p else [_command(p["argv"])] if "argv" in p else [])]
+
+
 def _parse_overrides(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in filter(None, re.split(r",(?![^\[{]*[\]}])", text)):  # commas inside [..] / {..} are values
@@ -306,9 +312,10 @@ def _combine(args: argparse.Namespace) -> None:
         for side in ("reference", "proxyembed"):
             row[side] = _summary(row["runs"][side])
     first = argparse.Namespace(**parts[0]["args"])
-    commands = [_command(p.get("argv", [])) for p in parts]
+    commands = _part_commands(parts)
     md = _markdown(results, first, parts[0]["machine"], commands)
-    write_results(args.name or "reference_pml", {"machine": parts[0]["machine"], "args": vars(first), "parts": args.combine, "results": results}, md)
+    payload = {"machine": parts[0]["machine"], "args": vars(first), "parts": args.combine, "commands": commands, "results": results}
+    write_results(args.name or "reference_pml", payload, md)
     print(md)
 
 
@@ -386,7 +393,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
     lines = [
         "# Choosing defaults on held-out training classes, pooled over folds and seeds",
         "",
-        *[f"`{_command(p['argv'])}`  " for p in parts if p.get("argv")],
+        *[f"`{c}`  " for c in _part_commands(parts)],
         "",
         f"Metrics on the validation fifth of the *training* classes (`--val-fraction {VAL_FRACTION}`, `--fold` picks which fifth), last epoch, "
         "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`) on the same "
@@ -404,7 +411,8 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         )
     lines += ["", f"Machine: {machine_line(parts[0]['machine'])}", ""]
     rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": list(v.values())} for k, v in pooled.items()]
-    write_results(args.name or "reference_pml_tune", {"machine": parts[0]["machine"], "parts": args.combine, "results": rows}, "\n".join(lines))
+    payload = {"machine": parts[0]["machine"], "parts": args.combine, "commands": _part_commands(parts), "results": rows}
+    write_results(args.name or "reference_pml_tune", payload, "\n".join(lines))
     print("\n".join(lines))
 
 

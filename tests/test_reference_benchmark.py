@@ -53,6 +53,11 @@ def test_combine_pools_seeds_of_one_setting(results_dir: Path) -> None:
     md = (results_dir / "all.md").read_text()
     assert "| caltech101 | 128 | proxy_anchor | 0, 1, 2 | 30.0 ± 0.0 | 38.0 ± 2.0 | +8.0 |" in md
     assert "| caltech101 | 64 | proxy_anchor | 0 | 30.0 | 50.0 | +20.0 |" in md  # one seed: no spread to show
+    _part(results_dir, "d", [1], 64, [0.40])
+    reference_pml.main(["--combine", "all", "d", "--name", "more"])  # a combined file combined again with a new seed
+    more = (results_dir / "more.md").read_text()
+    assert "| caltech101 | 64 | proxy_anchor | 0, 1 | 30.0 ± 0.0 | 45.0 ± 7.1 | +15.0 |" in more
+    assert all(f"`python benchmarks/reference_pml.py {name}`" in more for name in "abcd")
 
 
 def test_combine_refuses_a_seed_twice(results_dir: Path) -> None:
@@ -110,6 +115,11 @@ def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) ->
     # paired differences +2, +3, +4: mean +3.0, standard error 1/sqrt(3)
     assert "| `pool=max` | caltech101 | 64 | proxy_anchor | 3 | 53.0 | 10.0 | +3.0 ± 0.6 (3) | +0.0 ± 0.0 (3) |" in md
     assert "`python benchmarks/reference_pml.py --fold 1 --tune '' --name base1`" in md  # pasteable: the empty variant quoted
+    _tune_part(results_dir, "base2", "", 2, [0.30])
+    reference_pml.main(["--combine", "cv", "base2", "--name", "cv_more"])  # a pooled file pooled again with a new run
+    more = (results_dir / "cv_more.md").read_text()
+    assert "| the defaults | caltech101 | 64 | proxy_anchor | 4 | 45.0 |" in more
+    assert "--name base1`" in more and "--name base2`" in more  # every run's command survives the second combine
     old = json.loads((results_dir / "base0.json").read_text())  # written before runs carried their seed and fold
     for run in old["results"][0]["runs"]:
         del run["seed"], run["fold"]
