@@ -402,7 +402,9 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         "| variant | data | px | loss | runs | val R@1 | val MAP@R | Δ R@1 | Δ MAP@R |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for (variant, dataset, size, loss), runs in pooled.items():
+    # one block per data, size and loss, the defaults on its first line; variants in the order they came
+    ordered = sorted(pooled.items(), key=lambda item: (item[0][1], str(item[0][2]), item[0][3], item[0][0] != ""))
+    for (variant, dataset, size, loss), runs in ordered:
         base = pooled.get(("", dataset, size, loss), {})
         r1, mr = (100 * statistics.mean(r["metrics"][m] for r in runs.values()) for m in REPORTED)
         lines.append(
@@ -410,7 +412,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
             f"| {paired(runs, base, 'recall@1') if variant else ''} | {paired(runs, base, 'map@r') if variant else ''} |"
         )
     lines += ["", f"Machine: {machine_line(parts[0]['machine'])}", ""]
-    rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": list(v.values())} for k, v in pooled.items()]
+    rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": list(v.values())} for k, v in ordered]
     payload = {"machine": parts[0]["machine"], "parts": args.combine, "commands": _part_commands(parts), "results": rows}
     write_results(args.name or "reference_pml_tune", payload, "\n".join(lines))
     print("\n".join(lines))
