@@ -174,7 +174,13 @@ def _command(argv: list[str]) -> str:
 def _part_commands(parts: list[dict[str, Any]]) -> list[str]:
     """The commands behind results files: a run's own, or every command a combined file already lists, so that a
     combined file combined again with new runs still says how each of its runs was made."""
-    return [c for p in parts for c in (p["commands"] if "commands" in p else [_command(p["argv"])] if "argv" in p else [])]
+    commands: list[str] = []
+    for part in parts:
+        if "commands" in part:
+            commands += part["commands"]
+        elif "argv" in part:
+            commands.append(_command(part["argv"]))
+    return commands
 
 
 def _parse_overrides(text: str) -> dict[str, Any]:
@@ -390,10 +396,11 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
             return ""
         return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f} ({len(diffs)})"
 
+    commands = _part_commands(parts)
     lines = [
         "# Choosing defaults on held-out training classes, pooled over folds and seeds",
         "",
-        *[f"`{c}`  " for c in _part_commands(parts)],
+        *[f"`{c}`  " for c in commands],
         "",
         f"Metrics on the validation fifth of the *training* classes (`--val-fraction {VAL_FRACTION}`, `--fold` picks which fifth), last epoch, "
         "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`) on the same "
@@ -413,7 +420,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         )
     lines += ["", f"Machine: {machine_line(parts[0]['machine'])}", ""]
     rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": list(v.values())} for k, v in ordered]
-    payload = {"machine": parts[0]["machine"], "parts": args.combine, "commands": _part_commands(parts), "results": rows}
+    payload = {"machine": parts[0]["machine"], "parts": args.combine, "commands": commands, "results": rows}
     write_results(args.name or "reference_pml_tune", payload, "\n".join(lines))
     print("\n".join(lines))
 
