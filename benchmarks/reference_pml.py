@@ -381,9 +381,9 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
     what one fold's classes and one seed do to both."""
     pooled: dict[tuple[Any, ...], dict[tuple[Any, Any], dict[str, Any]]] = {}  # variant, data, size, loss -> (seed, fold) -> run
     for part in parts:
+        seeds = part.get("args", {}).get("seeds") or []  # files from before runs named their seed: in --seeds order
         for row in part["results"]:
             key = (row["variant"], row["dataset"], row["size"], row["loss"])
-            seeds = part.get("args", {}).get("seeds") or []  # files from before runs named their seed: in --seeds order
             for i, run in enumerate(row["runs"]):
                 run = {"seed": seeds[i] if i < len(seeds) else None, "fold": None, **run}
                 if (run["seed"], run["fold"]) in pooled.setdefault(key, {}):

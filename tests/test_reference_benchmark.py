@@ -119,11 +119,11 @@ def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) ->
     reference_pml.main(["--combine", "cv", "base2", "--name", "cv_more"])  # a pooled file pooled again with a new run
     more = (results_dir / "cv_more.md").read_text()
     assert "| the defaults | caltech101 | 64 | proxy_anchor | 4 | 45.0 |" in more
+    assert "--name base1`" in more and "--name base2`" in more  # every run's command survives the second combine
     _tune_part(results_dir, "max3", "pool=max", 3, [0.30])  # before the defaults of its fold: still listed after them
     reference_pml.main(["--combine", "max3", "cv_more", "--name", "cv_order"])
     table = [line.split(" | ")[0] for line in (results_dir / "cv_order.md").read_text().splitlines() if "| caltech101 |" in line]
     assert table == ["| the defaults", "| `pool=max`"]
-    assert "--name base1`" in more and "--name base2`" in more  # every run's command survives the second combine
     old = json.loads((results_dir / "base0.json").read_text())  # written before runs carried their seed and fold
     for run in old["results"][0]["runs"]:
         del run["seed"], run["fold"]
