@@ -183,6 +183,12 @@ def _part_commands(parts: list[dict[str, Any]]) -> list[str]:
     return commands
 
 
+def _part_names(names: list[str], parts: list[dict[str, Any]]) -> list[str]:
+    """The results files behind a combine: a run's own name, or the names a combined file already lists, so that
+    the list names the files of single runs however many times they were combined."""
+    return [n for name, part in zip(names, parts, strict=True) for n in part.get("parts", [name])]
+
+
 def _parse_overrides(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in filter(None, re.split(r",(?![^\[{]*[\]}])", text)):  # commas inside [..] / {..} are values
@@ -320,7 +326,9 @@ def _combine(args: argparse.Namespace) -> None:
     first = argparse.Namespace(**parts[0]["args"])
     commands = _part_commands(parts)
     md = _markdown(results, first, parts[0]["machine"], commands)
-    payload = {"machine": parts[0]["machine"], "args": vars(first), "parts": args.combine, "commands": commands, "results": results}
+    payload = {
+        "machine": parts[0]["machine"], "args": vars(first), "parts": _part_names(args.combine, parts), "commands": commands, "results": results,
+    }
     write_results(args.name or "reference_pml", payload, md)
     print(md)
 
@@ -420,7 +428,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         )
     lines += ["", f"Machine: {machine_line(parts[0]['machine'])}", ""]
     rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": list(v.values())} for k, v in ordered]
-    payload = {"machine": parts[0]["machine"], "parts": args.combine, "commands": commands, "results": rows}
+    payload = {"machine": parts[0]["machine"], "parts": _part_names(args.combine, parts), "commands": commands, "results": rows}
     write_results(args.name or "reference_pml_tune", payload, "\n".join(lines))
     print("\n".join(lines))
 

@@ -58,6 +58,7 @@ def test_combine_pools_seeds_of_one_setting(results_dir: Path) -> None:
     more = (results_dir / "more.md").read_text()
     assert "| caltech101 | 64 | proxy_anchor | 0, 1 | 30.0 ± 0.0 | 45.0 ± 7.1 | +15.0 |" in more
     assert all(f"`python benchmarks/reference_pml.py {name}`" in more for name in "abcd")
+    assert json.loads((results_dir / "more.json").read_text())["parts"] == ["a", "b", "c", "d"]  # the runs' files, not "all"
 
 
 def test_combine_refuses_a_seed_twice(results_dir: Path) -> None:
@@ -120,6 +121,7 @@ def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) ->
     more = (results_dir / "cv_more.md").read_text()
     assert "| the defaults | caltech101 | 64 | proxy_anchor | 4 | 45.0 |" in more
     assert "--name base1`" in more and "--name base2`" in more  # every run's command survives the second combine
+    assert json.loads((results_dir / "cv_more.json").read_text())["parts"] == ["base0", "base1", "max0", "max1", "base2"]
     _tune_part(results_dir, "max3", "pool=max", 3, [0.30])  # before the defaults of its fold: still listed after them
     reference_pml.main(["--combine", "max3", "cv_more", "--name", "cv_order"])
     table = [line.split(" | ")[0] for line in (results_dir / "cv_order.md").read_text().splitlines() if "| caltech101 |" in line]
