@@ -171,22 +171,18 @@ def _command(argv: list[str]) -> str:
     return shlex.join(["python", "benchmarks/reference_pml.py", *argv])
 
 
-def _part_commands(parts: list[dict[str, Any]]) -> list[str]:
-    """The commands behind results files: a run's own, or every command a combined file already lists, so that a
-    combined file combined again with new runs still says how each of its runs was made."""
+def _provenance(names: list[str], parts: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The single-run results files behind a combine and the command of each: a run's own, or the lists a
+    combined file already holds, so that a file combined again still names every run and says how it was made."""
+    files: list[str] = []
     commands: list[str] = []
-    for part in parts:
+    for name, part in zip(names, parts, strict=True):
+        files += part.get("parts", [name])
         if "commands" in part:
             commands += part["commands"]
         elif "argv" in part:
             commands.append(_command(part["argv"]))
-    return commands
-
-
-def _part_names(names: list[str], parts: list[dict[str, Any]]) -> list[str]:
-    """The results files behind a combine: a run's own name, or the names a combined file already lists, so that
-    the list names the files of single runs however many times they were combined."""
-    return [n for name, part in zip(names, parts, strict=True) for n in part.get("parts", [name])]
+    return files, commands
 
 
 def _parse_overrides(text: str) -> dict[str, Any]:
@@ -324,11 +320,9 @@ def _combine(args: argparse.Namespace) -> None:
         for side in ("reference", "proxyembed"):
             row[side] = _summary(row["runs"][side])
     first = argparse.Namespace(**parts[0]["args"])
-    commands = _part_commands(parts)
+    files, commands = _provenance(args.combine, parts)
     md = _markdown(results, first, parts[0]["machine"], commands)
-    payload = {
-        "machine": parts[0]["machine"], "args": vars(first), "parts": _part_names(args.combine, parts), "commands": commands, "results": results,
-    }
+    payload = {"machine": parts[0]["machine"], "args": vars(first), "parts": files, "commands": commands, "results": results}
     write_results(args.name or "reference_pml", payload, md)
     print(md)
 
@@ -404,7 +398,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
             return ""
         return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f} ({len(diffs)})"
 
-    commands = _part_commands(parts)
+    files, commands = _provenance(args.combine, parts)
     lines = [
         "# Choosing defaults on held-out training classes, pooled over folds and seeds",
         "",
@@ -428,7 +422,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         )
     lines += ["", f"Machine: {machine_line(parts[0]['machine'])}", ""]
     rows = [{"variant": k[0], "dataset": k[1], "size": k[2], "loss": k[3], "runs": list(v.values())} for k, v in ordered]
-    payload = {"machine": parts[0]["machine"], "parts": _part_names(args.combine, parts), "commands": commands, "results": rows}
+    payload = {"machine": parts[0]["machine"], "parts": files, "commands": commands, "results": rows}
     write_results(args.name or "reference_pml_tune", payload, "\n".join(lines))
     print("\n".join(lines))
 
