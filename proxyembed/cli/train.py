@@ -54,6 +54,13 @@ def train_cmd(
     ema_decay: Annotated[
         float, typer.Option("--ema-decay", help="Evaluate, save and export a moving average of the weights with this decay (0: off).")
     ] = _DEFAULTS.ema_decay,
+    whiten: Annotated[
+        float,
+        typer.Option(
+            help="Whiten the embedding by its spread within the training classes, fitted after training and folded into the "
+            "head; the value is the shrinkage (in mean eigenvalues), 0 turns it off."
+        ),
+    ] = _DEFAULTS.whiten,
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Model input size (square) for training and evaluation (default: the data's).")
     ] = None,
@@ -116,6 +123,7 @@ def train_cmd(
         loss=loss, loss_params=params or None, epochs=epochs, batch_size=batch_size, sampler=sampler,
         samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, aux_lr_mult=aux_lr_mult, weight_decay=weight_decay,
         optimizer=optimizer, adam_eps=adam_eps, schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, ema_decay=ema_decay,
+        whiten=whiten,
         image_size=image_size,
         augment=augment, crop_scale=_pair(crop_scale, "--crop-scale"), hflip=hflip, eval_fit=eval_fit, resize=resize,
         eval_every=eval_every, nmi=nmi, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,

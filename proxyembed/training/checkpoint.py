@@ -21,6 +21,7 @@ from proxyembed.runtime.files import atomic_write, sha256_file
 from proxyembed.runtime.preprocess import PreprocessSpec
 
 from .run_dir import BEST, find_checkpoint
+from .whitening import Whitening, fold_whitening
 
 CHECKPOINT_FORMAT = 1
 
@@ -63,9 +64,12 @@ class Checkpoint:
         return sha256_file(self.path)
 
     def build_model(self) -> Embedder:
-        """The embedding network with this checkpoint's weights, in eval mode, on the CPU."""
+        """The embedding network with this checkpoint's weights, in eval mode, on the CPU; a run trained with
+        ``--whiten`` has its whitening folded into the head, so this is the network training evaluated."""
         model = build_embedder(self.model_config)
         model.load_state_dict(self.data["model"])
+        if self.data.get("whitening") is not None:
+            fold_whitening(model, Whitening.from_dict(self.data["whitening"], self.model_config.embedding_dim, str(self.path)))
         return model.eval()
 
 

@@ -72,6 +72,9 @@ class TrainConfig:
     # Exponential moving average of the weights, evaluated, saved and exported instead of the last step's
     # weights; 0 turns it off (docs/defaults.md has the measurement behind the default).
     ema_decay: float = 0.0
+    # Within-class whitening of the embedding, fitted on the training images at each evaluation and folded into
+    # the saved head (proxyembed.training.whitening): the shrinkage, in mean eigenvalues; 0 turns it off.
+    whiten: float = 2.0
     grad_clip: float = 10.0
     image_size: int | None = None  # model input size, training and evaluation; default from the data
     resize: int | None = None  # evaluation resize of the shorter side before a centre crop; default from the data
@@ -114,6 +117,8 @@ class TrainConfig:
                 raise BadInput(f"--crop-scale {lo},{hi} must satisfy 0 < low <= high <= 1", hint="e.g. --crop-scale 0.5,1")
         if not 0 <= self.ema_decay < 1:
             raise BadInput(f"ema_decay must be in [0, 1), got {self.ema_decay}", hint="e.g. 0.99; 0 turns weight averaging off")
+        if not self.whiten >= 0:
+            raise BadInput(f"--whiten must be >= 0, got {self.whiten}", hint="e.g. 1.0; 0 turns whitening off")
         if not self.adam_eps > 0:
             raise BadInput(f"--adam-eps must be positive, got {self.adam_eps}")
         if self.schedule == "multistep" and (not self.milestones or self.milestones != sorted(set(self.milestones)) or self.milestones[0] < 1):

@@ -27,8 +27,10 @@ def embed_samples(
     batch_size: int = 128,
     autocast_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
+    normalize: bool = True,
 ) -> np.ndarray:
-    """float32 (N, D) embeddings of ``samples``, in order; ``on_batch(n)`` reports progress."""
+    """float32 (N, D) embeddings of ``samples``, in order, L2-normalised unless ``normalize`` is false;
+    ``on_batch(n)`` reports progress."""
     was_training = model.training
     model.eval()
     pre = Preprocessor(spec)
@@ -39,7 +41,8 @@ def embed_samples(
             x = torch.from_numpy(batch).to(device)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 y = model(x)
-            out.append(torch.nn.functional.normalize(y.float(), dim=1).cpu().numpy())
+            y = y.float()
+            out.append((torch.nn.functional.normalize(y, dim=1) if normalize else y).cpu().numpy())
             if on_batch:
                 on_batch(len(batch))
     finally:

@@ -25,7 +25,7 @@ BOOKKEEPING = ("epoch", "loss", "lr", "images_per_s", "time_s")
 """The keys of a metrics.jsonl record that are not retrieval metrics."""
 
 
-_OPTIONAL = ("optimizer", "scheduler", "scaler", "training_model", "ema_updates")
+_OPTIONAL = ("optimizer", "scheduler", "scaler", "training_model", "ema_updates", "whitening")
 
 
 @dataclass
@@ -54,6 +54,9 @@ class CheckpointPayload:
     # also holds the weights the optimizer steps and the number of averaging updates, for --resume.
     training_model: dict[str, Any] | None = None
     ema_updates: int | None = None
+    # With --whiten, the map fitted to ``model`` on the training images at this epoch; ``model`` itself stays
+    # unwhitened (resume trains on), and Checkpoint.build_model folds the map into the head.
+    whitening: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The payload as the dict a checkpoint file stores (resume and averaging states only when present)."""

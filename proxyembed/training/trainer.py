@@ -15,6 +15,7 @@ checkpoints hold the unwrapped network, so ``eval``, ``export`` and ``--resume``
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -44,6 +45,7 @@ from .distributed import (
     average_gradients,
     barrier,
     broadcast_from_main,
+    embed_sharded,
     evaluate_sharded,
     process_group,
     shard_bounds,
@@ -52,7 +54,7 @@ from .distributed import (
     world_from_env,
     wrap_model,
 )
-from .evaluate import evaluate_model
+from .evaluate import embed_samples, evaluate_model
 from .optim import WeightAverage, build_optimizer, build_scheduler
 from .plots import plot_curves
 from .run_dir import (
@@ -66,6 +68,9 @@ from .run_dir import (
     write_config,
     write_history,
 )
+from .whitening import Whitening, fit_whitening, fold_whitening
+
+WHITEN_MAX_IMAGES = 20_000  # --whiten fits on at most this many training images per evaluation
 
 
 class TrainingFailed(ProxyEmbedError):
@@ -184,6 +189,8 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
+        self.whitening: Whitening | None = None  # fitted by the last evaluation, for the weights of whitening_epoch
+        self.whitening_epoch = -1
         self.best_value = -math.inf
         self.history: list[dict[str, Any]] = []
         d = self.resume_from.data if self.resume_from is not None else {}
@@ -258,19 +265,45 @@ class Trainer:
         """
         splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
         sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
+        sizes += [len(self._whitening_images())] if self.cfg.whiten else []
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
         broadcast_from_main(self.eval_model.buffers(), self.world)
+        model = self._whitened(epoch)
         out: dict[str, float] = {}
         for prefix, split in splits:
             # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
             kw: dict[str, Any] = dict(device=self.device, nmi=self.cfg.nmi, on_batch=lambda k: self.reporter.advance(k))
             if self.world.distributed:
-                metrics = evaluate_sharded(self.eval_model, split, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
+                metrics = evaluate_sharded(model, split, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
             else:
-                metrics = evaluate_model(self.eval_model, split, self.spec, **kw)
+                metrics = evaluate_model(model, split, self.spec, **kw)
             out.update({prefix + k: v for k, v in metrics.items()})
         return out
+
+    def _whitening_images(self) -> list[Any]:
+        """The training images the whitening is fitted on: all of them, or an even stride through them when there
+        are more than WHITEN_MAX_IMAGES (a 128-d covariance needs thousands, not the whole of a large dataset)."""
+        train = self.data.train
+        return train[:: -(-len(train) // WHITEN_MAX_IMAGES)]
+
+    def _whitened(self, epoch: int) -> torch.nn.Module:
+        """``eval_model`` with ``--whiten``'s within-class whitening, fitted on the training images now, folded
+        into a copy of its head; ``eval_model`` itself when whitening is off or has nothing to fit."""
+        self.whitening, self.whitening_epoch = None, epoch
+        if not self.cfg.whiten:
+            return self.eval_model
+        kw: dict[str, Any] = dict(device=self.device, on_batch=lambda k: self.reporter.advance(k), normalize=False)
+
+        def embed(module: torch.nn.Module, samples: list[Any]) -> np.ndarray:
+            if self.world.distributed:
+                return embed_sharded(module, samples, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
+            return embed_samples(module, samples, self.spec, **kw)
+
+        self.whitening = fit_whitening(self.eval_model, self._whitening_images(), self.spec, self.cfg.whiten, embed=embed)
+        if self.whitening is None:
+            return self.eval_model
+        return fold_whitening(copy.deepcopy(self.eval_model), self.whitening)
 
     def _set_train_mode(self, epoch: int) -> None:
         self.model.train()
@@ -335,6 +368,7 @@ class Trainer:
             metrics=metrics,
             best_value=self.best_value,
             train_classes=self.dataset.num_classes,
+            whitening=self.whitening.to_dict() if self.whitening is not None and self.whitening_epoch == epoch else None,
         )
         if full:
             payload.optimizer, payload.scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
