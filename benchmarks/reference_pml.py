@@ -77,6 +77,7 @@ def reference_run(
 
     t_start = time.perf_counter()
     torch.manual_seed(seed)
+    np.random.seed(seed)  # PML's MPerClassSampler shuffles with numpy's global random state
     x_train, y_train = _tensors(split.train, size)
     classes = sorted(set(y_train.tolist()))
     y_train = torch.tensor([classes.index(int(y)) for y in y_train])

@@ -135,3 +135,15 @@ def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) ->
     _tune_part(results_dir, "again", "pool=max", 1, [0.45])
     with pytest.raises(SystemExit, match="seed 0 fold 1"):
         reference_pml.main(["--combine", "max1", "again", "--name", "cv2"])
+
+
+def test_the_reference_loop_repeats_itself_for_a_seed() -> None:
+    pytest.importorskip("pytorch_metric_learning", reason='the reference loop needs pip install -e ".[bench]"')
+    import numpy as np
+
+    split = resolve_data("synthetic:train_classes=6,eval_classes=6,per_class=8,size=40")
+    runs = []
+    for noise in (1, 2):  # numpy's global state differs before each run, as in two processes
+        np.random.seed(noise)
+        runs.append(reference_pml.reference_run(split, 32, "proxy_anchor", seed=3, epochs=1, batch=16, dim=16, backbone="resnet18"))
+    assert runs[0]["metrics"] == runs[1]["metrics"]
