@@ -225,6 +225,7 @@ def test_cli_train_then_eval_reproduces(tmp_path: Path) -> None:
         (["train", "--loss", "arcface", "--data", TINY], "arcface"),
         (["train", "--backbone", "resnet_nope", "--data", TINY, "--epochs", "1"], "unknown backbone"),
         (["train", "--epochs", "0"], "--epochs must be positive"),
+        (["train", "--whiten", "-1"], "--whiten must be >= 0"),
         (["train", "--loss-param", "alpha"], "KEY=VALUE"),
         (["eval", "/no/such/run"], "does not exist"),
     ],

@@ -57,8 +57,8 @@ def train_cmd(
     whiten: Annotated[
         float,
         typer.Option(
-            help="Whiten the embedding by its spread within the training classes, fitted after training and folded into the "
-            "head; the value is the shrinkage (in mean eigenvalues), 0 turns it off."
+            help="Whiten the embedding by its spread within the training classes, fitted on the training images at each "
+            "evaluation and folded into the saved head; the value is the shrinkage (in mean eigenvalues), 0 turns it off."
         ),
     ] = _DEFAULTS.whiten,
     image_size: Annotated[

@@ -118,7 +118,7 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise BadInput(f"ema_decay must be in [0, 1), got {self.ema_decay}", hint="e.g. 0.99; 0 turns weight averaging off")
         if not self.whiten >= 0:
-            raise BadInput(f"--whiten must be >= 0, got {self.whiten}", hint="e.g. 1.0; 0 turns whitening off")
+            raise BadInput(f"--whiten must be >= 0, got {self.whiten}", hint="e.g. 2; 0 turns whitening off")
         if not self.adam_eps > 0:
             raise BadInput(f"--adam-eps must be positive, got {self.adam_eps}")
         if self.schedule == "multistep" and (not self.milestones or self.milestones != sorted(set(self.milestones)) or self.milestones[0] < 1):
