@@ -265,11 +265,12 @@ class Trainer:
         """
         splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
         sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
-        sizes += [len(self._whitening_images())] if self.cfg.whiten else []
+        whitening_images = self._whitening_images() if self.cfg.whiten else []
+        sizes.append(len(whitening_images))
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
         broadcast_from_main(self.eval_model.buffers(), self.world)
-        model = self._whitened(epoch)
+        model = self._whitened(epoch, whitening_images)
         out: dict[str, float] = {}
         for prefix, split in splits:
             # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
@@ -287,9 +288,9 @@ class Trainer:
         train = self.data.train
         return train[:: -(-len(train) // WHITEN_MAX_IMAGES)]
 
-    def _whitened(self, epoch: int) -> torch.nn.Module:
-        """``eval_model`` with ``--whiten``'s within-class whitening, fitted on the training images now, folded
-        into a copy of its head; ``eval_model`` itself when whitening is off or has nothing to fit."""
+    def _whitened(self, epoch: int, images: list[Any]) -> torch.nn.Module:
+        """``eval_model`` with ``--whiten``'s within-class whitening, fitted on ``images`` now, folded into a copy
+        of its head; ``eval_model`` itself when whitening is off or has nothing to fit."""
         self.whitening, self.whitening_epoch = None, epoch
         if not self.cfg.whiten:
             return self.eval_model
@@ -300,7 +301,7 @@ class Trainer:
                 return embed_sharded(module, samples, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
             return embed_samples(module, samples, self.spec, **kw)
 
-        self.whitening = fit_whitening(self.eval_model, self._whitening_images(), self.spec, self.cfg.whiten, embed=embed)
+        self.whitening = fit_whitening(self.eval_model, images, self.cfg.whiten, embed=embed)
         if self.whitening is None:
             return self.eval_model
         return fold_whitening(copy.deepcopy(self.eval_model), self.whitening)

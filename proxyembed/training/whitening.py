@@ -25,7 +25,6 @@ from torch import nn
 from proxyembed.data.types import Sample
 from proxyembed.models import Embedder
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)
@@ -97,12 +96,7 @@ class _HeadOutput(nn.Module):
 
 
 def fit_whitening(
-    model: Embedder,
-    samples: Sequence[Sample],
-    spec: PreprocessSpec,
-    shrink: float,
-    *,
-    embed: Callable[[nn.Module, Sequence[Sample]], np.ndarray],
+    model: Embedder, samples: Sequence[Sample], shrink: float, *, embed: Callable[[nn.Module, Sequence[Sample]], np.ndarray]
 ) -> Whitening | None:
     """Fit the whitening of ``model`` on ``samples`` (evaluation preprocessing, no augmentation).
 
