@@ -191,9 +191,13 @@ class Preprocessor:
         chw = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * (1.0 / 255.0)
         return (chw - self._mean) * self._inv_std
 
+    def decode(self, src: ImageLike) -> Image.Image:
+        """Read ``src`` as the RGB image :meth:`square` starts from (the decode stage, timed apart by the service)."""
+        return load_image(src)
+
     def image(self, src: ImageLike) -> np.ndarray:
         """One image as a float32 CHW array."""
-        return self.normalise(self.square(load_image(src)))
+        return self.normalise(self.square(self.decode(src)))
 
     def __call__(self, images: Sequence[ImageLike] | ImageLike) -> np.ndarray:
         """A float32 NCHW batch; a single image gives a batch of one."""
