@@ -130,6 +130,32 @@ def _swap_dir_into_place(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def restore_interrupted_swap(target: str | os.PathLike) -> bool:
+    """Put back the previous version of folder ``target`` when a swap was killed between its two renames.
+
+    :func:`_swap_dir_into_place` moves the old folder aside before renaming the new one into place; a
+    process killed (``kill -9``, power loss) in between leaves no ``target``, only the complete old
+    version inside a hidden ``.old`` sibling. Its writer never reported success, so the old version is
+    the last committed state. Returns whether a folder was restored; an existing ``target`` is left alone.
+    """
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return False
+    # The newest swap's holder: its mtime is that of the rename into it (an older holder whose clean-up
+    # was cut short still has its folder, partly deleted, but was last changed at an earlier swap).
+    aside = sorted(
+        (p for p in target.parent.glob(f".{target.name}.*.old") if (p / target.name).is_dir()),
+        key=lambda p: p.stat().st_mtime_ns,
+    )
+    if not aside:
+        return False
+    os.replace(aside[-1] / target.name, target)
+    fsync_path(target.parent)
+    for leftover in target.parent.glob(f".{target.name}.*.old"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return True
+
+
 class StagedDir:
     """A hidden folder beside ``target`` to build a new version of it in, then swap into place.
 

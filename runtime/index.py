@@ -165,6 +165,13 @@ class Index:
                 raise BadInput(f"id {item_id!r} is not in the index")
             return dict(self._meta[self._labels[item_id]])
 
+    def vector(self, item_id: ItemId) -> np.ndarray:
+        """The stored vector of ``item_id`` (normalised for ``space="cosine"``), e.g. to search by an indexed item."""
+        with self._lock.read():
+            if item_id not in self._labels:
+                raise BadInput(f"id {item_id!r} is not in the index")
+            return np.asarray(self._hnsw.get_items([self._labels[item_id]]), dtype=np.float32).reshape(self.dim)
+
     def params(self) -> dict[str, Any]:
         """The construction and search parameters (what a gallery records)."""
         return {

@@ -126,6 +126,8 @@ def load_image(src: ImageLike) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     except FileNotFoundError as exc:
         raise BadInput(f"image not found: {describe(src)}") from exc
+    except Image.DecompressionBombError as exc:
+        raise BadInput(f"image {describe(src)} is too large to decode safely: {exc}", hint="downscale it first") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"cannot read image {describe(src)}: {exc.__class__.__name__}", hint="is it a valid image file?") from exc
     return _to_rgb(img)

@@ -23,7 +23,7 @@ from .bundle import Bundle
 from .embeddings import read_embeddings
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
-from .files import read_json_object, sha256_file, staged_dir, write_sealed_json
+from .files import read_json_object, restore_interrupted_swap, sha256_file, staged_dir, write_sealed_json
 from .index import SIDECAR_FILE, Filter, Hit, Index, ItemId
 from .preprocess import ImageLike
 
@@ -142,11 +142,12 @@ class Retriever:
 
     # -- gallery persistence -------------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, *, calibrate: bool = True) -> Path:
         """Write the gallery to ``folder`` atomically: a temp sibling folder, then a rename.
 
         An existing gallery at ``folder`` is replaced only once the new one is complete; a folder that
-        exists but is not a gallery is refused rather than deleted.
+        exists but is not a gallery is refused rather than deleted. ``calibrate=False`` keeps the last
+        recall measurement and ``ef`` (a service saving after every small change; see :meth:`Index.calibrate`).
         """
         folder = Path(folder).resolve()
         if folder.exists() and not (folder / GALLERY_FILE).is_file() and (not folder.is_dir() or any(folder.iterdir())):
@@ -154,7 +155,7 @@ class Retriever:
                 f"{folder} exists and is not a gallery", hint="choose a new --out folder; it is not overwritten"
             )
         with staged_dir(folder) as tmp:
-            self.index.save(tmp)
+            self.index.save(tmp, calibrate=calibrate)
             info = {
                 "format_version": GALLERY_VERSION,
                 "bundle": {**self.encoder.bundle.signature, "path": str(self.encoder.bundle.path)},
@@ -182,6 +183,7 @@ class Retriever:
         ``encoder_options`` go to :class:`Encoder` (precision, device, threads).
         """
         folder = Path(folder)
+        restore_interrupted_swap(folder)
         info = read_gallery_info(folder)
         if bundle is None:
             bundle = info["bundle"].get("path")

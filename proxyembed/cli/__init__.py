@@ -1,4 +1,4 @@
-"""The ``proxyembed`` command line: train, eval, export, embed, index, search, check.
+"""The ``proxyembed`` command line: train, eval, export, embed, index, search, serve, check.
 
 Each stage registers its commands from its own module; heavy imports (torch, onnx) happen inside the
 commands, so ``proxyembed search`` and ``proxyembed --help`` start without torch. :func:`main` owns the
@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from . import check, embed, export, gallery, train
+    from . import check, embed, export, gallery, serve, train
 
-    for module in (train, export, embed, gallery, check):
+    for module in (train, export, embed, gallery, serve, check):
         module.register(app)
 
 
