@@ -341,3 +341,59 @@ def test_interrupted_swap_is_restored(tmp_path: Path) -> None:
     assert restore_interrupted_swap(target) and (target / "f").read_text() == "last committed"
     assert not list(tmp_path.glob(".gal.*.old"))
     assert not restore_interrupted_swap(target)  # a present target is left alone
+
+
+# -- batching ------------------------------------------------------------------------------------------
+
+
+def test_concurrent_encodes_share_batches_and_match_single_calls(bundle: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from proxyembed.runtime import Encoder
+    from proxyembed.serve.batching import EncodeBatcher
+
+    encoder = Encoder(bundle)
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def encode_batch(batch: np.ndarray) -> np.ndarray:
+        gate.wait(timeout=30)  # hold the first call so that the others queue up behind it
+        sizes.append(len(batch))
+        return encoder.encode_batch(batch)
+
+    arrays = [encoder.preprocessor(pattern_image(c, v))[0] for c in ("red", "green", "blue") for v in range(4)]
+    batcher = EncodeBatcher(encode_batch, max_batch=8)
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(batcher.encode, a[None]) for a in arrays]
+            time.sleep(0.3)
+            gate.set()
+            got = np.concatenate([f.result(timeout=60) for f in futures])
+    finally:
+        batcher.close()
+    assert np.allclose(got, encoder.encode_batch(np.stack(arrays)), atol=1e-6)
+    assert sum(sizes) == 12 and max(sizes) == 8 and len(sizes) < 12  # batches formed, capped at max_batch
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
+    import numpy as np
+
+    from proxyembed.serve.batching import EncodeBatcher
+
+    calls = iter([RuntimeError("boom"), None])
+
+    def encode_batch(batch: np.ndarray) -> np.ndarray:
+        error = next(calls)
+        if error:
+            raise error
+        return batch.reshape(len(batch), -1)
+
+    batcher = EncodeBatcher(encode_batch)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            batcher.encode(np.zeros((1, 3, 2, 2), np.float32))
+        assert batcher.encode(np.ones((1, 3, 2, 2), np.float32)).shape == (1, 12)
+    finally:
+        batcher.close()

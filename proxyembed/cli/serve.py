@@ -34,9 +34,8 @@ def serve_command(
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body accepted, in MiB (larger: 413).")] = 20.0,
     bundle: Annotated[Path | None, typer.Option(help="Bundle to use instead of the one the gallery records.")] = None,
     precision: Annotated[PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")] = "auto",
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="ONNX Runtime threads per request (default: 1, so concurrent requests use the cores).")
-    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads of the encoder (default: all cores).")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most images per inference call when concurrent requests are batched.")] = 32,
     image_root: Annotated[
         list[Path] | None,
         typer.Option(help="A folder whose images GET /items/{id}/image may send (repeatable; the gallery's own image folders always may)."),
@@ -57,11 +56,12 @@ def serve_command(
         gallery=gallery.resolve(),
         bundle=bundle,
         precision=precision,
-        threads=threads or 1,
+        threads=threads,
         read_only=read_only,
         max_upload_bytes=int(max_upload_mb * 2**20),
         image_roots=tuple(image_root or ()),
         worker_threads=worker_threads,
+        max_batch=max_batch,
     )
     app = create_app(options)
     err_console.print(f"serving {gallery} on http://{host}:{port} ({'read-only' if read_only else 'read-write'}); Ctrl-C stops", highlight=False)

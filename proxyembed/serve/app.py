@@ -2,8 +2,9 @@
 
 The model and index load once, in the lifespan, before the server accepts a connection. Handlers are
 plain ``def`` functions, so FastAPI runs them on its thread pool: decoding, encoding and searching
-never block the event loop, and ONNX Runtime and hnswlib (which release the GIL) serve requests in
-parallel. Every error a client can cause is a 4xx with ``{"error": "one line"}``; anything else is a
+never block the event loop. Requests decode in parallel, their images are encoded in shared batches
+(:mod:`proxyembed.serve.batching`), and hnswlib searches run in parallel under the index's read lock.
+Every error a client can cause is a 4xx with ``{"error": "one line"}``; anything else is a
 500 with the same shape, logged, and never takes the server down.
 """
 
@@ -47,6 +48,23 @@ class VectorQuery(BaseModel):
     filter: dict[str, Any] | None = Field(None, description="Only items whose metadata has these values.")
 
 
+class Result(BaseModel):
+    """One hit: rank from 1, the item's id, cosine similarity, metadata, and where its image is served (or null)."""
+
+    rank: int
+    id: str | int
+    score: float
+    metadata: dict[str, Any]
+    image_url: str | None
+
+
+class SearchResults(BaseModel):
+    """Hits best first, and the milliseconds each stage of this request took."""
+
+    results: list[Result]
+    timing_ms: dict[str, float]
+
+
 def create_app(options: ServeOptions) -> FastAPI:
     """The FastAPI app serving the gallery of ``options``; it loads in the lifespan (start-up), once."""
     metrics = ServiceMetrics()
@@ -57,7 +75,7 @@ def create_app(options: ServeOptions) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = options.worker_threads
         state["service"] = await anyio.to_thread.run_sync(lambda: GalleryService(options, metrics))
         yield
-        state.clear()
+        state.pop("service").close()
 
     app = FastAPI(
         title="proxyembed",
@@ -89,23 +107,23 @@ def create_app(options: ServeOptions) -> FastAPI:
     def info() -> dict[str, Any]:
         return service().info()
 
-    @app.post("/search", summary="The k gallery items most similar to an uploaded image.")
+    @app.post("/search", summary="The k gallery items most similar to an uploaded image.", response_model=SearchResults)
     def search(
         image: Annotated[UploadFile, File(description="The query image (JPEG, PNG, WebP, ...).")],
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 5,
         filter: Annotated[str | None, Form(description='JSON object of required metadata values, e.g. {"label": "cat"}.')] = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         svc, timings = service(), Timings()
         hits = svc.search_image(_read(image), image.filename or "image", k, _json_object(filter, "filter"), timings)
         return _results(hits, timings)
 
-    @app.post("/search/vector", summary="The k gallery items most similar to a query embedding.")
-    def search_vector(query: VectorQuery) -> dict[str, Any]:
+    @app.post("/search/vector", summary="The k gallery items most similar to a query embedding.", response_model=SearchResults)
+    def search_vector(query: VectorQuery) -> JSONResponse:
         timings = Timings()
         return _results(service().search_vector(query.vector, query.k, query.filter, timings), timings)
 
-    @app.get("/items/{item_id:path}/neighbors", summary="The k items nearest to an indexed item (itself left out).")
-    def neighbors(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 5) -> dict[str, Any]:
+    @app.get("/items/{item_id:path}/neighbors", summary="The k items nearest to an indexed item (itself left out).", response_model=SearchResults)
+    def neighbors(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 5) -> JSONResponse:
         timings = Timings()
         return _results(service().neighbors(item_id, k, timings), timings)
 
@@ -175,11 +193,10 @@ def _image_url(item_id: Any, meta: dict[str, Any]) -> str | None:
     return f"/items/{quote(str(item_id), safe='')}/image" if isinstance(meta.get("path"), str) else None
 
 
-def _results(hits: list[Hit], timings: Timings) -> dict[str, Any]:
-    return {
-        "results": [{"rank": r, **h.to_dict(), "image_url": _image_url(h.id, h.metadata)} for r, h in enumerate(hits, 1)],
-        "timing_ms": timings.as_ms(),
-    }
+def _results(hits: list[Hit], timings: Timings) -> JSONResponse:
+    """The :class:`SearchResults` body, sent as built (it is JSON-ready: FastAPI's re-encoding would only cost time)."""
+    results = [{"rank": r, **h.to_dict(), "image_url": _image_url(h.id, h.metadata)} for r, h in enumerate(hits, 1)]
+    return JSONResponse({"results": results, "timing_ms": timings.as_ms()})
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -28,6 +28,7 @@ from proxyembed.runtime.encoder import PrecisionChoice
 from proxyembed.runtime.index import Hit, ItemId
 from proxyembed.runtime.preprocess import describe
 
+from .batching import EncodeBatcher
 from .metrics import ServiceMetrics
 
 DEFAULT_MAX_UPLOAD_MB = 20
@@ -58,6 +59,7 @@ class ServeOptions:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20
     image_roots: tuple[Path, ...] = field(default_factory=tuple)
     worker_threads: int = 8
+    max_batch: int = 32
 
 
 @dataclass
@@ -78,6 +80,8 @@ class GalleryService:
         self.metrics = metrics or ServiceMetrics()
         self._write_lock = threading.Lock()
         self.retriever = self._load()
+        # One encoder thread batches what concurrent requests send (read through self.retriever, which a failed save replaces).
+        self._batcher = EncodeBatcher(lambda batch: self.retriever.encoder.encode_batch(batch), options.max_batch)
         # Files the service may send back: those under --image-root, and those in the folders that the
         # gallery's own items came from when it was loaded (written by `proxyembed index`, so chosen by
         # the operator). A client-supplied "path" elsewhere is never read.
@@ -88,6 +92,10 @@ class GalleryService:
     def _load(self) -> Retriever:
         o = self.options
         return Retriever.load(o.gallery, bundle=o.bundle, precision=o.precision, threads=o.threads)
+
+    def close(self) -> None:
+        """Stop the encoder thread (after the requests it has queued)."""
+        self._batcher.close()
 
     def _all_metadata(self) -> Iterator[dict[str, Any]]:
         index = self.retriever.index
@@ -133,7 +141,7 @@ class GalleryService:
         with self._stage(timings, "preprocess"):
             batch = pre.normalise(pre.square(img))[None]
         with self._stage(timings, "encode"):
-            return self.retriever.encoder.encode_batch(batch)[0]
+            return self._batcher.encode(batch)[0]
 
     def search_vector(self, vector: Sequence[float] | np.ndarray, k: int, filter: Mapping[str, Any] | None, timings: Timings) -> list[Hit]:
         """Top-``k`` items for a query vector of the gallery's dim (it need not be normalised)."""
