@@ -397,3 +397,30 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
         assert batcher.encode(np.ones((1, 3, 2, 2), np.float32)).shape == (1, 12)
     finally:
         batcher.close()
+
+
+def test_a_failed_save_rolls_the_change_back(gallery: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with client(gallery) as api:
+        def disk_full(self: Retriever, folder: object, **kwargs: object) -> Path:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(Retriever, "save", disk_full)
+        response = api.post("/items", files={"images": ("x.png", png("cyan", 1))}, data={"ids": "x"})
+        assert response.status_code == 500 and "rolled back" in response.json()["error"]
+        assert api.delete("/items/red%2Fred_0.png").status_code == 500
+        monkeypatch.undo()
+        assert api.get("/info").json()["count"] == 12 and api.get("/items/x").status_code == 404  # memory matches disk
+        assert api.get("/items/red%2Fred_0.png").status_code == 200
+        assert search(api, png("red", 0)).status_code == 200
+
+
+def test_emptying_the_gallery_and_filling_it_again(gallery: Path) -> None:
+    with client(gallery) as api:
+        for item_id in Retriever.load(gallery).index.ids():
+            assert api.delete(f"/items/{item_id}").status_code == 200
+        assert search(api, png("red", 0)).json()["results"] == []
+    with client(gallery) as api:  # an empty gallery loads and takes new items
+        assert api.get("/info").json()["count"] == 0
+        assert api.post("/items", files={"images": ("r.png", png("red", 0))}, data={"ids": "r"}).status_code == 200
+        assert api.get("/items/r/neighbors").json()["results"] == []
+        assert search(api, png("red", 0)).json()["results"][0]["id"] == "r"

@@ -7,7 +7,7 @@ options, loads nothing heavy before uvicorn starts, and prints where the server 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -40,7 +40,7 @@ def serve_command(
         list[Path] | None,
         typer.Option(help="A folder whose images GET /items/{id}/image may send (repeatable; the gallery's own image folders always may)."),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve GALLERY over HTTP: search by image or vector, browse items, add and delete them, a page at /."""
     from proxyembed.extras import require_extras
