@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shlex
 import statistics
 import subprocess
@@ -48,8 +49,14 @@ def build_gallery(bundle: Path, images: Path, size: int, out: Path) -> tuple[Pat
     return out, [Path(it["path"]).read_bytes() for it in queries]
 
 
-def in_process(gallery: Path, queries: list[bytes], threads: int, seconds: float, ort_threads: int | None) -> float:
-    """Searches per second of ``Retriever.search`` on ``threads`` threads for ``seconds``."""
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_process(gallery: Path, queries: list[bytes], threads: int, seconds: float, ort_threads: int | None) -> tuple[float, float]:
+    """Searches per second of ``Retriever.search`` on ``threads`` threads for ``seconds``, and CPU ms per search."""
     retriever = Retriever.load(gallery, threads=ort_threads)
     counts = [0] * threads
     stop = time.monotonic() + seconds
@@ -61,13 +68,13 @@ def in_process(gallery: Path, queries: list[bytes], threads: int, seconds: float
             counts[t] += 1
             i += threads
 
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     for p in pool:
         p.start()
     for p in pool:
         p.join()
-    return sum(counts) / (time.monotonic() - start)
+    return sum(counts) / (time.monotonic() - start), 1e3 * (time.process_time() - cpu) / max(sum(counts), 1)
 
 
 def start_server(gallery: Path, port: int, ort_threads: int | None, worker_threads: int, max_batch: int) -> subprocess.Popen[bytes]:
@@ -90,8 +97,10 @@ def start_server(gallery: Path, port: int, ort_threads: int | None, worker_threa
     raise TimeoutError("server did not come up in 120 s")
 
 
-def load(url: str, queries: list[bytes], adds: list[bytes], clients: int, seconds: float, add_every: int, tag: str) -> dict[str, Any]:
-    """``clients`` threads for ``seconds``: searches, and on client 0 an add every ``add_every`` requests."""
+def load(
+    url: str, server_pid: int, queries: list[bytes], adds: list[bytes], clients: int, seconds: float, add_every: int, tag: str
+) -> dict[str, Any]:
+    """``clients`` threads for ``seconds``: searches, and on client 0 an add every ``add_every`` requests; CPU per request on both sides."""
     latencies: dict[str, list[float]] = {"search": [], "add": []}
     errors: list[str] = []
     lock = threading.Lock()
@@ -121,14 +130,22 @@ def load(url: str, queries: list[bytes], adds: list[bytes], clients: int, second
                     if not ok:
                         errors.append(why)
 
-    start = time.monotonic()
+    start, client_cpu, server_cpu = time.monotonic(), time.process_time(), proc_cpu_seconds(server_pid)
     pool = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for p in pool:
         p.start()
     for p in pool:
         p.join()
     elapsed = time.monotonic() - start
-    out: dict[str, Any] = {"clients": clients, "seconds": round(elapsed, 1), "errors": len(errors), "error_samples": errors[:3]}
+    n = max(sum(len(v) for v in latencies.values()), 1)
+    out: dict[str, Any] = {
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "server_cpu_ms_per_request": round(1e3 * (proc_cpu_seconds(server_pid) - server_cpu) / n, 2),
+        "client_cpu_ms_per_request": round(1e3 * (time.process_time() - client_cpu) / n, 2),
+    }
     for kind, lat in latencies.items():
         if lat:
             ms = sorted(x * 1e3 for x in lat)
@@ -157,7 +174,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8", help="comma-separated concurrency levels")
     ap.add_argument("--seconds", type=float, default=20.0, help="per level, and per in-process measurement")
     ap.add_argument("--add-every", type=int, default=10, help="client 0 adds an image every N requests (0: searches only)")
-    ap.add_argument("--ort-threads", type=int, default=None, help="server: ONNX Runtime threads of its encoder (--threads; default all cores)")
+    ap.add_argument("--ort-threads", type=int, default=None, help="server: ONNX Runtime threads per inference call (--threads; default 1)")
     ap.add_argument("--worker-threads", type=int, default=8, help="server: requests handled at once")
     ap.add_argument("--max-batch", type=int, default=32, help="server: most images per batched inference call")
     ap.add_argument("--skip-in-process", action="store_true", help="measure the server only (the ratio is then left out)")
@@ -170,19 +187,20 @@ def main() -> None:
         gallery, queries = build_gallery(args.bundle, args.images, args.gallery_size, Path(tmp) / "gallery")
         adds = [shrink(q, 300) for q in queries[:50]]
         print(f"gallery: {args.gallery_size} images; {len(queries)} query images", file=sys.stderr)
-        base = {}
+        base, base_cpu = {}, {}
         for threads in [] if args.skip_in_process else sorted({1, *levels}):
             for ort in (1, None):
                 key = f"{threads} thread(s), ORT threads {ort or 'default'}"
-                base[key] = round(in_process(gallery, queries, threads, args.seconds, ort), 1)
-                print(f"in-process {key}: {base[key]} searches/s", file=sys.stderr)
+                rate, cpu_ms = in_process(gallery, queries, threads, args.seconds, ort)
+                base[key], base_cpu[key] = round(rate, 1), round(cpu_ms, 2)
+                print(f"in-process {key}: {base[key]} searches/s, {base_cpu[key]} CPU ms each", file=sys.stderr)
         best_in_process = max(base.values(), default=float("nan"))
         proc = start_server(gallery, args.port, args.ort_threads, args.worker_threads, args.max_batch)
         try:
             url = f"http://127.0.0.1:{args.port}"
             rows = []
             for clients in levels:
-                row = load(url, queries, adds, clients, args.seconds, args.add_every, f"c{clients}")
+                row = load(url, proc.pid, queries, adds, clients, args.seconds, args.add_every, f"c{clients}")
                 row["ratio_to_in_process"] = round(row["search"]["per_s"] / best_in_process, 2)
                 rows.append(row)
                 print(row, file=sys.stderr)
@@ -200,26 +218,30 @@ def main() -> None:
     info = machine()
     command = "python benchmarks/serve_load.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     data = {"command": command, "machine": info, "settings": vars(args) | {"bundle": str(args.bundle), "images": str(args.images)},
-            "in_process_searches_per_s": base, "server": rows, "server_stage_mean_ms": stage_ms}
+            "in_process_searches_per_s": base, "in_process_cpu_ms_per_search": base_cpu, "server": rows, "server_stage_mean_ms": stage_ms}
     lines = [
         "# proxyembed serve under load, beside Retriever.search in-process",
         "",
         f"`{command}`",
         "",
         f"Machine: {machine_line(info)}. Gallery of {args.gallery_size} real images; queries are other images of the same folder,",
-        f"k={K}; the server's batched encoder uses {args.ort_threads or 'all'} ONNX Runtime thread(s), {args.worker_threads} worker threads;",
+        f"k={K}; the server runs its defaults: {args.ort_threads or 1} ONNX Runtime thread(s) per call, one batching encoder per core,",
+        f"{args.worker_threads} worker threads;",
         f"client 0 adds an image every {args.add_every} requests (each add saves the gallery before its reply).",
         "",
-        "In-process `Retriever.search` (searches/s): " + ", ".join(f"{k}: {v}" for k, v in base.items()) + ".",
+        "In-process `Retriever.search`, searches/s (CPU ms per search): "
+        + ", ".join(f"{k}: {v} ({base_cpu[k]})" for k, v in base.items()) + ".",
         "",
-        "| clients | searches/s | p50 ms | p99 ms | adds | add p50 ms | add p99 ms | errors | server / best in-process |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| clients | searches/s | p50 ms | p99 ms | adds | add p50 ms | add p99 ms | errors | server / best in-process "
+        "| server CPU ms/req | client CPU ms/req |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         s, a = r["search"], r.get("add", {})
         lines.append(
             f"| {r['clients']} | {s['per_s']} | {s['p50_ms']} | {s['p99_ms']} | {a.get('requests', 0)} | {a.get('p50_ms', '-')} | "
-            f"{a.get('p99_ms', '-')} | {r['errors']} | {r['ratio_to_in_process']} |"
+            f"{a.get('p99_ms', '-')} | {r['errors']} | {r['ratio_to_in_process']} | {r['server_cpu_ms_per_request']} "
+            f"| {r['client_cpu_ms_per_request']} |"
         )
     lines += ["", "Mean server time per stage (ms, from /metrics): " + ", ".join(f"{k} {v}" for k, v in stage_ms.items()) + ".", ""]
     json_path, md_path = write_results(args.name, data, "\n".join(lines))

@@ -34,7 +34,8 @@ def serve_command(
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body accepted, in MiB (larger: 413).")] = 20.0,
     bundle: Annotated[Path | None, typer.Option(help="Bundle to use instead of the one the gallery records.")] = None,
     precision: Annotated[PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")] = "auto",
-    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads of the encoder (default: all cores).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per inference call.")] = 1,
+    encoders: Annotated[int | None, typer.Option(min=1, help="Inference calls run in parallel (default: one per core).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per inference call when concurrent requests are batched.")] = 32,
     image_root: Annotated[
         list[Path] | None,
@@ -57,6 +58,7 @@ def serve_command(
         bundle=bundle,
         precision=precision,
         threads=threads,
+        encoders=encoders,
         read_only=read_only,
         max_upload_bytes=int(max_upload_mb * 2**20),
         image_roots=tuple(image_root or ()),

@@ -54,7 +54,8 @@ class ServeOptions:
     gallery: Path
     bundle: Path | None = None
     precision: PrecisionChoice = "auto"
-    threads: int | None = None
+    threads: int | None = 1  # ONNX Runtime intra-op threads per inference call; the cores go to parallel calls
+    encoders: int | None = None  # parallel inference calls (None: one per core)
     read_only: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20
     image_roots: tuple[Path, ...] = field(default_factory=tuple)
@@ -80,8 +81,9 @@ class GalleryService:
         self.metrics = metrics or ServiceMetrics()
         self._write_lock = threading.Lock()
         self.retriever = self._load()
-        # One encoder thread batches what concurrent requests send (read through self.retriever, which a failed save replaces).
-        self._batcher = EncodeBatcher(lambda batch: self.retriever.encoder.encode_batch(batch), options.max_batch)
+        # Encoder threads batch what concurrent requests send (read through self.retriever, which a failed save replaces).
+        workers = options.encoders or os.cpu_count() or 1
+        self._batcher = EncodeBatcher(lambda batch: self.retriever.encoder.encode_batch(batch), options.max_batch, workers)
         # Files the service may send back: those under --image-root, and those in the folders that the
         # gallery's own items came from when it was loaded (written by `proxyembed index`, so chosen by
         # the operator). A client-supplied "path" elsewhere is never read.
