@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from proxyembed import __version__
+from proxyembed._version import __version__
 from proxyembed.data.types import DataSplit
 from proxyembed.runtime.errors import BadInput, CheckFailed
 from proxyembed.runtime.files import sha256_file

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from proxyembed._version import __version__
 
 # public name -> (module, attribute); None as attribute means the module itself
 _LAZY: dict[str, tuple[str, str | None]] = {

@@ -100,6 +100,6 @@ class Run:
 
     def export(self, out: str | Path, **options: Any) -> Bundle:
         """Export this run to a validated bundle at ``out``: :func:`proxyembed.export` with ``run=self``."""
-        from proxyembed.api import export
+        from proxyembed.export.api import export
 
         return export(self, out, **options)

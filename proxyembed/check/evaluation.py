@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from proxyembed import __version__
+from proxyembed._version import __version__
 from proxyembed.data.types import DataSplit
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.encoder import Encoder

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from proxyembed import __version__
+from proxyembed._version import __version__
 
 from ._common import run_guarded
 

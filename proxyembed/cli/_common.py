@@ -117,7 +117,7 @@ def run_guarded(run: Callable[[], Any], argv: list[str] | None = None) -> None:
 
 def write_crash_report(exc: BaseException, argv: list[str]) -> Path:
     """Write the command line, versions and full traceback to a new file in the temp folder; return its path."""
-    from proxyembed import __version__
+    from proxyembed._version import __version__
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     fd, name = tempfile.mkstemp(prefix=f"proxyembed-crash-{stamp}-", suffix=".txt")

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from proxyembed import __version__
+from proxyembed._version import __version__
 from proxyembed.runtime import ProxyEmbedError
 from proxyembed.runtime.index import Hit
 
