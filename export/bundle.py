@@ -5,7 +5,7 @@ same parent, so the final ``rename`` is atomic on one filesystem). :meth:`Bundle
 folder into place; an existing bundle is replaced only with ``force``, by moving it aside first and
 deleting it after the new one is in place. Any exception before the commit removes the temp folder,
 so a failed export never leaves a half-written bundle and never touches the previous one
-(DESIGN.md: fail loudly, lose nothing).
+(docs/architecture.md: every file written atomically and checksummed).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """fp32 ONNX -> fp16 ONNX with fp32 inputs and outputs, the embedding head and L2 normalisation in fp32.
 
-REFERENCES.md ("Export"): ``convert_float_to_float16(keep_io_types=True, ...)``; the L2 normalisation's
+onnxconverter-common's ``convert_float_to_float16(keep_io_types=True, ...)``; the L2 normalisation's
 sum of squares overflows in fp16 (512 values of magnitude ~20 already exceed 65504), so the head and
 everything after it stay fp32 via ``node_block_list``; the head is one small GEMM, so this costs nothing.
 The model is for ONNX Runtime's CUDA provider and TensorRT: x86 ONNX Runtime has no fp16 convolution

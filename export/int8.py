@@ -1,6 +1,6 @@
 """Static int8 post-training quantization with ONNX Runtime: QDQ, per-channel weights, two targets.
 
-REFERENCES.md ("Export"): run ``quant_pre_process`` first, then ``quantize_static`` with a
+ONNX Runtime's quantization docs: run ``quant_pre_process`` first, then ``quantize_static`` with a
 ``CalibrationDataReader``, QDQ format, per-channel weights. The activation type follows the target,
 because one int8 file does not serve both:
 

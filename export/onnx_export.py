@@ -1,7 +1,7 @@
 """PyTorch embedding network -> one self-contained fp32 ONNX file with a dynamic batch axis.
 
 Exporter choice: the dynamo (``torch.export``) exporter, PyTorch's default and maintained path since
-2.9; the TorchScript exporter is deprecated. Its known traps (REFERENCES.md, "Export") are handled here:
+2.9; the TorchScript exporter is deprecated. Its known traps (PyTorch's ``torch.onnx.export(dynamo=True)`` docs) are handled here:
 an example batch of 1 would specialise the batch axis to 1, so we trace a batch of 2 and declare the axis
 dynamic; it writes weights to an external-data file unless told not to, so ``external_data=False`` keeps
 one file (protobuf's 2 GB limit is checked first); the opset is pinned so a PyTorch upgrade does not
@@ -17,7 +17,7 @@ from proxyembed.runtime.errors import BadInput, require
 
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
-TRACE_BATCH = 2  # >= 2: a batch of 1 specialises the batch axis (REFERENCES.md, "Export")
+TRACE_BATCH = 2  # >= 2: a batch of 1 specialises the batch axis (see the module docstring)
 _PROTOBUF_LIMIT = 2 * 1024**3
 _OP_PATTERNS = (
     re.compile(r"OpOverload\(op='([\w.]+)'"),

@@ -1,12 +1,12 @@
 """TensorRT engines from the validated ONNX files, and a runner to validate them on the GPU.
 
-REFERENCES.md ("Export"): TensorRT builds with ``Builder`` / ``OnnxParser``, optimization profiles and
+TensorRT's Python API builds with ``Builder`` / ``OnnxParser``, optimization profiles and
 ``build_serialized_network``. Every TensorRT >= 10 network here is created ``STRONGLY_TYPED``, one code
 path for 10 and 11: the ONNX file's own types decide each layer's precision (fp16 from the fp16 graph,
 int8 from the symmetric S8S8 Q/DQ graph, the head and L2 normalisation fp32 as exported). TensorRT 10's
 ``BuilderFlag.FP16 / INT8`` would build weakly typed instead, free to run that fp32 tail in fp16, the
 overflow :mod:`.fp16` avoids on purpose; TensorRT 11 removed the flags. TF32 is cleared: it is on by
-default for fp32 layers (REFERENCES.md, "Measured facts") and the fp32 gate is 0.1 points of Recall@1.
+default for fp32 layers (TensorRT docs, ``BuilderFlag.TF32``) and the fp32 gate is 0.1 points of Recall@1.
 An engine is tied to its GPU model and TensorRT version, so the artifact records them (``device``:
 gpu_name, compute_capability, tensorrt_version) and the runtime refuses a mismatch.
 

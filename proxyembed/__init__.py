@@ -9,7 +9,7 @@ The Python API, one name per stage::
     report = proxyembed.check(bundle, "data/eval", "ci/baseline.json")  # -> CheckReport
 
 Importing this package is cheap and never imports torch: the names above load on first use (PEP 562
-``__getattr__``), so ``proxyembed.runtime`` works on devices without torch (DESIGN.md). ``export`` and
+``__getattr__``), so ``proxyembed.runtime`` works on devices without torch (docs/architecture.md). ``export`` and
 ``check`` are subpackages that can be called (see :mod:`proxyembed._callable_module`).
 """
 

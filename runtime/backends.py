@@ -120,7 +120,7 @@ def ort_gpu_providers(input_name: str, crop: int) -> list[Any]:
 
     Every artifact already carries its types (fp16 casts, int8 Q/DQ nodes), so the TensorRT provider gets
     no ``trt_fp16_enable`` / ``trt_int8_enable``: those make it build weakly typed, free to lower the fp32
-    head and L2 normalisation to fp16 (REFERENCES.md, "ONNX Runtime TensorRT provider"). An explicit
+    head and L2 normalisation to fp16 (ORT TensorRT EP docs, ``trt_fp16_enable``). An explicit
     batch profile 1..:data:`TRT_EP_MAX_BATCH` keeps a batch of 1 followed by one of 32 from rebuilding the
     engine (ORT TensorRT EP docs, ``trt_profile_min/opt/max_shapes``).
     """
@@ -149,7 +149,7 @@ def engine_cache_dir() -> Path | None:
     """The TensorRT provider's engine cache folder, created here (with its parents), or None if it cannot be.
 
     The provider itself creates only the last path component and, when the parent is missing, fails and
-    falls back to CUDA (REFERENCES.md, "ONNX Runtime TensorRT provider").
+    falls back to CUDA (``trt_engine_cache_path``).
     """
     cache = Path(os.environ.get("PROXYEMBED_CACHE", Path.home() / ".cache" / "proxyembed")) / "trt-ep"
     try:

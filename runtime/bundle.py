@@ -1,7 +1,7 @@
 """A bundle folder opened and verified: the manifest parsed, every model file present and unaltered.
 
 Verification happens once, at load, so a truncated download or a hand-edited model fails with an error
-naming the file before any inference runs (DESIGN.md: fail loudly, lose nothing).
+naming the file before any inference runs (docs/architecture.md: damaged input is refused, never used).
 """
 
 from __future__ import annotations

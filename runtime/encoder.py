@@ -3,7 +3,7 @@
 ``Encoder(bundle)`` picks, in order: a native TensorRT engine built for this exact GPU and TensorRT
 version; ONNX Runtime on its TensorRT / CUDA providers (fp16 preferred); the CPU (a validated int8 model
 when the bundle has one, else fp32). ``auto`` only considers artifacts whose export validation passed
-(DESIGN.md: an artifact over the allowed drop is never silently used); naming a precision may select an
+(docs/architecture.md: an artifact over the allowed drop is never silently used); naming a precision may select an
 unvalidated one, with a warning. Preprocessing is the manifest's, through :class:`Preprocessor`.
 """
 
@@ -29,7 +29,7 @@ PrecisionChoice = Literal["auto", "fp32", "fp16", "int8"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 _GPU_ORDER = ("fp16", "fp32", "int8")  # fp16 is what a GPU is fast at; int8 last: it needs a GPU-targeted Q/DQ file
-_CPU_ORDER = ("int8", "fp32", "fp16")  # x86 ORT has no fp16 kernels: fp16 runs through casts, slowest (REFERENCES.md)
+_CPU_ORDER = ("int8", "fp32", "fp16")  # x86 ORT has no fp16 convolution kernels: fp16 runs through casts, slowest (export/fp16.py)
 _TARGET_RANK = {"gpu": {"gpu": 0, "any": 1}, "cpu": {"cpu": 0, "any": 1}}
 
 

@@ -1,6 +1,7 @@
 """A nearest-neighbour index over embeddings: hnswlib with the checks hnswlib leaves to its caller.
 
-What this adds to hnswlib 0.8 (REFERENCES.md): ids of the caller's choosing (strings or ints) and
+What this adds to hnswlib 0.8, whose saved file holds neither space, dim nor a checksum and whose
+knn_query raises below k hits: ids of the caller's choosing (strings or ints) and
 JSON metadata per item; capacity that grows by itself; dimension, k and finiteness checks before any
 call into C++; fewer than k hits instead of an exception when the live items (or those passing a
 filter) run short; exact numpy search for small galleries and for measuring recall; ``ef`` and the

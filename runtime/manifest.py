@@ -1,4 +1,4 @@
-"""The bundle manifest: the single source of truth about an exported model (DESIGN.md, "Bundle").
+"""The bundle manifest: the single source of truth about an exported model (docs/architecture.md, "Bundle").
 
 Written by ``proxyembed export``, read by the runtime, ``index``, ``search`` and ``check``. Parsing is
 strict: a missing field, a wrong type or an artifact path leaving the bundle folder is a

@@ -1,4 +1,4 @@
-"""Encoder + Index = image search, and the gallery folder that persists it (DESIGN.md, "Gallery").
+"""Encoder + Index = image search, and the gallery folder that persists it (docs/architecture.md, "Gallery").
 
 A gallery folder holds ``gallery.json`` (format version, the bundle's signature — manifest sha256 and
 dim — and where the bundle was, the index parameters and measured recall, the item count, the sha256 of

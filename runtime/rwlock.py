@@ -1,6 +1,6 @@
 """A writer-preferring readers-writer lock.
 
-hnswlib answers concurrent queries safely but not a query racing an insert or a resize (REFERENCES.md),
+hnswlib answers concurrent queries safely but not a query racing an insert or a resize (its Python bindings),
 so :class:`~proxyembed.runtime.index.Index` lets any number of searches share the lock and gives
 add / remove / parameter changes exclusive use. Writers are preferred so a stream of searches cannot
 starve an update.

@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md, enforced: the import-linter contracts of pyproject.toml ([tool.importlinter]).
+"""The layers of docs/architecture.md, enforced: the import-linter contracts of pyproject.toml ([tool.importlinter]).
 
 import-linter finds a package's modules by walking its folder, but ``proxyembed.runtime`` and
 ``proxyembed.export`` live in ``runtime/`` and ``export/`` (pyproject's ``package-dir`` mapping), which an

@@ -1,4 +1,4 @@
-"""The runtime works where torch is absent (DESIGN.md): block it, then build, encode, index and search."""
+"""The runtime works where torch is absent (docs/architecture.md): block it, then build, encode, index and search."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``proxyembed check``: gate a bundle on retrieval accuracy against a stored baseline or another bundle.
 
-Torch-free by design (DESIGN.md): a CI runner needs only the runtime. Each chosen artifact embeds the
+Torch-free by design (docs/architecture.md): a CI runner needs only the runtime. Each chosen artifact embeds the
 evaluation data through the runtime :class:`Encoder` (the manifest's preprocessing, done once per bundle
 and fed to all of its artifacts), and :func:`retrieval_metrics` gives Recall@K for the data's Ks, MAP@R
 and R-Precision. Metrics are fractions; changes and drop limits are *points* (100 x a difference of

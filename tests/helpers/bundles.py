@@ -75,7 +75,7 @@ def tiny_onnx_model(dim: int = 16, crop: int = 32, seed: int = 0) -> Any:
 
 
 def _quantize_int8(fp32_file: Path, int8_file: Path, spec: PreprocessSpec) -> None:
-    """U8S8 QDQ per-channel static quantization, the CPU-friendly format (REFERENCES.md, Export).
+    """U8S8 QDQ per-channel static quantization, the CPU-friendly format (export/int8.py).
 
     Calibrated on preprocessed pattern images of every colour, the distribution the tests feed it.
     """
