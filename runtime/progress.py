@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ProgressArg = bool | Callable[[int], None]
 
@@ -22,10 +26,22 @@ def progress_callback(progress: ProgressArg, total: int | None, label: str) -> I
     if callable(progress):
         yield progress
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with progress_bar(label, total) as advance:
+        yield advance
 
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int | None, *, console: Console | None = None, completed: int = 0) -> Iterator[Callable[[int], None]]:
+    """A transient bar on stderr (or ``console``), the one every long command shows; yields ``advance(n)``.
+
+    With ``total`` None (unknown) it counts up with the elapsed time instead of a bar and a time left.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) if total is not None else (
+        TextColumn(label), MofNCompleteColumn(), TimeElapsedColumn()
+    )
+    with Progress(*columns, console=console or Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total, completed=completed)
         yield lambda n: bar.advance(task, n)

@@ -66,7 +66,7 @@ class Retriever:
         """Embed and index ``images``; ``ids`` default to the image paths (so then all must be paths).
 
         With ``skip_unreadable`` an image that cannot be decoded is recorded in the report instead of
-        raising. ``progress(n)`` is called after each batch with the number of images processed.
+        raising. ``progress(n)`` is called after each batch with the number of images it processed.
         """
         images = list(images)
         if ids is None:
@@ -96,7 +96,7 @@ class Retriever:
                 self.index.add(vectors, batch_ids, [metas[i] for i in keep], replace=replace)
                 report.added += len(keep)
             if progress is not None:
-                progress(min(start + batch_size, len(images)))
+                progress(min(batch_size, len(images) - start))
         return report
 
     def add_embeddings(self, files: Sequence[str | Path], *, replace: bool = False) -> AddReport:
@@ -208,6 +208,27 @@ class Retriever:
             )
         index = Index.load(folder)
         return cls(Encoder(bundle, **encoder_options), index)
+
+
+def open_gallery(
+    folder: str | Path, bundle: str | Path | Bundle, *, append: bool = False, overwrite: bool = False, expected: int = 1, **encoder_options: Any
+) -> Retriever:
+    """The retriever ``proxyembed index`` fills before saving it to ``folder``: the gallery there, or a new one.
+
+    ``append`` adds to an existing gallery (loaded with ``bundle``, which must be the one that built it);
+    otherwise a new empty gallery is made for ``expected`` items (the size picks the index's ``M``). An
+    existing gallery is only replaced with ``overwrite``, and ``append`` needs one to exist, so a typo in
+    a folder name never silently starts or replaces a gallery.
+    """
+    exists = (Path(folder) / GALLERY_FILE).is_file()
+    if append and not exists:
+        raise BadInput(f"--append: no gallery at {folder}", hint="drop --append to create it")
+    if exists and not (append or overwrite):
+        raise BadInput(f"a gallery already exists at {folder}", hint="pass --append to add to it or --overwrite to replace it")
+    if append:
+        return Retriever.load(folder, bundle=bundle, **encoder_options)
+    encoder = Encoder(bundle, **encoder_options)
+    return Retriever(encoder, Index(encoder.dim, capacity=max(expected, 1)))
 
 
 def read_gallery_info(folder: str | Path) -> dict[str, Any]:

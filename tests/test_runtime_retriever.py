@@ -124,3 +124,25 @@ def test_gallery_written_by_save_is_json_not_pickle(retriever: Retriever, tmp_pa
     out = retriever.save(tmp_path / "gal")
     assert sorted(p.name for p in out.iterdir()) == ["gallery.json", "index.bin", "index.json"]
     json.loads((out / "index.json").read_text())
+
+
+def test_add_reports_progress_per_batch(bundle_dir: Path) -> None:
+    r = Retriever(Encoder(bundle_dir))
+    seen: list[int] = []
+    r.add([pattern_image("red", v) for v in range(10)], [f"r{v}" for v in range(10)], batch_size=4, progress=seen.append)
+    assert seen == [4, 4, 2]  # images finished by each batch, the contract of every progress= callback
+
+
+def test_open_gallery_refuses_to_replace_or_invent(bundle_dir: Path, tmp_path: Path) -> None:
+    from proxyembed.runtime.retriever import open_gallery
+
+    with pytest.raises(BadInput, match="no gallery at"):
+        open_gallery(tmp_path / "gal", bundle_dir, append=True)
+    fresh = open_gallery(tmp_path / "gal", bundle_dir, expected=300_000)
+    assert len(fresh) == 0 and fresh.index.M == 32  # the expected size picks M
+    fresh.add([pattern_image("red", 0)], ["r0"])
+    fresh.save(tmp_path / "gal")
+    with pytest.raises(BadInput, match="already exists"):
+        open_gallery(tmp_path / "gal", bundle_dir)
+    assert "r0" in open_gallery(tmp_path / "gal", bundle_dir, append=True).index
+    assert len(open_gallery(tmp_path / "gal", bundle_dir, overwrite=True)) == 0

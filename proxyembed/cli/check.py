@@ -85,12 +85,10 @@ def check_command(
 @contextmanager
 def _progress() -> Iterator[Callable[[int], None]]:
     """A transient progress line on stderr; the callback takes how many embeddings were just computed."""
-    from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from proxyembed.runtime.progress import progress_bar
 
-    bar = Progress(TextColumn("embedding (images x artifacts)"), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True)
-    task = bar.add_task("embedding", total=None)
-    with bar:
-        yield lambda n: bar.advance(task, n)
+    with progress_bar("embedding (images x artifacts)", None, console=err_console) as advance:
+        yield advance
 
 
 def _finish_error(exc: ProxyEmbedError, json_out: Path | None, summary: Path | None, as_json: bool) -> NoReturn:

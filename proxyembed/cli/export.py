@@ -104,8 +104,7 @@ class _RichReporter:
 
     @contextlib.contextmanager
     def embedding(self, total: int) -> Iterator[Callable[[int], None]]:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from proxyembed.runtime.progress import progress_bar
 
-        with Progress(TextColumn("  embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True) as bar:
-            task = bar.add_task("embed", total=total)
-            yield lambda n: bar.advance(task, n)
+        with progress_bar("  embedding", total, console=self.console) as advance:
+            yield advance

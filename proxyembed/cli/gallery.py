@@ -53,26 +53,15 @@ def index_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Embed a folder or list of images with BUNDLE (or take --from-embeddings) and write a searchable gallery."""
-    from proxyembed.runtime import BadInput, Encoder, Index, Retriever
+    from proxyembed.runtime import BadInput
     from proxyembed.runtime.images import list_images
-    from proxyembed.runtime.retriever import GALLERY_FILE
+    from proxyembed.runtime.retriever import open_gallery
 
     if (images is None) == (not from_embeddings):
         raise BadInput("give either IMAGES or --from-embeddings FILE...", hint="e.g. proxyembed index BUNDLE photos/ --out galleries/NAME")
-    exists = (out / GALLERY_FILE).is_file()
-    if append and not exists:
-        raise BadInput(f"--append: no gallery at {out}", hint="drop --append to create it")
-    if exists and not (append or overwrite):
-        raise BadInput(
-            f"a gallery already exists at {out}", hint="pass --append to add to it or --overwrite to replace it"
-        )
     items = list_images(images) if images is not None else []
     with stdout_to_stderr(as_json):
-        if append:
-            retriever = Retriever.load(out, bundle=bundle, precision=precision, threads=threads)
-        else:
-            encoder = Encoder(bundle, precision=precision, threads=threads)
-            retriever = Retriever(encoder, Index(encoder.dim, capacity=max(len(items), 1)))  # the expected size picks M
+        retriever = open_gallery(out, bundle, append=append, overwrite=overwrite, expected=len(items), precision=precision, threads=threads)
     err_console.print(f"encoder: {retriever.encoder.describe()}", highlight=False)
     if images is not None:
         report = _embed_images(retriever, items, batch_size, append)
@@ -106,11 +95,9 @@ def index_command(
 
 def _embed_images(retriever: Any, items: Sequence[dict[str, Any]], batch_size: int, append: bool) -> Any:
     """Embed and add ``items`` with a progress bar; list what could not be read."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from proxyembed.runtime.progress import progress_bar
 
-    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("embedding", total=len(items))
+    with progress_bar("embedding", len(items), console=err_console) as advance:
         report = retriever.add(
             [it["path"] for it in items],
             [it["id"] for it in items],
@@ -118,7 +105,7 @@ def _embed_images(retriever: Any, items: Sequence[dict[str, Any]], batch_size: i
             batch_size=batch_size,
             replace=append,
             skip_unreadable=True,
-            progress=lambda done: progress.update(task, completed=done),
+            progress=advance,
         )
     if report.skipped:
         err_console.print(f"[yellow]skipped {len(report.skipped)} unreadable file(s):[/]", highlight=False)
