@@ -8,6 +8,7 @@ Training-time evaluation, export validation, int8 calibration and the runtime al
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,11 @@ _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Im
 
 Fit = Literal["center_crop", "squash", "letterbox"]
 FITS: tuple[str, ...] = Fit.__args__
+Decode = Literal["full", "reduced"]
+DECODES: tuple[str, ...] = Decode.__args__
+# A reduced decode keeps at least this many times the pixels the fit needs along each side, so the final
+# resize still averages several decoded pixels into each model pixel (benchmarks/results/decode_speed.md).
+DRAFT_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,12 @@ class PreprocessSpec:
       normalises to zero), keeping both the whole image and its aspect ratio.
 
     ``resize`` only matters for ``center_crop``. Output layout is NCHW float32 in RGB order.
+
+    ``decode`` says how a JPEG file is read: ``full`` decodes every pixel; ``reduced`` lets the JPEG
+    decoder scale by 1/2, 1/4 or 1/8 while it decodes (its DCT scaling, Pillow's ``draft``) as long as
+    the result keeps :data:`DRAFT_MARGIN` times what the fit needs, which makes camera-size photos several
+    times faster to read. Other formats, and images already in memory, are always read in full.
+    Manifests and checkpoints written before the field existed read as ``full``.
     """
 
     resize: int = 256
@@ -57,6 +69,7 @@ class PreprocessSpec:
     color: Literal["RGB"] = "RGB"
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["float32"] = field(default="float32")
+    decode: Decode = "full"
 
     def __post_init__(self) -> None:
         if self.fit not in FITS:
@@ -66,6 +79,8 @@ class PreprocessSpec:
                 f"preprocessing: resize={self.resize} and crop={self.crop} are inconsistent",
                 hint="use crop > 0 and resize >= crop",
             )
+        if self.decode not in DECODES:
+            raise BadInput(f"preprocessing: unknown decode '{self.decode}'", hint=f"use one of {list(DECODES)}")
         if self.interpolation not in _RESAMPLE:
             raise BadInput(
                 f"preprocessing: unknown interpolation '{self.interpolation}'",
@@ -87,7 +102,7 @@ class PreprocessSpec:
         unknown = set(d) - known
         if unknown:
             raise BadInput(f"preprocessing spec has unknown keys {sorted(unknown)}")
-        d = dict(d)
+        d = {"decode": "full", **d}  # written before reduced decoding existed: those were read in full
         for key in ("mean", "std"):
             if key in d:
                 d[key] = tuple(float(v) for v in d[key])
@@ -105,11 +120,13 @@ def describe(src: ImageLike) -> str:
     return f"<{type(src).__name__}>"
 
 
-def load_image(src: ImageLike) -> Image.Image:
+def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int] | None] | None = None) -> Image.Image:
     """Open any supported image source as an RGB PIL image, EXIF orientation applied.
 
     Grey, RGBA (composited on white) and palette images become RGB. Raises :class:`BadInput`
-    naming the source when it cannot be read.
+    naming the source when it cannot be read. ``draft(size)`` may return the smallest size a JPEG
+    file needs to be decoded at; the decoder then scales down by 1/2, 1/4 or 1/8 while keeping at least
+    that size (see :class:`PreprocessSpec`'s ``decode``).
     """
     if isinstance(src, np.ndarray):
         return _array_to_pil(src)
@@ -122,6 +139,10 @@ def load_image(src: ImageLike) -> Image.Image:
             img = Image.open(Path(src))
         else:
             raise BadInput(f"unsupported image type {type(src).__name__}", hint="pass a path, bytes, a PIL image or a uint8 HxWxC array")
+        if draft is not None and img.format == "JPEG" and not isinstance(src, Image.Image):
+            wanted = draft(img.size)
+            if wanted is not None:
+                img.draft(img.mode, wanted)
         img.load()
         img = ImageOps.exif_transpose(img)
     except FileNotFoundError as exc:
@@ -195,7 +216,21 @@ class Preprocessor:
 
     def decode(self, src: ImageLike) -> Image.Image:
         """Read ``src`` as the RGB image :meth:`square` starts from (the decode stage, timed apart by the service)."""
-        return load_image(src)
+        return load_image(src, self._draft_size if self.spec.decode == "reduced" else None)
+
+    def _draft_size(self, size: tuple[int, int]) -> tuple[int, int] | None:
+        """The size a reduced decode must keep for this fit (:data:`DRAFT_MARGIN` times its need), or None to decode in full.
+
+        Each fit's need is symmetric in width and height, so an EXIF rotation applied after decoding
+        changes nothing here.
+        """
+        w, h = size
+        s = self.spec
+        if s.fit == "squash":
+            side = DRAFT_MARGIN * s.crop
+            return (min(w, side), min(h, side)) if w >= 2 * side or h >= 2 * side else None
+        scale = DRAFT_MARGIN * (s.resize / min(w, h) if s.fit == "center_crop" else s.crop / max(w, h))
+        return (math.ceil(w * scale), math.ceil(h * scale)) if scale <= 0.5 else None
 
     def image(self, src: ImageLike) -> np.ndarray:
         """One image as a float32 CHW array."""
