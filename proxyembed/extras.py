@@ -16,6 +16,7 @@ from proxyembed.runtime.errors import MissingDependency
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "timm", "sklearn", "scipy", "matplotlib"),
     "export": ("onnx", "onnxscript", "onnxconverter_common"),
+    "ray": ("ray", "pyarrow", "pandas"),
 }
 
 
