@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +30,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session() -> Iterator[None]:
-    os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
@@ -117,7 +119,7 @@ def test_settings_that_would_stall_or_do_not_apply_exit_2(bundle: Path, images: 
 
 
 def test_without_ray_the_engine_names_the_extra(bundle: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(__import__("sys").modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray", None)
     res = _embed(str(bundle), str(images), "--out", str(tmp_path / "ray"), "--engine", "ray")
     assert res.exit_code == 2 and 'pip install "proxyembed[ray]"' in res.output
 
@@ -131,3 +133,10 @@ def test_plan_and_sizing() -> None:
     assert size_actors(32, 8, None, 8) == 3
     with pytest.raises(BadInput, match="at most 8 on one node"):
         size_actors(32, 8, 1, 12)
+
+
+def test_ray_is_imported_only_by_the_ray_engine(tmp_path: Path) -> None:
+    code = "import sys, proxyembed, proxyembed.cli.embed; proxyembed.embed_ray; print('ray' in sys.modules, 'torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False False"
