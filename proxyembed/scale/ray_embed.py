@@ -114,11 +114,11 @@ def embed_ray(
 ) -> RayEmbedReport:
     """Embed every image under ``images`` with ``bundle`` on Ray into shard files under the folder ``out``.
 
-    ``address``: a running cluster (``"auto"`` finds the one on this node, ``"ray://host:10001"`` a remote
-    one); None joins the Ray already initialised in this process, or starts a local one and stops it after.
-    ``concurrency`` encoder actors of ``threads_per_worker`` CPUs each (default: as many as fit, one CPU
-    left for reading). A rerun skips shards already finished; ``proxyembed index --from-embeddings out``
-    merges the shards into a gallery.
+    ``address``: a running cluster (``"auto"`` finds the one ``ray start`` runs on this node, ``"HOST:6379"``
+    names one); None joins the Ray already initialised in this process, or starts a local one and stops it
+    after. ``concurrency`` encoder actors of ``threads_per_worker`` CPUs each (default: as many as fit with
+    one CPU of the cluster left over, see :func:`~proxyembed.scale.plan.size_actors`). A rerun skips shards
+    already finished; ``proxyembed index --from-embeddings out`` merges the shards into a gallery.
     """
     require_extras("proxyembed embed --engine ray", "ray")
     from proxyembed.runtime import Encoder
