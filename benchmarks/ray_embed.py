@@ -79,7 +79,7 @@ def main() -> None:
         tmp = Path(tmp_dir)
         corpus = corpus_list(Path(args.images), args.count, tmp / "corpus.csv")
         start = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray_start_s = time.perf_counter() - start
         base = ["embed", args.bundle, str(corpus), "--batch-size", str(args.batch_size)]
         runs = {

@@ -185,8 +185,8 @@ def _connect(ray: Any, address: str | None) -> bool:
     if address is None and ray.is_initialized():
         return False
     try:
-        if address is None:
-            ray.init(include_dashboard=False, configure_logging=False)
+        if address is None:  # "local": a new Ray, not one that `ray start` left behind (ray.init() would join that)
+            ray.init(address="local", include_dashboard=False, configure_logging=False)
         else:
             ray.init(address=address, configure_logging=False)
     except ConnectionError as exc:
