@@ -7,6 +7,7 @@ The Python API, one name per stage::
     bundle = proxyembed.export(run, "bundles/demo", int8=True)  # -> Bundle (train + export extras)
     vectors = proxyembed.Encoder(bundle).encode(images)        # torch-free runtime
     report = proxyembed.check(bundle, "data/eval", "ci/baseline.json")  # -> CheckReport
+    proxyembed.embed_ray(bundle, "photos/", "emb/photos")       # a corpus on a Ray cluster (ray extra)
 
 Importing this package is cheap and never imports torch: the names above load on first use (PEP 562
 ``__getattr__``), so ``proxyembed.runtime`` works on devices without torch (docs/architecture.md). ``export`` and
@@ -23,6 +24,7 @@ from proxyembed._version import __version__
 # public name -> (module, attribute); None as attribute means the module itself
 _LAZY: dict[str, tuple[str, str | None]] = {
     "train": ("proxyembed.api", "train"),
+    "embed_ray": ("proxyembed.scale", "embed_ray"),
     "export": ("proxyembed.export", None),
     "check": ("proxyembed.check", None),
     "Run": ("proxyembed.run", "Run"),
@@ -36,7 +38,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 }
 
 __all__ = [
-    "Bundle", "CheckReport", "Encoder", "Index", "ProxyEmbedError", "Retriever", "Run", "TrainConfig", "__version__", "check", "export", "train",
+    "Bundle", "CheckReport", "Encoder", "Index", "ProxyEmbedError", "Retriever", "Run", "TrainConfig", "__version__", "check", "embed_ray", "export",
+    "train",
 ]
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     from proxyembed.check import CheckReport
     from proxyembed.run import Run
     from proxyembed.runtime import Bundle, Encoder, Index, ProxyEmbedError, Retriever
+    from proxyembed.scale import embed_ray
     from proxyembed.training.config import TrainConfig
 
 

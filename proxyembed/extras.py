@@ -17,6 +17,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "timm", "sklearn", "scipy", "matplotlib"),
     "export": ("onnx", "onnxscript", "onnxconverter_common"),
     "serve": ("fastapi", "uvicorn", "python_multipart", "prometheus_client"),
+    "ray": ("ray", "pyarrow", "pandas"),
 }
 
 

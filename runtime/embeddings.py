@@ -80,16 +80,10 @@ class EmbeddingWriter:
     ) -> None:
         self.out = out
         self.sidecar, self.items_file = sidecar_paths(out)
-        header = {"kind": KIND, "format_version": FORMAT_VERSION, "source": source, "dim": dim, "count": len(items),
-                  "shard": list(shard), "items_sha256": items_digest(items)}
+        header = _header(items, dim, source, shard)
         existing = self._existing(overwrite)
         if existing is not None:
-            differs = [k for k in header if existing.get(k) != header[k]]
-            if differs:
-                raise BadInput(
-                    f"{out} was started with other {', '.join(differs)}: cannot resume it",
-                    hint="use another --out, or --overwrite to start again",
-                )
+            _refuse_other_job(out, existing, header)
             self.info = existing
         else:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +146,36 @@ class EmbeddingWriter:
         self.close()
 
 
+def _header(items: Sequence[dict[str, Any]], dim: int, source: dict[str, Any], shard: tuple[int, int]) -> dict[str, Any]:
+    """The sidecar fields that say which job a file belongs to: a resume must match every one."""
+    return {"kind": KIND, "format_version": FORMAT_VERSION, "source": source, "dim": dim, "count": len(items),
+            "shard": list(shard), "items_sha256": items_digest(items)}
+
+
+def _refuse_other_job(out: Path, existing: dict[str, Any], header: dict[str, Any]) -> None:
+    differs = [k for k in header if existing.get(k) != header[k]]
+    if differs:
+        raise BadInput(
+            f"{out} was started with other {', '.join(differs)}: cannot resume it",
+            hint="use another --out, or --overwrite to start again",
+        )
+
+
+def recorded_progress(
+    out: Path, items: Sequence[dict[str, Any]], dim: int, source: dict[str, Any], shard: tuple[int, int]
+) -> dict[str, Any] | None:
+    """The sidecar of ``out`` if it belongs to exactly this job (its ``done`` and ``skipped`` say how far it got), else None if absent.
+
+    Lets a scheduler that writes many shard files (``proxyembed embed --engine ray``) tell finished
+    shards from pending ones without opening a writer; a file of another job is refused, as on resume.
+    """
+    if not sidecar_paths(out)[0].exists():
+        return None
+    existing = _read_info(out)
+    _refuse_other_job(out, existing, _header(items, dim, source, shard))
+    return existing
+
+
 def _write_items(path: Path, items: Sequence[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for item in items:
@@ -188,6 +212,24 @@ class Embeddings:
             keep = [i for i in range(start, min(start + size, len(self.items))) if i not in skipped]
             if keep:
                 yield np.asarray(self.vectors[keep]), [self.items[i] for i in keep]
+
+
+def embedding_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files to merge: each path as given, a folder standing for its ``*.npy`` files in name order.
+
+    ``proxyembed embed --engine ray --out DIR`` writes ``DIR/shard-00000.npy`` and so on, so
+    ``--from-embeddings DIR`` merges them all without a shell glob.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(path.glob("*.npy"))
+        if not found:
+            raise BadInput(f"{path} holds no .npy embeddings files", hint="write them with `proxyembed embed`")
+        files += found
+    return files
 
 
 def read_embeddings(path: str | Path) -> Embeddings:

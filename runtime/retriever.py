@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
-from .embeddings import read_embeddings
+from .embeddings import embedding_files, read_embeddings
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
 from .files import read_json_object, restore_interrupted_swap, sha256_file, staged_dir, write_sealed_json
@@ -102,11 +102,13 @@ class Retriever:
     def add_embeddings(self, files: Sequence[str | Path], *, replace: bool = False) -> AddReport:
         """Add the rows of ``proxyembed embed`` outputs (shards) to the index, in file order, without re-embedding.
 
+        A folder stands for the ``*.npy`` files in it (the shards of ``proxyembed embed --engine ray``).
+
         Each file must come from this retriever's bundle (same manifest sha256 and dim) and be complete;
         rows of unreadable images are reported as skipped. Ids must be unique across the files.
         """
         want = self.encoder.bundle.signature
-        parts = [read_embeddings(f) for f in files]  # all checked before any row is added
+        parts = [read_embeddings(f) for f in embedding_files(files)]  # all checked before any row is added
         for part in parts:
             got = {k: part.info["source"].get(k) for k in want}
             if got != want:

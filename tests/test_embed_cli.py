@@ -112,3 +112,14 @@ def test_bad_arguments_exit_2(bundle: Path, images: Path, tmp_path: Path) -> Non
     res = _embed(bundle, images, tmp_path / "taken.npy")
     assert res.exit_code == 2 and "is not a proxyembed embeddings file" in res.output
     assert (tmp_path / "taken.npy").read_bytes() == b"mine"
+
+
+def test_a_folder_of_parts_merges_like_the_parts_listed(bundle: Path, images: Path, tmp_path: Path) -> None:
+    for i in range(2):
+        assert _embed(bundle, images, tmp_path / "emb" / f"part{i}.npy", "--shard", f"{i}/2").exit_code == 0
+    res = runner.invoke(app, ["index", str(bundle), "--from-embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "gal"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert (json.loads(res.stdout)["added"], len(Retriever.load(tmp_path / "gal"))) == (12, 12)
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["index", str(bundle), "--from-embeddings", str(tmp_path / "empty"), "--out", str(tmp_path / "gal2")])
+    assert res.exit_code == 2 and "holds no .npy embeddings files" in res.output

@@ -3,7 +3,8 @@
 The file format and its guarantees are :mod:`proxyembed.runtime.embeddings`'; this module picks the
 model (a bundle through the torch-free :class:`Encoder`, or a run dir through :class:`proxyembed.Run`),
 decodes images on a thread pool, skips unreadable ones, and drives the writer with a progress bar.
-``proxyembed index BUNDLE --from-embeddings PART...`` merges the parts into one gallery.
+``proxyembed index BUNDLE --from-embeddings PART...`` merges the parts into one gallery. ``--engine ray``
+hands the corpus to :func:`proxyembed.scale.embed_ray` instead (a folder of shards, on a Ray cluster).
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
 
 from proxyembed.runtime.encoder import PrecisionChoice
 from proxyembed.runtime.preprocess import PreprocessSpec
+from proxyembed.scale.plan import DEFAULT_SHARD_SIZE
 
-from ._common import err_console, print_json, user_errors
+from ._common import err_console, print_json, stdout_to_stderr, user_errors
+
+_MAX_LISTED = 20
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +35,9 @@ def register(app: typer.Typer) -> None:
 def embed_command(
     source: Annotated[Path, typer.Argument(help="Bundle folder (torch-free) or run dir written by `proxyembed train`.")],
     images: Annotated[Path, typer.Argument(help="Folder of images (class subfolders give labels), or a CSV/TSV list: path[,id][,label].")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Embeddings file to write (.npy; sidecars FILE.json and FILE.items.jsonl).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Embeddings file to write (.npy, with FILE.json and FILE.items.jsonl); --engine ray: a folder.")
+    ],
     shard: Annotated[str, typer.Option(help="Embed only slice i of n (0-based), e.g. 0/4 on the first of four machines.")] = "0/1",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 64,
     precision: Annotated[PrecisionChoice, typer.Option(help="Bundle artifact: auto picks the best validated one for this machine.")] = "auto",
@@ -39,14 +45,27 @@ def embed_command(
     workers: Annotated[int | None, typer.Option(min=0, help="Image-decoding threads (default: up to 4).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start again instead of resuming an existing --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    engine: Annotated[Literal["local", "ray"], typer.Option(help="local: this process; ray: a Ray cluster (the ray extra).")] = "local",
+    address: Annotated[str | None, typer.Option(help="--engine ray: the cluster (auto: the one `ray start` began here; default: local).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="--engine ray: encoder actors (default: as many as fit, one CPU left for reading).")] = None,
+    threads_per_worker: Annotated[int, typer.Option(help="--engine ray: CPUs and ONNX Runtime threads per actor.")] = 1,
+    shard_size: Annotated[int, typer.Option(help="--engine ray: images per shard file (a rerun skips finished shards).")] = DEFAULT_SHARD_SIZE,
 ) -> None:
-    """Embed every image under IMAGES into --out: resumes where a killed run stopped; --shard splits the work."""
+    """Embed every image under IMAGES into --out: resumes where a killed run stopped; --shard or --engine ray splits the work."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from proxyembed.runtime import BadInput
     from proxyembed.runtime.embeddings import EmbeddingWriter, parse_shard, shard_slice
     from proxyembed.runtime.images import list_images
 
+    if engine == "ray":
+        local_only = {"--shard": shard != "0/1", "--threads": threads is not None, "--workers": workers is not None, "--overwrite": overwrite}
+        _refuse_options(local_only, "--engine ray", "Ray shards the corpus itself and sizes actors with --concurrency / --threads-per-worker")
+        _embed_ray(source, images, out, address, concurrency, threads_per_worker, shard_size, batch_size, precision, as_json)
+        return
+    ray_only = {"--address": address is not None, "--concurrency": concurrency is not None, "--threads-per-worker": threads_per_worker != 1,
+                "--shard-size": shard_size != DEFAULT_SHARD_SIZE}
+    _refuse_options(ray_only, "the local engine", "add --engine ray")
     if out.suffix != ".npy":
         raise BadInput(f"--out {out} must end in .npy", hint="e.g. --out embeddings/part0.npy")
     part = parse_shard(shard)
@@ -68,6 +87,45 @@ def embed_command(
         return
     note = f", resumed at row {resumed}" if resumed else ""
     err_console.print(f"embedded {len(items) - skipped} image(s) (shard {shard}, {skipped} unreadable{note}) → {out}", highlight=False)
+
+
+def _refuse_options(given: dict[str, bool], engine: str, hint: str) -> None:
+    named = [name for name, is_set in given.items() if is_set]
+    if named:
+        from proxyembed.runtime import BadInput
+
+        raise BadInput(f"{', '.join(named)} do(es) not apply to {engine}", hint=hint)
+
+
+def _embed_ray(
+    source: Path, images: Path, out: Path, address: str | None, concurrency: int | None, threads_per_worker: int, shard_size: int,
+    batch_size: int, precision: str, as_json: bool,
+) -> None:
+    """``--engine ray``: :func:`proxyembed.scale.embed_ray` with a progress bar, then the summary and every unreadable file."""
+    from proxyembed.runtime import BadInput
+    from proxyembed.runtime.manifest import MANIFEST_NAME
+    from proxyembed.scale import embed_ray
+
+    if not (source / MANIFEST_NAME).is_file():
+        raise BadInput(f"--engine ray needs a bundle ({MANIFEST_NAME} in {source})", hint="export the run first: proxyembed export RUN --out DIR")
+    with stdout_to_stderr(as_json):
+        report = embed_ray(
+            source, images, out, address=address, concurrency=concurrency, threads_per_worker=threads_per_worker, shard_size=shard_size,
+            batch_size=batch_size, precision=precision, progress=True,  # type: ignore[arg-type]
+        )
+    if as_json:
+        print_json(report.to_dict())
+        return
+    for item_id, why in report.unreadable[:_MAX_LISTED]:
+        err_console.print(f"unreadable: {item_id}: {why}", highlight=False, markup=False)
+    if len(report.unreadable) > _MAX_LISTED:
+        err_console.print(f"... and {len(report.unreadable) - _MAX_LISTED} more unreadable (--json lists them all)", highlight=False)
+    resumed = f", {report.shards_resumed} finished earlier" if report.shards_resumed else ""
+    err_console.print(
+        f"embedded {report.rows - len(report.unreadable)} image(s) into {report.shards} shard(s){resumed} "
+        f"({len(report.unreadable)} unreadable; {report.actors} actor(s) x {report.threads_per_worker} thread(s)) → {out}",
+        highlight=False,
+    )
 
 
 @dataclass

@@ -41,7 +41,7 @@ def index_command(
     ] = None,
     from_embeddings: Annotated[
         list[Path] | None,
-        typer.Option("--from-embeddings", help="Index `proxyembed embed` output(s) instead of IMAGES (repeatable: merges shards)."),
+        typer.Option("--from-embeddings", help="Index `proxyembed embed` output(s), not IMAGES (repeatable, merges shards; or a folder of them)."),
     ] = None,
     append: Annotated[
         bool, typer.Option(help="Add to the existing gallery at --out (same ids are re-embedded).")
