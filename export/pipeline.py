@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from proxyembed.data.types import DataSplit
 from proxyembed.runtime.errors import BadInput, CheckFailed
 from proxyembed.runtime.files import sha256_file
 from proxyembed.runtime.manifest import Artifact, Manifest
-from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
+from proxyembed.runtime.preprocess import Decode, Preprocessor, PreprocessSpec
 
 from .bundle import BundleWriter, check_out_path
 from .int8 import Int8Options, calibration_batch
@@ -38,7 +38,7 @@ from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
 from .parity import ParityResult
 from .runners import Runner
 from .tensorrt import BatchProfile
-from .validate import DEFAULT_MAX_DROP, Candidate, Score, ValidationReport
+from .validate import DEFAULT_MAX_DROP, Candidate, DecodeCheck, Score, ValidationReport
 
 FP32, FP16 = "model.onnx", "model_fp16.onnx"
 INT8 = {"cpu": "model_int8_cpu.onnx", "gpu": "model_int8_gpu.onnx"}
@@ -63,6 +63,7 @@ class ExportOptions:
     force: bool = False
     opset: int = DEFAULT_OPSET
     batch_size: int = 64
+    decode: Decode | None = None  # None: the run's own preprocessing choice
 
 
 class Reporter:
@@ -104,6 +105,7 @@ class ExportResult:
     refused: list[Score]
     notes: list[str]
     failed: list[BuildFailure] = field(default_factory=list)
+    decode: DecodeCheck | None = None
 
     def summary(self) -> dict[str, Any]:
         """Plain-data form (``export --json``): the bundle, what it holds, what was refused and why."""
@@ -112,25 +114,33 @@ class ExportResult:
             "artifacts": [{"file": a.file, "format": a.format, "precision": a.precision, "target": a.target, "validation": a.validation}
                           for a in self.artifacts],
             "refused": [s.to_dict() for s in self.refused],
+            "decode": None if self.decode is None else self.decode.to_dict(),
             "notes": self.notes,
         }
 
     def raise_if_refused(self) -> None:
         """Raise :class:`CheckFailed` (exit 1) naming every refused artifact, its drop or failure, and what to try."""
-        if not self.refused and not self.failed:
+        decode_refused = self.decode is not None and not self.decode.passed
+        if not self.refused and not self.failed and not decode_refused:
             return
         parts = [f"{s.file} ({s.precision}) lost {s.drop['recall@1']:.2f} points of Recall@1 (limit {s.threshold:g})" for s in self.refused]
         parts += [f"{f.file} ({f.precision}) did not build: {f.reason}" for f in self.failed]
+        if decode_refused:
+            assert self.decode is not None
+            parts.append(f"reduced JPEG decoding lost {self.decode.drop['recall@1']:.2f} points of Recall@1 against full decoding "
+                         f"(limit {self.decode.threshold:g}; {self.decode.reduced_images} of {self.decode.images} images read smaller)")
         where = f"bundle written to {self.bundle} without it" if self.bundle else "no bundle written"
         raise CheckFailed(
             f"refused {'; '.join(parts)}; {where}",
-            hint=_advice(self.refused, self.failed),
+            hint=_advice(self.refused, self.failed, decode_refused),
         )
 
 
-def _advice(refused: list[Score], failed: list[BuildFailure]) -> str:
+def _advice(refused: list[Score], failed: list[BuildFailure], decode_refused: bool = False) -> str:
     precisions = {s.precision for s in refused}
     tips = ["TensorRT: check the engine's reason above; the ONNX artifacts run on ONNX Runtime's TensorRT provider"] if failed else []
+    if decode_refused:
+        tips.append("decoding: export again with --decode full, or raise --max-recall-drop decode=... if the drop is acceptable")
     if "int8" in precisions:
         tips.append("int8: more --calibration-size images, another --calibration-method (minmax/percentile/entropy), "
                     "--int8-float-first-conv or --int8-reduce-range to keep more in float")
@@ -164,7 +174,7 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
         raise BadInput(f"checkpoint '{ckpt.path}' records no training data", hint="pass --data SPEC")
     rep.step(f"data: {data_spec}")
     data = resolve_data(data_spec, eval_data=None if opts.data else ckpt.config.get("eval_data"))
-    spec = ckpt.preprocess
+    spec = ckpt.preprocess if opts.decode is None else replace(ckpt.preprocess, decode=opts.decode)
     calibration = None
     if opts.int8:
         rep.step(f"int8: preparing {opts.calibration_size} calibration images from the training classes")
@@ -182,6 +192,7 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
 
         with rep.embedding(len(data.eval) + len(data.gallery or [])) as on_batch:
             report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=on_batch)
+        decode = _check_decode(opts, data, spec, reference, report, rep)
         refused = [s for s in report.scores if not s.passed]
         kept: list[Artifact] = []
         for score in report.scores:
@@ -193,7 +204,7 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
             else:
                 writer.discard(art.file)
         bundle = None
-        if FP32 in {a.file for a in kept}:
+        if FP32 in {a.file for a in kept} and (decode is None or decode.passed):
             manifest = Manifest(
                 embedding_dim=mc.embedding_dim,
                 preprocess=spec,
@@ -204,10 +215,27 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 source={"checkpoint": str(ckpt.path), "sha256": ckpt.sha256(), "backbone": mc.backbone, "epoch": ckpt.epoch,
                         "pool": mc.pool},
-                validation=report.section(opts.max_drop, extra_refused=[f.to_dict() for f in failed]),
+                validation={**report.section(opts.max_drop, extra_refused=[f.to_dict() for f in failed]),
+                            **({"decode": decode.to_dict()} if decode is not None else {})},
             )
             bundle = writer.commit(manifest)
-    return ExportResult(bundle=bundle, report=report, parity=parity, artifacts=kept, refused=refused, notes=notes, failed=failed)
+    return ExportResult(bundle=bundle, report=report, parity=parity, artifacts=kept, refused=refused, notes=notes, failed=failed,
+                        decode=decode)
+
+
+def _check_decode(opts: ExportOptions, data: DataSplit, spec: PreprocessSpec, reference: Runner, report: ValidationReport,
+                  rep: Reporter) -> DecodeCheck | None:
+    """With reduced decoding, the reference's Recall@1 drop against full decoding (None with full decoding)."""
+    if spec.decode != "reduced":
+        return None
+    from .validate import check_decode
+
+    rep.step("decoding: reduced JPEG decoding against full decoding, with the PyTorch model")
+    with rep.embedding(len(data.eval) + len(data.gallery or [])) as on_batch:
+        decode = check_decode(data, spec, reference, report.reference, opts.max_drop["decode"], batch_size=opts.batch_size, on_batch=on_batch)
+    rep.note(f"reduced decoding: {decode.reduced_images} of {decode.images} evaluation images read smaller, "
+             f"Recall@1 drop {decode.drop['recall@1']:.2f} points (limit {decode.threshold:g})")
+    return decode
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,18 @@ Every runner (the reference and each artifact) embeds the same evaluation images
 the runtime :class:`Preprocessor` and fed batch by batch to all of them. Per artifact we report Recall@K
 (the data's Ks, always with K=1), MAP@R and R-Precision, the drop against the reference in *points*
 (100 x the difference of fractions), and the per-sample cosine to the reference (min and mean: the worst
-image matters more than the average, REFERENCES.md "Validation practice"). An artifact passes when its
-Recall@1 drop is at most its precision's threshold.
+image matters more than the average). An artifact passes when its Recall@1 drop is at most its
+precision's threshold. Reduced JPEG decoding is judged the same way (:func:`check_decode`): the
+reference model with it against the reference model with full decoding.
 
-Manifest layout: ``validation`` = ``{"data", "reference", "thresholds", "k", "refused"}``; each
+Manifest layout: ``validation`` = ``{"data", "reference", "thresholds", "k", "refused", "decode"}``; each
 artifact's ``validation`` = ``{"passed", "metrics", "drop", "cosine_min", "cosine_mean", "threshold"}``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
 from .runners import Runner
 
-DEFAULT_MAX_DROP: dict[str, float] = {"fp32": 0.1, "fp16": 0.5, "int8": 1.0}
+DEFAULT_MAX_DROP: dict[str, float] = {"fp32": 0.1, "fp16": 0.5, "int8": 1.0, "decode": 0.3}
+"""Allowed Recall@1 drop in points per precision, and for reduced JPEG decoding against full decoding."""
 GATE_METRIC = "recall@1"
 
 
@@ -94,14 +96,76 @@ class ValidationReport:
         }
 
 
+@dataclass
+class DecodeCheck:
+    """Reduced decoding judged like an artifact: the reference's metrics with full decoding and with reduced.
+
+    ``reduced_images`` counts the evaluation images the reduced decode reads smaller; with none, both
+    decodes give the same pixels, the drop is 0 and no second pass runs (``full`` is then the same metrics).
+    """
+
+    images: int
+    reduced_images: int
+    full: dict[str, float]
+    reduced: dict[str, float]
+    threshold: float
+
+    @property
+    def drop(self) -> dict[str, float]:
+        return {k: round(100.0 * (self.full[k] - self.reduced[k]), 6) for k in self.full}
+
+    @property
+    def passed(self) -> bool:
+        return self.drop[GATE_METRIC] <= self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``validation.decode`` entry."""
+        return {
+            "mode": "reduced",
+            "passed": self.passed,
+            "images": self.images,
+            "reduced_images": self.reduced_images,
+            "full": self.full,
+            "reduced": self.reduced,
+            "drop": self.drop,
+            "threshold": self.threshold,
+            "gate": GATE_METRIC,
+        }
+
+
+def check_decode(
+    data: DataSplit,
+    spec: PreprocessSpec,
+    reference: Runner,
+    reduced_metrics: dict[str, float],
+    threshold: float,
+    *,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> DecodeCheck:
+    """Recall@K of ``reference`` with full decoding, against ``reduced_metrics`` (its numbers with ``spec``'s reduced decoding)."""
+    samples = [*data.eval, *(data.gallery or [])]
+    pre = Preprocessor(spec)
+    reduced_images = sum(pre.reduces(s.source) for s in samples)
+    if reduced_images == 0:
+        return DecodeCheck(len(samples), 0, dict(reduced_metrics), dict(reduced_metrics), threshold)
+    full_spec = replace(spec, decode="full")
+    ks = sorted({1, *data.ks})
+    result = evaluate_split(
+        data, lambda part: embed_all(part, full_spec, {"reference": reference}, batch_size=batch_size, on_batch=on_batch), ks=ks
+    )
+    return DecodeCheck(len(samples), reduced_images, result.metrics["reference"], dict(reduced_metrics), threshold)
+
+
 def parse_max_drop(values: Sequence[str]) -> dict[str, float]:
-    """``["fp16=0.5,int8=1.0", "fp32=0.1"]`` -> thresholds in points, over :data:`DEFAULT_MAX_DROP`."""
+    """``["fp16=0.5,int8=1.0", "decode=0.3"]`` -> thresholds in points, over :data:`DEFAULT_MAX_DROP`."""
     out = dict(DEFAULT_MAX_DROP)
     for value in values:
         for item in filter(None, (v.strip() for v in value.split(","))):
             prec, sep, num = item.partition("=")
             if not sep or prec.strip() not in DEFAULT_MAX_DROP:
-                raise BadInput(f"--max-recall-drop '{item}' is not PRECISION=POINTS", hint="e.g. --max-recall-drop fp16=0.5,int8=1.0")
+                keys = ", ".join(DEFAULT_MAX_DROP)
+                raise BadInput(f"--max-recall-drop '{item}' is not KEY=POINTS", hint=f"keys: {keys}; e.g. --max-recall-drop fp16=0.5,int8=1.0")
             try:
                 out[prec.strip()] = float(num)
             except ValueError as exc:

@@ -218,6 +218,21 @@ class Preprocessor:
         """Read ``src`` as the RGB image :meth:`square` starts from (the decode stage, timed apart by the service)."""
         return load_image(src, self._draft_size if self.spec.decode == "reduced" else None)
 
+    def reduces(self, src: ImageLike) -> bool:
+        """Whether :meth:`decode` reads this file at a reduced size (reads the header only; unreadable: False)."""
+        if self.spec.decode != "reduced" or not isinstance(src, (str, os.PathLike, bytes)):
+            return False
+        try:
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src)) as img:
+                full = img.size
+                wanted = self._draft_size(full) if img.format == "JPEG" else None
+                if wanted is None:
+                    return False
+                img.draft(img.mode, wanted)  # sets the decoded size without decoding
+                return img.size != full
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return False
+
     def _draft_size(self, size: tuple[int, int]) -> tuple[int, int] | None:
         """The size a reduced decode must keep for this fit (:data:`DRAFT_MARGIN` times its need), or None to decode in full.
 

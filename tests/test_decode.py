@@ -85,3 +85,10 @@ def test_the_choice_travels_and_old_specs_read_as_full() -> None:
     payload = manifest.to_dict()
     payload["input"].pop("decode")
     assert Manifest.from_dict(payload).preprocess.decode == "full"
+
+
+def test_reduces_says_which_files_decode_smaller(tmp_path: object) -> None:
+    pre = Preprocessor(spec("reduced"))
+    assert pre.reduces(photo(2000, 1500)) and not pre.reduces(photo(100, 80))
+    assert not pre.reduces(photo(2000, 1500, fmt="PNG")) and not pre.reduces(b"not an image")
+    assert not Preprocessor(spec("full")).reduces(photo(2000, 1500))

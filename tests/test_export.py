@@ -77,7 +77,7 @@ def test_bundle_lists_every_artifact_with_hashes_and_numbers(exported: tuple[Pat
     assert sorted(p.name for p in out.iterdir()) == sorted([*files, MANIFEST_NAME])
     assert raw["source"]["backbone"] == "resnet18" and len(raw["source"]["sha256"]) == 64
     assert raw["validation"]["k"] == [1, 2, 4, 8] and raw["validation"]["refused"] == []
-    assert raw["validation"]["thresholds"] == {"fp32": 0.1, "fp16": 0.5, "int8": INT8_LIMIT}
+    assert raw["validation"]["thresholds"] == {"fp32": 0.1, "fp16": 0.5, "int8": INT8_LIMIT, "decode": 0.3}
     assert raw["validation"]["data"]["images"] == 48
     assert manifest.embedding_dim == 32 and manifest.preprocess.crop == 32
     assert files["model.onnx"].validation["drop"]["recall@1"] == pytest.approx(0.0, abs=1e-9)
@@ -192,9 +192,9 @@ def test_calibration_uses_every_training_class_evenly() -> None:
 
 
 @pytest.mark.parametrize(("values", "expected"), [
-    ([], {"fp32": 0.1, "fp16": 0.5, "int8": 1.0}),
-    (["fp16=0.2,int8=2"], {"fp32": 0.1, "fp16": 0.2, "int8": 2.0}),
-    (["int8=-1", "fp32=0"], {"fp32": 0.0, "fp16": 0.5, "int8": -1.0}),
+    ([], {"fp32": 0.1, "fp16": 0.5, "int8": 1.0, "decode": 0.3}),
+    (["fp16=0.2,int8=2"], {"fp32": 0.1, "fp16": 0.2, "int8": 2.0, "decode": 0.3}),
+    (["int8=-1", "fp32=0", "decode=1"], {"fp32": 0.0, "fp16": 0.5, "int8": -1.0, "decode": 1.0}),
 ])
 def test_parse_max_drop(values: list[str], expected: dict[str, float]) -> None:
     assert parse_max_drop(values) == expected

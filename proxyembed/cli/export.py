@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from proxyembed.runtime.preprocess import Decode
+
 from ._common import console, err_console, print_json, user_errors
 
 Method = Literal["minmax", "percentile", "entropy"]
@@ -50,6 +52,10 @@ def export(
     trt_opt_batch: Annotated[int, typer.Option("--trt-opt-batch", help="TensorRT profile: batch to tune for.")] = 16,
     trt_max_batch: Annotated[int, typer.Option("--trt-max-batch", help="TensorRT profile: largest batch.")] = 64,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset to export with.")] = 18,
+    decode: Annotated[
+        Decode | None,
+        typer.Option("--decode", help="JPEG decoding the bundle records: full, or reduced (validated against full; default: the run's)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export summary as JSON on stdout (progress goes to stderr).")] = False,
 ) -> None:
@@ -76,6 +82,7 @@ def export(
         profile=BatchProfile(trt_min_batch, trt_opt_batch, trt_max_batch),
         force=force,
         opset=opset,
+        decode=decode,
     )
     out_console = err_console if as_json else console
     result = run_export(opts, _RichReporter(out_console))
