@@ -34,7 +34,7 @@ class ModelConfig:
 
 
 class Embedder(nn.Module):
-    """Images (N, 3, H, W) in, L2-normalised embeddings (N, D) out."""
+    """Images (N, 3, H, W) in, L2-normalised embeddings (N, D) out (the head's raw output on request)."""
 
     def __init__(self, config: ModelConfig, backbone: nn.Module) -> None:
         super().__init__()
@@ -57,8 +57,11 @@ class Embedder(nn.Module):
         # token sequences (ViT and friends): the backbone's own pooling (class token or mean)
         return self.backbone.forward_head(f, pre_logits=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.features(x)), dim=1)
+    def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The embeddings; ``normalize=False`` returns the head's output before the L2 normalisation, which
+        is what the within-class whitening (:mod:`proxyembed.training.whitening`) is fitted to."""
+        z = self.head(self.features(x))
+        return F.normalize(z, dim=1) if normalize else z
 
 
 def _create_backbone(name: str, pretrained: bool) -> nn.Module:

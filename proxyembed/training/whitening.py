@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from proxyembed.data.types import Sample
 from proxyembed.models import Embedder
@@ -84,26 +83,15 @@ def whitening_from_embeddings(z: np.ndarray, labels: Sequence[Hashable], shrink:
     return Whitening(torch.from_numpy(z64.mean(0)).float(), torch.from_numpy(matrix).float(), shrink, n)
 
 
-class _HeadOutput(nn.Module):
-    """The embedder without its L2 normalisation: what the whitening is fitted to."""
-
-    def __init__(self, model: Embedder) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.model.features(x))
-
-
 def fit_whitening(
-    model: Embedder, samples: Sequence[Sample], shrink: float, *, embed: Callable[[nn.Module, Sequence[Sample]], np.ndarray]
+    model: Embedder, samples: Sequence[Sample], shrink: float, *, embed: Callable[[Embedder, Sequence[Sample]], np.ndarray]
 ) -> Whitening | None:
     """Fit the whitening of ``model`` on ``samples`` (evaluation preprocessing, no augmentation).
 
-    ``embed(module, samples)`` returns unnormalised (N, D) outputs of ``module``; the trainer passes its
-    single-process or data-parallel embedding, so every rank fits the same map.
+    ``embed(model, samples)`` returns ``model``'s unnormalised (N, D) outputs (``Embedder.forward(normalize=False)``);
+    the trainer passes its single-process or data-parallel embedding, so every rank fits the same map.
     """
-    z = embed(_HeadOutput(model), samples)
+    z = embed(model, samples)
     return whitening_from_embeddings(z, [s.label for s in samples], shrink)
 
 
