@@ -40,7 +40,7 @@ def train(
     """
     require_extras("proxyembed.train", "train")
     from proxyembed.run import Run
-    from proxyembed.training.trainer import Reporter
+    from proxyembed.training.reporting import Reporter
     from proxyembed.training.trainer import train as run_training
 
     if isinstance(config, TrainConfig):
