@@ -8,9 +8,7 @@ artifact returns unit vectors and cosine similarity is a dot product everywhere 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,19 +16,7 @@ from torch import nn
 
 from proxyembed.runtime.errors import BadInput
 
-Pooling = Literal["avg", "max", "avg+max"]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What it takes to rebuild the network from a checkpoint (weights come separately)."""
-
-    backbone: str = "resnet18"
-    embedding_dim: int = 128
-    pool: Pooling = "avg+max"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from .config import ModelConfig
 
 
 class Embedder(nn.Module):
