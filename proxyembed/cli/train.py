@@ -125,7 +125,7 @@ def train_cmd(
         optimizer=optimizer, adam_eps=adam_eps, schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, ema_decay=ema_decay,
         whiten=whiten,
         image_size=image_size,
-        augment=augment, crop_scale=_pair(crop_scale, "--crop-scale"), hflip=hflip, eval_fit=eval_fit, resize=resize,
+        augment=augment, crop_scale=crop_scale.split(",") if crop_scale is not None else None, hflip=hflip, eval_fit=eval_fit, resize=resize,
         eval_every=eval_every, nmi=nmi, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
         sync_bn=sync_bn,
     )
@@ -145,19 +145,6 @@ def train_cmd(
         f"best {result.best.get('recall@1', float('nan')):.4f} at epoch {result.best_epoch}; run dir {result.run_dir}",
         highlight=False,
     )
-
-
-def _pair(text: str | None, option: str) -> tuple[float, float] | None:
-    """'0.5,1' as (0.5, 1.0); None stays None."""
-    from proxyembed.runtime.errors import BadInput
-
-    if text is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise BadInput(f"{option} '{text}' is not two numbers LOW,HIGH", hint=f"e.g. {option} 0.5,1") from exc
-    return lo, hi
 
 
 @user_errors

@@ -145,11 +145,13 @@ class TrainConfig:
         if unknown:
             raise BadInput(f"{source}: unknown setting(s) {unknown}", hint=f"valid settings: {', '.join(sorted(names))}")
         d = dict(d)
-        if d.get("crop_scale") is not None:  # JSON has no tuples
+        if d.get("crop_scale") is not None:  # JSON has no tuples; the CLI hands over its LOW,HIGH split at the comma
             try:
                 lo, hi = (float(v) for v in d["crop_scale"])
             except (TypeError, ValueError) as exc:
-                raise BadInput(f"{source}: crop_scale must be two numbers, got {d['crop_scale']!r}") from exc
+                raise BadInput(
+                    f"{source}: crop_scale must be two numbers, got {d['crop_scale']!r}", hint='e.g. --crop-scale 0.5,1 or "crop_scale": [0.5, 1]'
+                ) from exc
             d["crop_scale"] = (lo, hi)
         hints = get_type_hints(cls)
         for key, value in d.items():
