@@ -42,7 +42,8 @@ import torch  # noqa: E402
 from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
 
 from proxyembed.training.config import resolve_config  # noqa: E402
-from proxyembed.training.trainer import Reporter, train  # noqa: E402
+from proxyembed.training.reporting import Reporter  # noqa: E402
+from proxyembed.training.trainer import train  # noqa: E402
 
 CALTECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "caltech101"
 LOSSES: dict[str, dict[str, Any]] = {

@@ -34,12 +34,11 @@ from proxyembed.data.types import Sample
 from proxyembed.runtime.errors import BadInput, require
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
+from .choices import CalibrationMethod
 from .graph import first_conv, float_tail, name_nodes
 from .onnx_export import INPUT_NAME
 
 Target = Literal["cpu", "gpu"]
-CalibrationMethod = Literal["minmax", "percentile", "entropy"]
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy")
 CALIBRATION_BATCH = 16
 
 

@@ -4,6 +4,7 @@ The Python API, one name per stage::
 
     import proxyembed
     run = proxyembed.train(epochs=2, out="runs/demo")          # -> Run (needs the train extra)
+    result = proxyembed.evaluate(run)                          # -> EvalResult: best.pt's metrics, recomputed
     bundle = proxyembed.export(run, "bundles/demo", int8=True)  # -> Bundle (train + export extras)
     vectors = proxyembed.Encoder(bundle).encode(images)        # torch-free runtime
     report = proxyembed.check(bundle, "data/eval", "ci/baseline.json")  # -> CheckReport
@@ -25,6 +26,7 @@ from proxyembed._version import __version__
 _LAZY: dict[str, tuple[str, str | None]] = {
     "train": ("proxyembed.api", "train"),
     "embed_ray": ("proxyembed.scale", "embed_ray"),
+    "evaluate": ("proxyembed.api", "evaluate"),
     "export": ("proxyembed.export", None),
     "check": ("proxyembed.check", None),
     "Run": ("proxyembed.run", "Run"),
@@ -38,13 +40,13 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 }
 
 __all__ = [
-    "Bundle", "CheckReport", "Encoder", "Index", "ProxyEmbedError", "Retriever", "Run", "TrainConfig", "__version__", "check", "embed_ray", "export",
-    "train",
+    "Bundle", "CheckReport", "Encoder", "Index", "ProxyEmbedError", "Retriever", "Run", "TrainConfig", "__version__", "check", "embed_ray",
+    "evaluate", "export", "train",
 ]
 
 if TYPE_CHECKING:
     from proxyembed import check, export
-    from proxyembed.api import train
+    from proxyembed.api import evaluate, train
     from proxyembed.check import CheckReport
     from proxyembed.run import Run
     from proxyembed.runtime import Bundle, Encoder, Index, ProxyEmbedError, Retriever

@@ -1,22 +1,29 @@
-"""The Python API's training verb: :func:`train` (``proxyembed.train(...)``); exporting is :mod:`proxyembed.export.api`.
+"""The Python API's verbs that need torch: :func:`train` and :func:`evaluate` (``proxyembed.train(...)``).
 
-``train`` takes the same typed settings as its CLI command, not a second copy: it resolves
+Each takes the same typed settings as its CLI command, not a second copy: ``train`` resolves
 :class:`~proxyembed.training.config.TrainConfig` (defaults < recipe < your keywords) exactly as
-``proxyembed train`` does. It checks its extras first, so a runtime-only install gets a
-:class:`~proxyembed.runtime.errors.MissingDependency` naming what to install.
+``proxyembed train`` does. Each checks its extras first, so a runtime-only install gets a
+:class:`~proxyembed.runtime.errors.MissingDependency` naming what to install. Exporting is
+:mod:`proxyembed.export.api` (the export stage's own verb, so nothing here imports that stage).
+``proxyembed train`` and ``proxyembed eval`` are :func:`run_training` and :func:`evaluate` with
+options parsed and results printed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxyembed.extras import require_extras
 from proxyembed.runtime.errors import BadInput
-from proxyembed.training.config import TrainConfig, resolve_config
+from proxyembed.training.config import Device, TrainConfig, resolve_config
+from proxyembed.training.run_dir import Which, checkpoint_name
 
 if TYPE_CHECKING:
     from proxyembed.run import Run
+    from proxyembed.training.reporting import Reporter
+    from proxyembed.training.trainer import TrainResult
 
 DEFAULT_RUN_DIR = Path("runs/default")
 
@@ -37,8 +44,7 @@ def train(
     """
     require_extras("proxyembed.train", "train")
     from proxyembed.run import Run
-    from proxyembed.training.trainer import Reporter
-    from proxyembed.training.trainer import train as run_training
+    from proxyembed.training.reporting import Reporter
 
     if isinstance(config, TrainConfig):
         cfg = resolve_config({**config.to_dict(), **overrides})
@@ -56,3 +62,56 @@ def train(
     else:
         result = run_training(cfg, Path(out), resume=resume, reporter=Reporter())
     return Run(result.run_dir)
+
+
+def run_training(cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+    """Train with a resolved config, showing progress through ``reporter``; return the metrics summary.
+
+    What :func:`train` and ``proxyembed train`` share. It returns the
+    :class:`~proxyembed.training.trainer.TrainResult` rather than a :class:`Run`, so every ``torchrun``
+    process gets it without reading the run dir, which only rank 0 writes.
+    """
+    require_extras("proxyembed.train", "train")
+    from proxyembed.training.trainer import train as train_run
+
+    return train_run(cfg, out, resume=resume, reporter=reporter)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What :func:`evaluate` measured: the checkpoint (file and epoch), the data (name and fingerprint) and the metrics."""
+
+    checkpoint: Path
+    epoch: int
+    data_name: str
+    data_fingerprint: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def evaluate(
+    run: str | Path | Run,
+    *,
+    data: str | None = None,
+    eval_data: str | None = None,
+    which: Which = "best",
+    device: Device = "auto",
+) -> EvalResult:
+    """Evaluate a run's checkpoint (``which``: best.pt or last.pt; or a checkpoint file) on held-out classes.
+
+    ``data`` defaults to the run's own data and split, with its own ``eval_data`` unless ``eval_data`` is
+    given; with ``data`` given, only the ``eval_data`` given here applies. Recall@K, MAP@R, R-Precision and
+    NMI, in fp32: the numbers training recorded for the checkpoint's epoch, on the same data.
+    """
+    require_extras("proxyembed.evaluate", "train")
+    from proxyembed.data import resolve_data
+    from proxyembed.run import Run
+    from proxyembed.training.checkpoint import load_checkpoint
+    from proxyembed.training.device import select_device
+    from proxyembed.training.evaluate import evaluate_model
+
+    ckpt = load_checkpoint(run.path if isinstance(run, Run) else Path(run), prefer=checkpoint_name(which))
+    spec_data = data or ckpt.config.get("data", "synthetic")
+    split = resolve_data(spec_data, eval_data=eval_data if data else (eval_data or ckpt.config.get("eval_data")))
+    dev = select_device(device)
+    metrics = evaluate_model(ckpt.build_model().to(dev), split, ckpt.preprocess, device=dev)
+    return EvalResult(ckpt.path, ckpt.epoch, split.name, split.fingerprint(), metrics)

@@ -18,7 +18,7 @@ from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.files import read_json_object
 from proxyembed.runtime.preprocess import ImageLike
 from proxyembed.training.config import TrainConfig
-from proxyembed.training.run_dir import BEST, CONFIG_NAME, LAST, metrics_of, read_history
+from proxyembed.training.run_dir import CONFIG_NAME, Which, checkpoint_name, metrics_of, read_history
 
 if TYPE_CHECKING:
     from proxyembed.models import Embedder
@@ -60,16 +60,14 @@ class Run:
         best = max(trained, key=lambda h: h[metric])
         return metrics_of(best) | {"epoch": best["epoch"]}
 
-    def load_model(self, which: str = "best") -> Embedder:
+    def load_model(self, which: Which = "best") -> Embedder:
         """The trained network (``best.pt`` or ``last.pt``), in eval mode on the CPU."""
         from proxyembed.extras import require_extras
 
         require_extras("Run.load_model", "train")
         from proxyembed.training.checkpoint import load_checkpoint
 
-        if which not in ("best", "last"):
-            raise BadInput(f"which='{which}' is not 'best' or 'last'")
-        return load_checkpoint(self.path, prefer=BEST if which == "best" else LAST).build_model()
+        return load_checkpoint(self.path, prefer=checkpoint_name(which)).build_model()
 
     def embed(
         self,

@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -21,12 +21,14 @@ from PIL import Image
 from . import backends
 from .bundle import Bundle
 from .errors import BadInput, IntegrityError
-from .manifest import Artifact
+from .manifest import Artifact, Precision
 from .preprocess import ImageLike, Preprocessor
 from .progress import ProgressArg, progress_callback
 
-PrecisionChoice = Literal["auto", "fp32", "fp16", "int8"]
+PrecisionChoice = Literal["auto", Precision]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+"""Where models run; ``proxyembed train``, ``eval`` and ``check`` take the same choice."""
+DEVICES: tuple[str, ...] = get_args(DeviceChoice)
 
 _GPU_ORDER = ("fp16", "fp32", "int8")  # fp16 is what a GPU is fast at; int8 last: it needs a GPU-targeted Q/DQ file
 _CPU_ORDER = ("int8", "fp32", "fp16")  # x86 ORT has no fp16 convolution kernels: fp16 runs through casts, slowest (export/fp16.py)
@@ -51,10 +53,10 @@ class Encoder:
         artifact: str | None = None,
         warmup: bool = True,
     ) -> None:
-        if precision not in ("auto", *_GPU_ORDER):
-            raise BadInput(f"unknown precision '{precision}'", hint="use auto, fp32, fp16 or int8")
-        if device not in ("auto", "cpu", "cuda"):
-            raise BadInput(f"unknown device '{device}'", hint="use auto, cpu or cuda")
+        if precision not in get_args(PrecisionChoice):
+            raise BadInput(f"unknown precision '{precision}'", hint=f"use one of {', '.join(get_args(PrecisionChoice))}")
+        if device not in DEVICES:
+            raise BadInput(f"unknown device '{device}'", hint=f"use one of {', '.join(DEVICES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         manifest = self.bundle.manifest
         self.dim = manifest.embedding_dim

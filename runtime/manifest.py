@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import BadInput
 from .files import sealed_json
@@ -20,8 +20,8 @@ MANIFEST_NAME = "manifest.json"
 
 Precision = Literal["fp32", "fp16", "int8"]
 ArtifactFormat = Literal["onnx", "tensorrt"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-FORMATS: tuple[str, ...] = ("onnx", "tensorrt")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+FORMATS: tuple[str, ...] = get_args(ArtifactFormat)
 
 
 @dataclass

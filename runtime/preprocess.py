@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,9 +31,9 @@ _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Im
 
 
 Fit = Literal["center_crop", "squash", "letterbox"]
-FITS: tuple[str, ...] = Fit.__args__
+FITS: tuple[str, ...] = get_args(Fit)
 Decode = Literal["full", "reduced"]
-DECODES: tuple[str, ...] = Decode.__args__
+DECODES: tuple[str, ...] = get_args(Decode)
 # A reduced decode keeps at least this many times the pixels the fit needs along each side, so the final
 # resize still averages several decoded pixels into each model pixel (benchmarks/results/decode_speed.md).
 DRAFT_MARGIN = 2

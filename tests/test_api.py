@@ -103,3 +103,17 @@ def test_encoder_encode_accepts_mixed_inputs_with_threads_and_progress(tmp_path:
     np.testing.assert_allclose(inline[2], encoder.encode(pil[4])[0], atol=1e-6)  # the path decodes like the PIL image
     with pytest.raises(BadInput, match="must be uint8"):
         encoder.encode([np.zeros((8, 8, 3), np.float32)])
+
+
+def test_evaluate_recomputes_a_checkpoint_on_its_own_data_and_refuses_an_unknown_which(tmp_path: Path) -> None:
+    from helpers.checkpoints import make_checkpoint
+
+    data = "synthetic:train_classes=4,eval_classes=6,per_class=6"
+    ckpt = make_checkpoint(tmp_path / "run", data=data)
+    result = proxyembed.evaluate(tmp_path / "run", device="cpu")
+    assert result.checkpoint == ckpt and result.epoch == 1 and result.data_fingerprint["images"] > 0
+    again = proxyembed.evaluate(ckpt, data=data, device="cpu")  # the file itself, the same data given explicitly
+    assert again.metrics == result.metrics and again.data_fingerprint == result.data_fingerprint
+    assert 0 <= result.metrics["recall@1"] <= 1
+    with pytest.raises(BadInput, match="which='middle'"):
+        proxyembed.evaluate(tmp_path / "run", which="middle")  # type: ignore[arg-type]

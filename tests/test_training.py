@@ -16,8 +16,9 @@ from proxyembed.training.checkpoint import load_checkpoint
 from proxyembed.training.config import TrainConfig, resolve_config
 from proxyembed.training.optim import WeightAverage
 from proxyembed.training.recipes import list_recipes, load_recipe
+from proxyembed.training.reporting import Reporter
 from proxyembed.training.run_dir import BEST, LAST, CheckpointPayload
-from proxyembed.training.trainer import Reporter, TrainingFailed, train
+from proxyembed.training.trainer import TrainingFailed, train
 
 TINY = "synthetic:train_classes=12,eval_classes=10,per_class=8,size=40"
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -22,10 +22,12 @@ from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.encoder import Encoder
 from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError
 from proxyembed.runtime.evaluation import evaluate_split
-from proxyembed.runtime.manifest import PRECISIONS
+from proxyembed.runtime.manifest import PRECISIONS, Precision
 from proxyembed.runtime.system import cpu_name
 
-ARTIFACT_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS, "all")
+ArtifactChoice = Literal["auto", Precision, "all"]
+"""``--artifact``: one precision, every one the bundle has, or auto (what the runtime would pick here)."""
+ARTIFACT_CHOICES: tuple[str, ...] = get_args(ArtifactChoice)
 Progress = Callable[[int], None]
 
 

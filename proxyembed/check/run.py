@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from proxyembed.runtime.bundle import Bundle
+from proxyembed.runtime.encoder import DEVICES, DeviceChoice
 from proxyembed.runtime.errors import BadInput
 
-from .evaluation import CheckOptions, Progress
+from .evaluation import ArtifactChoice, CheckOptions, Progress
 from .gate import check_against_baseline, check_against_bundle
 from .report import CheckReport
 from .tolerances import parse_tolerances
@@ -32,14 +33,14 @@ def run_check(
     baseline: str | Path | None = None,
     *,
     against: str | Path | Bundle | None = None,
-    artifact: str = "auto",
+    artifact: ArtifactChoice = "auto",
     max_drop: Limits = (),
     min_value: Limits = (),
     write_baseline: bool = False,
     allow_data_change: bool = False,
     threads: int | None = None,
     batch_size: int = 32,
-    device: str = "auto",
+    device: DeviceChoice = "auto",
     progress: Progress | None = None,
 ) -> CheckReport:
     """Check ``bundle`` (a folder or a loaded :class:`Bundle`) on ``data`` against a ``baseline`` file (or an older bundle, ``against``).
@@ -53,8 +54,8 @@ def run_check(
         raise BadInput("give either --baseline FILE or --against OLD_BUNDLE", hint="e.g. proxyembed check NEW --data SPEC --baseline baseline.json")
     if against is not None and (write_baseline or allow_data_change):
         raise BadInput("--write-baseline and --allow-data-change need --baseline, not --against")
-    if device not in ("auto", "cpu", "cuda"):
-        raise BadInput(f"--device '{device}' is unknown", hint="use auto, cpu or cuda")
+    if device not in DEVICES:
+        raise BadInput(f"--device '{device}' is unknown", hint=f"use one of {', '.join(DEVICES)}")
     bundle, against = (b.path if isinstance(b, Bundle) else b for b in (bundle, against))
     tol = parse_tolerances(_as_items(max_drop), _as_items(min_value))
     opts = CheckOptions(artifact=artifact, device=device, threads=threads, batch_size=batch_size)

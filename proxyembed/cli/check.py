@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
+from proxyembed.check.evaluation import ArtifactChoice
 from proxyembed.runtime.encoder import DeviceChoice
 
 from ._common import console, err_console, print_json, user_errors
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from proxyembed.check import CheckReport, MetricRow
     from proxyembed.runtime.errors import ProxyEmbedError
 
-# The closed choice of --artifact (proxyembed.check.ARTIFACT_CHOICES; a test keeps the two equal).
-ArtifactChoice = Literal["auto", "fp32", "fp16", "int8", "all"]
 _STATUS_STYLE = {"pass": "green", "improved": "bold green", "fail": "bold red", "accepted": "yellow", "new": "cyan"}
 _STATUS_TEXT = {"pass": "PASS", "improved": "IMPROVED", "fail": "FAIL", "accepted": "accepted", "new": "new"}
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from proxyembed.export.choices import CalibrationMethod
 from proxyembed.runtime.preprocess import Decode
 
 from ._common import console, err_console, print_json, user_errors
-
-Method = Literal["minmax", "percentile", "entropy"]
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +36,9 @@ def export(
     tensorrt: Annotated[bool, typer.Option("--tensorrt", help="Also build TensorRT engines (needs a GPU and tensorrt).")] = False,
     data: Annotated[str | None, typer.Option("--data", help="Data for validation and calibration (default: the run's).")] = None,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="Training images to calibrate int8 on.")] = 256,
-    calibration_method: Annotated[Method, typer.Option("--calibration-method", help="int8 calibration: minmax, percentile or entropy.")] = "minmax",
+    calibration_method: Annotated[
+        CalibrationMethod, typer.Option("--calibration-method", help="int8 calibration: minmax, percentile or entropy.")
+    ] = "minmax",
     int8_float_first_conv: Annotated[
         bool, typer.Option("--int8-float-first-conv", help="Keep the first conv in float (accuracy over speed).")
     ] = False,

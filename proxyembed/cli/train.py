@@ -103,11 +103,11 @@ def train_cmd(
     from proxyembed.extras import require_extras
 
     require_extras("proxyembed train", "train")
+    from proxyembed.api import run_training
     from proxyembed.runtime.errors import BadInput
     from proxyembed.training.config import resolve_config
     from proxyembed.training.distributed import is_main_process
     from proxyembed.training.reporting import RichReporter
-    from proxyembed.training.trainer import train
 
     params: dict[str, Any] = {}
     for item in loss_param or []:
@@ -125,14 +125,14 @@ def train_cmd(
         optimizer=optimizer, adam_eps=adam_eps, schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, ema_decay=ema_decay,
         whiten=whiten,
         image_size=image_size,
-        augment=augment, crop_scale=_pair(crop_scale, "--crop-scale"), hflip=hflip, eval_fit=eval_fit, resize=resize,
+        augment=augment, crop_scale=crop_scale.split(",") if crop_scale is not None else None, hflip=hflip, eval_fit=eval_fit, resize=resize,
         eval_every=eval_every, nmi=nmi, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
         sync_bn=sync_bn,
     )
     given = given_options(ctx)
     cfg = resolve_config({k: v for k, v in overrides.items() if k not in ctx.params or k in given}, recipe)
     with RichReporter(err_console if as_json else console) as reporter:
-        result = train(cfg, out, resume=resume, reporter=reporter)
+        result = run_training(cfg, out, resume=resume, reporter=reporter)
     if not is_main_process():
         return
     if as_json:
@@ -145,19 +145,6 @@ def train_cmd(
         f"best {result.best.get('recall@1', float('nan')):.4f} at epoch {result.best_epoch}; run dir {result.run_dir}",
         highlight=False,
     )
-
-
-def _pair(text: str | None, option: str) -> tuple[float, float] | None:
-    """'0.5,1' as (0.5, 1.0); None stays None."""
-    from proxyembed.runtime.errors import BadInput
-
-    if text is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise BadInput(f"{option} '{text}' is not two numbers LOW,HIGH", hint=f"e.g. {option} 0.5,1") from exc
-    return lo, hi
 
 
 @user_errors
@@ -175,24 +162,16 @@ def eval_cmd(
     require_extras("proxyembed eval", "train")
     from rich.table import Table
 
-    from proxyembed.data import resolve_data
-    from proxyembed.training.checkpoint import load_checkpoint
-    from proxyembed.training.device import select_device
-    from proxyembed.training.evaluate import evaluate_model
-    from proxyembed.training.run_dir import BEST, LAST
+    from proxyembed.api import evaluate
 
-    ckpt = load_checkpoint(run, prefer=LAST if last else BEST)
-    spec_data = data or ckpt.config.get("data", "synthetic")
-    split = resolve_data(spec_data, eval_data=eval_data if data else (eval_data or ckpt.config.get("eval_data")))
-    dev = select_device(device)
-    metrics = evaluate_model(ckpt.build_model().to(dev), split, ckpt.preprocess, device=dev)
+    result = evaluate(run, data=data, eval_data=eval_data, which="last" if last else "best", device=device)
     if as_json:
-        print_json({"checkpoint": str(ckpt.path), "epoch": ckpt.epoch, "data": split.fingerprint(), "metrics": metrics})
+        print_json({"checkpoint": str(result.checkpoint), "epoch": result.epoch, "data": result.data_fingerprint, "metrics": result.metrics})
         return
-    table = Table(title=f"{ckpt.path} (epoch {ckpt.epoch}) on {split.name}")
+    table = Table(title=f"{result.checkpoint} (epoch {result.epoch}) on {result.data_name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
+    for k, v in result.metrics.items():
         table.add_row(k, f"{v:.4f}")
     console.print(table)
 

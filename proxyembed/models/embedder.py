@@ -8,9 +8,7 @@ artifact returns unit vectors and cosine similarity is a dot product everywhere 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,23 +16,11 @@ from torch import nn
 
 from proxyembed.runtime.errors import BadInput
 
-Pooling = Literal["avg", "max", "avg+max"]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What it takes to rebuild the network from a checkpoint (weights come separately)."""
-
-    backbone: str = "resnet18"
-    embedding_dim: int = 128
-    pool: Pooling = "avg+max"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from .config import ModelConfig
 
 
 class Embedder(nn.Module):
-    """Images (N, 3, H, W) in, L2-normalised embeddings (N, D) out."""
+    """Images (N, 3, H, W) in, L2-normalised embeddings (N, D) out (the head's raw output on request)."""
 
     def __init__(self, config: ModelConfig, backbone: nn.Module) -> None:
         super().__init__()
@@ -57,8 +43,11 @@ class Embedder(nn.Module):
         # token sequences (ViT and friends): the backbone's own pooling (class token or mean)
         return self.backbone.forward_head(f, pre_logits=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.features(x)), dim=1)
+    def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The embeddings; ``normalize=False`` returns the head's output before the L2 normalisation, which
+        is what the within-class whitening (:mod:`proxyembed.training.whitening`) is fitted to."""
+        z = self.head(self.features(x))
+        return F.normalize(z, dim=1) if normalize else z
 
 
 def _create_backbone(name: str, pretrained: bool) -> nn.Module:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from proxyembed.models import Embedder, ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.files import atomic_write, sha256_file
 from proxyembed.runtime.preprocess import PreprocessSpec
 
-from .run_dir import BEST, find_checkpoint
+from .run_dir import BEST, CheckpointPayload, find_checkpoint
 from .whitening import Whitening, fold_whitening
 
 CHECKPOINT_FORMAT = 1
@@ -30,6 +31,56 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format version) to ``path`` via a temp file and ``os.replace``."""
     payload = {"format_version": CHECKPOINT_FORMAT, **payload}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def checkpoint_payload(
+    model_config: ModelConfig,
+    model: nn.Module,
+    loss_name: str,
+    loss: nn.Module,
+    preprocess: PreprocessSpec,
+    config: dict[str, Any],
+    *,
+    epoch: int,
+    metrics: dict[str, float],
+    best_value: float,
+    train_classes: int,
+    whitening: Whitening | None,
+) -> CheckpointPayload:
+    """What best.pt holds, read from the live modules: ``model`` is the network evaluation saw (the weight
+    average when there is one), ``whitening`` the map fitted to it at this ``epoch`` (None: off, or this epoch
+    was not evaluated)."""
+    return CheckpointPayload(
+        model_config=model_config.to_dict(),
+        model=model.state_dict(),
+        loss_name=loss_name,
+        loss=loss.state_dict(),
+        preprocess=preprocess.to_dict(),
+        config=config,
+        epoch=epoch,
+        metrics=metrics,
+        best_value=best_value,
+        train_classes=train_classes,
+        whitening=whitening.to_dict() if whitening is not None else None,
+    )
+
+
+def add_resume_states(
+    payload: CheckpointPayload,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    *,
+    training_model: nn.Module | None = None,
+    ema_updates: int | None = None,
+) -> CheckpointPayload:
+    """``payload`` (changed in place) with what ``--resume`` needs besides it, as last.pt holds: the optimizer,
+    schedule and gradient-scaler states and, with weight averaging, the weights the optimizer steps and the
+    number of averaging updates."""
+    payload.optimizer, payload.scheduler, payload.scaler = optimizer.state_dict(), scheduler.state_dict(), scaler.state_dict()
+    if training_model is not None:
+        payload.training_model, payload.ema_updates = training_model.state_dict(), ema_updates
+    return payload
 
 
 @dataclass

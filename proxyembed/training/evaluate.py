@@ -29,8 +29,11 @@ def embed_samples(
     on_batch: Callable[[int], None] | None = None,
     normalize: bool = True,
 ) -> np.ndarray:
-    """float32 (N, D) embeddings of ``samples``, in order, L2-normalised unless ``normalize`` is false;
-    ``on_batch(n)`` reports progress."""
+    """float32 (N, D) embeddings of ``samples``, in order; ``on_batch(n)`` reports progress.
+
+    ``normalize=False`` asks ``model`` (an :class:`~proxyembed.models.Embedder`) for its output before the L2
+    normalisation and returns it as is, for fitting the whitening.
+    """
     was_training = model.training
     model.eval()
     pre = Preprocessor(spec)
@@ -40,7 +43,7 @@ def embed_samples(
         for batch in pre.batches((s.source for s in samples), batch_size):
             x = torch.from_numpy(batch).to(device)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                y = model(x)
+                y = model(x) if normalize else model(x, normalize=False)
             y = y.float()
             out.append((torch.nn.functional.normalize(y, dim=1) if normalize else y).cpu().numpy())
             if on_batch:

@@ -1,7 +1,7 @@
-"""Training progress for people: a rich progress bar per epoch phase and one summary line per epoch.
+"""Training progress: the :class:`Reporter` hooks the trainer calls, and :class:`RichReporter`, which shows them.
 
-Shared by ``proxyembed train`` and ``proxyembed.train(..., progress=True)``; the trainer itself only
-calls the :class:`~proxyembed.training.trainer.Reporter` hooks.
+:class:`RichReporter` draws a rich progress bar per epoch phase and one summary line per epoch for
+``proxyembed train`` and ``proxyembed.train(..., progress=True)``; the trainer itself only calls the hooks.
 """
 
 from __future__ import annotations
@@ -11,7 +11,23 @@ from typing import Any
 from rich.console import Console
 
 
-class RichReporter:
+class Reporter:
+    """Hooks the CLI uses to show progress; the defaults print nothing (library use, tests)."""
+
+    def log(self, message: str) -> None:
+        """A line of information."""
+
+    def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
+        """A phase (``train`` or ``eval``) of an epoch begins with ``steps`` units of work."""
+
+    def advance(self, n: int, **fields: float) -> None:
+        """``n`` more units done; ``fields`` such as loss and images/s for display."""
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        """An epoch's metrics.jsonl record."""
+
+
+class RichReporter(Reporter):
     """Shows training with a rich progress bar (loss, images/s) and one summary line per epoch on ``console``."""
 
     def __init__(self, console: Console) -> None:

@@ -14,13 +14,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from proxyembed.runtime.errors import BadInput, IntegrityError
 from proxyembed.runtime.files import atomic_write_text
 
 CONFIG_NAME, METRICS_NAME, CURVES_NAME = "config.json", "metrics.jsonl", "training_curves.png"
 BEST, LAST = "best.pt", "last.pt"
+Which = Literal["best", "last"]
+"""Which checkpoint of a run to read: ``best.pt`` (chosen by ``select_metric``) or ``last.pt``."""
 BOOKKEEPING = ("epoch", "loss", "lr", "images_per_s", "time_s")
 """The keys of a metrics.jsonl record that are not retrieval metrics."""
 
@@ -79,6 +81,13 @@ def find_checkpoint(run_or_file: str | os.PathLike, prefer: str = BEST) -> Path:
         if (p / name).is_file():
             return p / name
     raise BadInput(f"run dir '{p}' holds no checkpoint ({BEST} or {LAST})", hint="did training finish its first epoch? re-run `proxyembed train`")
+
+
+def checkpoint_name(which: Which) -> str:
+    """The file name of checkpoint ``which``, refusing anything but "best" or "last"."""
+    if which not in get_args(Which):
+        raise BadInput(f"which='{which}' is not 'best' or 'last'")
+    return BEST if which == "best" else LAST
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

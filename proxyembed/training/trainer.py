@@ -3,7 +3,9 @@
 Writes the run dir of DESIGN.md (layout and payload: :mod:`.run_dir`): ``config.json`` (resolved),
 ``metrics.jsonl`` (one line per epoch, epoch 0 = the untrained network), ``best.pt`` / ``last.pt`` and
 ``training_curves.png``. The optimizer and schedule come from :mod:`.optim`, the device and autocast
-dtype from :mod:`.device`; this module keeps the loop. A killed run
+dtype from :mod:`.device`, the evaluation preprocessing from :mod:`.eval_preprocess`, the validation
+classes and loaders from :mod:`.loaders`, the whitening from :mod:`.whitening`, the checkpoint contents
+from :mod:`.checkpoint` and the progress hooks from :mod:`.reporting`; this module keeps the loop. A killed run
 continues with ``resume=True`` from ``last.pt``; per-epoch reseeding makes the continuation draw the
 same batches and augmentations the uninterrupted run would have.
 
@@ -15,11 +17,11 @@ checkpoints hold the unwrapped network, so ``eval``, ``export`` and ``--resume``
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +30,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from proxyembed.data import DataSplit, resolve_data
-from proxyembed.data.torch_dataset import BalancedSampler, TrainDataset, sharded_shuffle, train_transform
-from proxyembed.data.types import hold_out_classes
+from proxyembed.data import resolve_data
+from proxyembed.data.torch_dataset import TrainDataset, train_transform
+from proxyembed.data.types import Sample
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput, ProxyEmbedError
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, nmi_wanted
-from proxyembed.runtime.preprocess import PreprocessSpec
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import DEFAULT_EVAL_FIT, TrainConfig
+from .checkpoint import add_resume_states, checkpoint_payload, load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .device import amp_dtype, select_device
 from .distributed import (
     all_reduce_mean,
@@ -54,9 +55,12 @@ from .distributed import (
     world_from_env,
     wrap_model,
 )
+from .eval_preprocess import eval_spec
 from .evaluate import embed_samples, evaluate_model
+from .loaders import hold_out_validation, train_loader
 from .optim import WeightAverage, build_optimizer, build_scheduler
 from .plots import plot_curves
+from .reporting import Reporter
 from .run_dir import (
     BEST,
     CURVES_NAME,
@@ -68,9 +72,7 @@ from .run_dir import (
     write_config,
     write_history,
 )
-from .whitening import Whitening, fit_whitening, fold_whitening
-
-WHITEN_MAX_IMAGES = 20_000  # --whiten fits on at most this many training images per evaluation
+from .whitening import Whitening, whitened, whitening_images
 
 
 class TrainingFailed(ProxyEmbedError):
@@ -88,32 +90,6 @@ class TrainResult:
     final: dict[str, float]
     best: dict[str, float]
     best_epoch: int
-
-
-class Reporter:
-    """Hooks the CLI uses to show progress; the defaults print nothing (library use, tests)."""
-
-    def log(self, message: str) -> None:
-        """A line of information."""
-
-    def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
-        """A phase (``train`` or ``eval``) of an epoch begins with ``steps`` units of work."""
-
-    def advance(self, n: int, **fields: float) -> None:
-        """``n`` more units done; ``fields`` such as loss and images/s for display."""
-
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        """An epoch's metrics.jsonl record."""
-
-
-def eval_spec(cfg: TrainConfig, data_spec: PreprocessSpec | None) -> PreprocessSpec:
-    """The evaluation transform of a run: sizes from the data (or ``image_size`` / ``resize``); the fit from
-    ``eval_fit``, else the data's own, else the default."""
-    base = data_spec or PreprocessSpec()
-    crop = cfg.image_size or base.crop
-    resize = cfg.resize or (base.resize if crop == base.crop else round(crop * 8 / 7))
-    fit = cfg.eval_fit or (data_spec.fit if data_spec else DEFAULT_EVAL_FIT)
-    return PreprocessSpec(resize=resize, crop=crop, fit=fit, mean=base.mean, std=base.std, interpolation=base.interpolation)
 
 
 def _seed_everything(seed: int) -> None:
@@ -161,7 +137,7 @@ class Trainer:
         if not self.data.train:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = eval_spec(cfg, self.data.preprocess)
-        self.val = self._hold_out_validation()
+        self.val = hold_out_validation(self.data, cfg.val_fraction)
         self.dataset = TrainDataset(self.data.train, train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip))
         self.model_config = ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)
         with warnings.catch_warnings(record=True) as caught:
@@ -189,8 +165,6 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
-        self.whitening: Whitening | None = None  # fitted by the last evaluation, for the weights of whitening_epoch
-        self.whitening_epoch = -1
         self.best_value = -math.inf
         self.history: list[dict[str, Any]] = []
         d = self.resume_from.data if self.resume_from is not None else {}
@@ -211,45 +185,9 @@ class Trainer:
         # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
         self.train_model = wrap_model(self.model, self.world, self.device, find_unused=cfg.warmup_epochs > 0)
 
-    def _hold_out_validation(self) -> DataSplit | None:
-        """Move the last ``val_fraction`` of the training classes into a validation split.
-
-        Selecting best.pt on the test classes inflates the reported number (a known pitfall of published
-        DML results); with validation classes, best.pt is chosen on them and the test metrics of that
-        epoch are an honest figure.
-        """
-        if not self.cfg.val_fraction:
-            return None
-        classes = sorted({s.label for s in self.data.train})
-        n_val = round(len(classes) * self.cfg.val_fraction)
-        if n_val < 2 or len(classes) - n_val < 2:
-            raise BadInput(
-                f"--val-fraction {self.cfg.val_fraction} leaves {n_val} validation and {len(classes) - n_val} training classes",
-                hint="each side needs at least 2 classes; change --val-fraction",
-            )
-        self.data.train, val = hold_out_classes(self.data.train, self.cfg.val_fraction)
-        return DataSplit(name=f"{self.data.name} validation classes", train=[], eval=val, ks=self.data.ks)
-
     def _loader(self, epoch: int) -> DataLoader:
-        cfg = self.cfg
-        kw: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": self.device.type == "cuda", "persistent_workers": False}
-        world = self.world
-        if cfg.sampler == "balanced":
-            sampler = BalancedSampler(self.dataset.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed, num_replicas=world.size, rank=world.rank)
-            sampler.set_epoch(epoch)
-            return DataLoader(self.dataset, batch_sampler=sampler, **kw)
-        if world.distributed:
-            if len(self.dataset) // world.size < cfg.batch_size:
-                raise BadInput(
-                    f"--batch-size {cfg.batch_size} x {world.size} processes exceeds the {len(self.dataset)} training images",
-                    hint="lower --batch-size (it is per process) or use fewer processes",
-                )
-            shard = sharded_shuffle(len(self.dataset), cfg.seed, epoch, world.size, world.rank)
-            return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=shard, drop_last=True, **kw)
-        if len(self.dataset) < cfg.batch_size:
-            raise BadInput(f"--batch-size {cfg.batch_size} exceeds the {len(self.dataset)} training images", hint="lower --batch-size")
-        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        return DataLoader(self.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen, **kw)
+        """This process's batches of ``epoch`` (:func:`.loaders.train_loader`)."""
+        return train_loader(self.dataset, self.cfg, self.world, epoch, pin_memory=self.device.type == "cuda")
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -257,20 +195,21 @@ class Trainer:
         return self.ema.model if self.ema else self.model
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _evaluate(self, epoch: int) -> dict[str, float]:
-        """Test-class metrics, plus ``val/``-prefixed ones when validation classes are held out.
+    def _evaluate(self, epoch: int) -> tuple[dict[str, float], Whitening | None]:
+        """Test-class metrics, plus ``val/``-prefixed ones when validation classes are held out, and the
+        whitening fitted for them (None when off): a checkpoint of this epoch saves that map.
 
         Data-parallel runs first give every rank rank 0's BatchNorm statistics (those it saves), then
         split the embedding over the ranks; progress shows rank 0's share.
         """
         splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
         sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
-        whitening_images = self._whitening_images() if self.cfg.whiten else []
-        sizes.append(len(whitening_images))
+        fit_on = whitening_images(self.data.train) if self.cfg.whiten else []
+        sizes.append(len(fit_on))
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
         broadcast_from_main(self.eval_model.buffers(), self.world)
-        model = self._whitened(epoch, whitening_images)
+        model, whitening = self._whitened(fit_on)
         out: dict[str, float] = {}
         for prefix, split in splits:
             # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
@@ -280,31 +219,19 @@ class Trainer:
             else:
                 metrics = evaluate_model(model, split, self.spec, **kw)
             out.update({prefix + k: v for k, v in metrics.items()})
-        return out
+        return out, whitening
 
-    def _whitening_images(self) -> list[Any]:
-        """The training images the whitening is fitted on: all of them, or an even stride through them when there
-        are more than WHITEN_MAX_IMAGES (a 128-d covariance needs thousands, not the whole of a large dataset)."""
-        train = self.data.train
-        return train[:: -(-len(train) // WHITEN_MAX_IMAGES)]
-
-    def _whitened(self, epoch: int, images: list[Any]) -> torch.nn.Module:
-        """``eval_model`` with ``--whiten``'s within-class whitening, fitted on ``images`` now, folded into a copy
-        of its head; ``eval_model`` itself when whitening is off or has nothing to fit."""
-        self.whitening, self.whitening_epoch = None, epoch
-        if not self.cfg.whiten:
-            return self.eval_model
+    def _whitened(self, images: Sequence[Sample]) -> tuple[torch.nn.Module, Whitening | None]:
+        """``eval_model`` with ``--whiten``'s within-class whitening fitted on ``images`` now (:func:`.whitening.whitened`),
+        embedding them on one process or split over the ranks."""
         kw: dict[str, Any] = dict(device=self.device, on_batch=lambda k: self.reporter.advance(k), normalize=False)
 
-        def embed(module: torch.nn.Module, samples: list[Any]) -> np.ndarray:
+        def embed(module: torch.nn.Module, samples: Sequence[Sample]) -> np.ndarray:
             if self.world.distributed:
                 return embed_sharded(module, samples, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
             return embed_samples(module, samples, self.spec, **kw)
 
-        self.whitening = fit_whitening(self.eval_model, images, self.cfg.whiten, embed=embed)
-        if self.whitening is None:
-            return self.eval_model
-        return fold_whitening(copy.deepcopy(self.eval_model), self.whitening)
+        return whitened(self.eval_model, images, self.cfg.whiten, embed=embed)
 
     def _set_train_mode(self, epoch: int) -> None:
         self.model.train()
@@ -356,26 +283,15 @@ class Trainer:
             self.reporter.advance(1, loss=total / count, ips=seen / (time.perf_counter() - t0))
         return total / max(count, 1), seen / (time.perf_counter() - t0)
 
-    def _payload(self, epoch: int, metrics: dict[str, float], full: bool) -> CheckpointPayload:
+    def _payload(self, epoch: int, metrics: dict[str, float], whitening: Whitening | None, full: bool) -> CheckpointPayload:
         """This epoch's checkpoint contents; ``full`` adds the states ``--resume`` needs."""
-        payload = CheckpointPayload(
-            model_config=self.model_config.to_dict(),
-            model=self.eval_model.state_dict(),
-            loss_name=self.cfg.loss,
-            loss=self.loss_fn.state_dict(),
-            preprocess=self.spec.to_dict(),
-            config=self.cfg.to_dict(),
-            epoch=epoch,
-            metrics=metrics,
-            best_value=self.best_value,
-            train_classes=self.dataset.num_classes,
-            whitening=self.whitening.to_dict() if self.whitening is not None and self.whitening_epoch == epoch else None,
+        payload = checkpoint_payload(
+            self.model_config, self.eval_model, self.cfg.loss, self.loss_fn, self.spec, self.cfg.to_dict(),
+            epoch=epoch, metrics=metrics, best_value=self.best_value, train_classes=self.dataset.num_classes, whitening=whitening,
         )
         if full:
-            payload.optimizer, payload.scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
-            payload.scaler = self.scaler.state_dict()
-            if self.ema:
-                payload.training_model, payload.ema_updates = self.model.state_dict(), self.ema.updates
+            trained, updates = (self.model, self.ema.updates) if self.ema else (None, None)
+            add_resume_states(payload, self.optimizer, self.scheduler, self.scaler, training_model=trained, ema_updates=updates)
         return payload
 
     def _record(self, record: dict[str, Any]) -> None:
@@ -385,10 +301,11 @@ class Trainer:
             plot_curves(self.history, self.out / CURVES_NAME, title=f"{self.cfg.backbone} / {self.cfg.loss} on {self.data.name}")
         self.reporter.epoch_end(record)
 
-    def _save(self, name: str, epoch: int, metrics: dict[str, float], full: bool) -> None:
-        """Write a checkpoint of the unwrapped modules (no ``module.`` prefixes); rank 0 only."""
+    def _save(self, name: str, epoch: int, metrics: dict[str, float], whitening: Whitening | None, full: bool) -> None:
+        """Write a checkpoint of the unwrapped modules (no ``module.`` prefixes), with ``whitening`` fitted to
+        this epoch's weights; rank 0 only."""
         if self.world.is_main:
-            save_checkpoint(self.out / name, self._payload(epoch, metrics, full).to_dict())
+            save_checkpoint(self.out / name, self._payload(epoch, metrics, whitening, full).to_dict())
 
     def run(self) -> TrainResult:
         """Train for the configured epochs (continuing a resumed run) and return the metrics."""
@@ -414,7 +331,7 @@ class Trainer:
         metric = ("val/" if self.val else "") + self.cfg.select_metric
         if self.start_epoch == 0:
             t0 = time.perf_counter()
-            initial = self._evaluate(0)
+            initial, _ = self._evaluate(0)
             if metric not in initial:
                 choices = sorted(k for k in initial if not k.startswith("val/"))
                 raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
@@ -428,14 +345,15 @@ class Trainer:
             loss, ips = self._train_epoch(epoch)
             self.scheduler.step()
             record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips}
+            whitening = None  # last.pt of an epoch without evaluation has no map fitted to its weights
             if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
-                last_metrics = self._evaluate(epoch)
+                last_metrics, whitening = self._evaluate(epoch)
                 record.update(last_metrics)
                 if last_metrics[metric] > self.best_value:
                     self.best_value = last_metrics[metric]
-                    self._save(BEST, epoch, last_metrics, full=False)
+                    self._save(BEST, epoch, last_metrics, whitening, full=False)
             record["time_s"] = time.perf_counter() - t0
-            self._save(LAST, epoch, last_metrics, full=True)
+            self._save(LAST, epoch, last_metrics, whitening, full=True)
             self._record(record)
         best_rec = max((h for h in self.history if metric in h and h["epoch"] > 0), key=lambda h: h[metric], default=self.history[-1])
         return TrainResult(self.out, initial, metrics_of(self.history[-1]), metrics_of(best_rec), best_rec["epoch"])

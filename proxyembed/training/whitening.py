@@ -14,17 +14,19 @@ measurement behind the default shrinkage.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from proxyembed.data.types import Sample
 from proxyembed.models import Embedder
 from proxyembed.runtime.errors import BadInput
+
+WHITEN_MAX_IMAGES = 20_000  # --whiten fits on at most this many training images per evaluation
 
 
 @dataclass(frozen=True)
@@ -84,26 +86,15 @@ def whitening_from_embeddings(z: np.ndarray, labels: Sequence[Hashable], shrink:
     return Whitening(torch.from_numpy(z64.mean(0)).float(), torch.from_numpy(matrix).float(), shrink, n)
 
 
-class _HeadOutput(nn.Module):
-    """The embedder without its L2 normalisation: what the whitening is fitted to."""
-
-    def __init__(self, model: Embedder) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.model.features(x))
-
-
 def fit_whitening(
-    model: Embedder, samples: Sequence[Sample], shrink: float, *, embed: Callable[[nn.Module, Sequence[Sample]], np.ndarray]
+    model: Embedder, samples: Sequence[Sample], shrink: float, *, embed: Callable[[Embedder, Sequence[Sample]], np.ndarray]
 ) -> Whitening | None:
     """Fit the whitening of ``model`` on ``samples`` (evaluation preprocessing, no augmentation).
 
-    ``embed(module, samples)`` returns unnormalised (N, D) outputs of ``module``; the trainer passes its
-    single-process or data-parallel embedding, so every rank fits the same map.
+    ``embed(model, samples)`` returns ``model``'s unnormalised (N, D) outputs (``Embedder.forward(normalize=False)``);
+    the trainer passes its single-process or data-parallel embedding, so every rank fits the same map.
     """
-    z = embed(_HeadOutput(model), samples)
+    z = embed(model, samples)
     return whitening_from_embeddings(z, [s.label for s in samples], shrink)
 
 
@@ -116,3 +107,25 @@ def fold_whitening(model: Embedder, whitening: Whitening) -> Embedder:
         head.bias.copy_(a @ (head.bias - mean))
         head.weight.copy_(a @ head.weight)
     return model
+
+
+def whitening_images(train: Sequence[Sample]) -> Sequence[Sample]:
+    """The training images the whitening is fitted on: all of them, or an even stride through them when there
+    are more than WHITEN_MAX_IMAGES (a 128-d covariance needs thousands, not the whole of a large dataset)."""
+    return train[:: -(-len(train) // WHITEN_MAX_IMAGES)]
+
+
+def whitened(
+    model: Embedder, samples: Sequence[Sample], shrink: float, *, embed: Callable[[Embedder, Sequence[Sample]], np.ndarray]
+) -> tuple[Embedder, Whitening | None]:
+    """``model`` with the whitening fitted on ``samples`` now folded into a copy of its head, and that map;
+    ``model`` itself and None when whitening is off (``shrink`` 0) or has nothing to fit.
+
+    The map is returned so the caller saves it beside the unwhitened weights of the same epoch.
+    """
+    if not shrink:
+        return model, None
+    whitening = fit_whitening(model, samples, shrink, embed=embed)
+    if whitening is None:
+        return model, None
+    return fold_whitening(copy.deepcopy(model), whitening), whitening
