@@ -2,7 +2,7 @@
 
 Training-time evaluation, export validation, int8 calibration and the runtime all call
 :class:`Preprocessor`, so an exported model sees exactly the pixels the PyTorch model was judged on
-(DESIGN.md: one preprocessing, everywhere). The spec travels in checkpoints and bundle manifests.
+(docs/architecture.md: one preprocessing, everywhere). The spec travels in checkpoints and bundle manifests.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ Fit = Literal["center_crop", "squash", "letterbox"]
 FITS: tuple[str, ...] = get_args(Fit)
 Decode = Literal["full", "reduced"]
 DECODES: tuple[str, ...] = get_args(Decode)
+DEFAULT_DECODE: Decode = "full"
+"""What new runs record (``TrainConfig.decode``) and a spec written without the field means."""
 # A reduced decode keeps at least this many times the pixels the fit needs along each side, so the final
 # resize still averages several decoded pixels into each model pixel (benchmarks/results/decode_speed.md).
 DRAFT_MARGIN = 2
@@ -69,7 +71,7 @@ class PreprocessSpec:
     color: Literal["RGB"] = "RGB"
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["float32"] = field(default="float32")
-    decode: Decode = "full"
+    decode: Decode = DEFAULT_DECODE
 
     def __post_init__(self) -> None:
         if self.fit not in FITS:

@@ -92,3 +92,14 @@ def test_reduces_says_which_files_decode_smaller(tmp_path: object) -> None:
     assert pre.reduces(photo(2000, 1500)) and not pre.reduces(photo(100, 80))
     assert not pre.reduces(photo(2000, 1500, fmt="PNG")) and not pre.reduces(b"not an image")
     assert not Preprocessor(spec("full")).reduces(photo(2000, 1500))
+
+
+def test_a_run_records_its_decoding_in_the_spec_it_evaluates_and_exports_with() -> None:
+    from proxyembed.training.config import TrainConfig
+    from proxyembed.training.eval_preprocess import eval_spec
+
+    assert TrainConfig().decode == PreprocessSpec().decode  # one default, the runtime's
+    assert eval_spec(TrainConfig(decode="reduced", image_size=32), None).decode == "reduced"
+    assert TrainConfig.from_dict({"decode": "reduced"}).decode == "reduced"
+    with pytest.raises(BadInput, match="decode"):
+        TrainConfig.from_dict({"decode": "fast"})

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, NmiMode
+from proxyembed.runtime.preprocess import Decode
 from proxyembed.training.config import DEFAULT_EVAL_FIT, Amp, Augment, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
 
 from ._common import console, err_console, given_options, print_json, user_errors
@@ -76,6 +77,10 @@ def train_cmd(
         typer.Option("--eval-fit", help=f"How evaluation and the exported model square an image (default: the data's, else {DEFAULT_EVAL_FIT})."),
     ] = None,
     resize: Annotated[int | None, typer.Option(help="With --eval-fit center_crop: resize the shorter side to this before cropping.")] = None,
+    decode: Annotated[
+        Decode,
+        typer.Option(help="JPEG decoding for evaluation, export and the runtime: reduced lets the decoder scale big photos down."),
+    ] = _DEFAULTS.decode,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Evaluate every N epochs.")] = _DEFAULTS.eval_every,
     nmi: Annotated[
         NmiMode, typer.Option(help=f"NMI in evaluation: auto (only up to {NMI_AUTO_MAX_ITEMS:,} images: k-means costs more above), always or never.")
@@ -126,6 +131,7 @@ def train_cmd(
         whiten=whiten,
         image_size=image_size,
         augment=augment, crop_scale=crop_scale.split(",") if crop_scale is not None else None, hflip=hflip, eval_fit=eval_fit, resize=resize,
+        decode=decode,
         eval_every=eval_every, nmi=nmi, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
         sync_bn=sync_bn,
     )

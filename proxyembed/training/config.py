@@ -20,6 +20,7 @@ from proxyembed.models.config import Pooling as Pool
 from proxyembed.runtime.encoder import DeviceChoice as Device
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.metrics import NmiMode
+from proxyembed.runtime.preprocess import DEFAULT_DECODE, Decode
 from proxyembed.runtime.preprocess import Fit as EvalFit
 
 from .recipes import load_recipe
@@ -87,6 +88,8 @@ class TrainConfig:
     # How evaluation, export validation and the runtime make an image square (PreprocessSpec.fit). None: the
     # data's own choice where it has one (the synthetic set declares its centre crop), else DEFAULT_EVAL_FIT.
     eval_fit: EvalFit | None = None
+    # How a JPEG is read for evaluation, export and the runtime (PreprocessSpec.decode); the runtime's default.
+    decode: Decode = DEFAULT_DECODE
     eval_every: int = 1
     nmi: NmiMode = "auto"  # auto: up to runtime.metrics.NMI_AUTO_MAX_ITEMS evaluation images (SOP's k-means would cost more than the rest)
     select_metric: str = "recall@1"

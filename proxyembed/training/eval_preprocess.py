@@ -18,4 +18,4 @@ def eval_spec(cfg: TrainConfig, data_spec: PreprocessSpec | None) -> PreprocessS
     crop = cfg.image_size or base.crop
     resize = cfg.resize or (base.resize if crop == base.crop else round(crop * 8 / 7))
     fit = cfg.eval_fit or (data_spec.fit if data_spec else DEFAULT_EVAL_FIT)
-    return PreprocessSpec(resize=resize, crop=crop, fit=fit, mean=base.mean, std=base.std, interpolation=base.interpolation)
+    return PreprocessSpec(resize=resize, crop=crop, fit=fit, mean=base.mean, std=base.std, interpolation=base.interpolation, decode=cfg.decode)

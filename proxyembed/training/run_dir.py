@@ -1,4 +1,4 @@
-"""The run dir (DESIGN.md, "Run dir"): its layout, the checkpoint payload and the history, torch-free.
+"""The run dir (docs/architecture.md, "Run dir"): its layout, the checkpoint payload and the history, torch-free.
 
 A run dir holds the resolved ``config.json``, ``metrics.jsonl`` (one JSON record per epoch; epoch 0 is
 the untrained network), ``best.pt`` / ``last.pt`` and ``training_curves.png``. The trainer writes it

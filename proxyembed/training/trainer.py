@@ -1,6 +1,6 @@
 """The training loop: proxy losses on a zero-shot split, evaluated on the unseen classes.
 
-Writes the run dir of DESIGN.md (layout and payload: :mod:`.run_dir`): ``config.json`` (resolved),
+Writes the run dir of docs/architecture.md (layout and payload: :mod:`.run_dir`): ``config.json`` (resolved),
 ``metrics.jsonl`` (one line per epoch, epoch 0 = the untrained network), ``best.pt`` / ``last.pt`` and
 ``training_curves.png``. The optimizer and schedule come from :mod:`.optim`, the device and autocast
 dtype from :mod:`.device`, the evaluation preprocessing from :mod:`.eval_preprocess`, the validation
