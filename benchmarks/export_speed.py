@@ -16,6 +16,7 @@ at batch 1; int8 >= 2x ORT fp32 at batch 32 with Recall@1 within 1 point.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import tempfile
@@ -32,7 +33,7 @@ from proxyembed.data import resolve_data
 from proxyembed.export.int8 import Int8Options, calibration_batch, quantize_int8
 from proxyembed.export.onnx_export import export_onnx
 from proxyembed.export.pipeline import ExportOptions, run_export
-from proxyembed.export.runners import ort_runner, torch_runner
+from proxyembed.export.validate import served, torch_reference
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.preprocess import PreprocessSpec
 from proxyembed.runtime.system import cpu_name
@@ -62,11 +63,10 @@ def gpu_runners(work: Path, size: int) -> dict[str, Callable[[np.ndarray], np.nd
     """
     from proxyembed.export import tensorrt
     from proxyembed.export.fp16 import convert_fp16
-    from proxyembed.export.runners import ort_session
-    from proxyembed.runtime.backends import ort_gpu_providers
+    from proxyembed.runtime import backends
     from proxyembed.runtime.errors import BadInput
 
-    providers = {p[0] if isinstance(p, tuple) else p: p for p in ort_gpu_providers("images", size)}
+    providers = {p[0] if isinstance(p, tuple) else p: p for p in backends.ort_gpu_providers("images", size)}
     runners: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     if not providers and tensorrt.unavailable_reason():
         print("  GPU rows: skipped, no ONNX Runtime GPU provider and " + str(tensorrt.unavailable_reason()), flush=True)
@@ -75,18 +75,18 @@ def gpu_runners(work: Path, size: int) -> dict[str, Callable[[np.ndarray], np.nd
     files = {"fp32": "fp32.onnx", "fp16": "fp16.onnx", "int8": "int8_gpu.onnx"}
     for name, label in (("CUDAExecutionProvider", "ORT CUDA"), ("TensorrtExecutionProvider", "ORT TensorRT")):
         for precision, file in files.items() if name in providers else ():
-            session = ort_session(work / file, providers=[providers[name]])
-            used = session.get_providers()[0]
-            if used != name:
-                print(f"  {label} {precision}: skipped, ONNX Runtime fell back to {used}", flush=True)
+            backend = backends.open_backend(work / file, "onnx", input_name="images", output_name="embeddings",
+                                            providers=[providers[name]])
+            if backend.provider != name:
+                print(f"  {label} {precision}: skipped, ONNX Runtime fell back to {backend.provider}", flush=True)
                 continue
-            runners[f"{label} {precision}"] = lambda x, s=session: s.run(None, {"images": x})[0]
+            runners[f"{label} {precision}"] = functools.partial(backends.embed_batch, backend)
     why = tensorrt.unavailable_reason()
     for precision, file in files.items() if why is None else ():
         engine = work / f"engine_{precision}.plan"
         try:
             tensorrt.build_engine(work / file, engine, precision, tensorrt.BatchProfile(1, 32, 32), size)
-            runners[f"TensorRT {precision}"] = tensorrt.engine_runner(engine)
+            runners[f"TensorRT {precision}"] = served(engine, "tensorrt")
         except (BadInput, RuntimeError) as exc:
             print(f"  TensorRT {precision}: skipped, {exc}", flush=True)
     if why:
@@ -104,10 +104,10 @@ def speed(args: argparse.Namespace, work: Path) -> list[dict]:
     for target in ("cpu", "gpu"):
         quantize_int8(work / "fp32.onnx", work / f"int8_{target}.onnx", calib, target, Int8Options())
     runners = {
-        "PyTorch eager fp32": torch_runner(model),
-        "ORT fp32": ort_runner(work / "fp32.onnx", threads=args.threads),
-        "ORT int8 (cpu: U8S8 QDQ)": ort_runner(work / "int8_cpu.onnx", threads=args.threads),
-        "ORT int8 (gpu: S8S8 QDQ, run on CPU)": ort_runner(work / "int8_gpu.onnx", threads=args.threads),
+        "PyTorch eager fp32": torch_reference(model),
+        "ORT fp32": served(work / "fp32.onnx", threads=args.threads),
+        "ORT int8 (cpu: U8S8 QDQ)": served(work / "int8_cpu.onnx", threads=args.threads),
+        "ORT int8 (gpu: S8S8 QDQ, run on CPU)": served(work / "int8_gpu.onnx", threads=args.threads),
     }
     runners.update(gpu_runners(work, args.size))
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ import numpy as np
 
 from proxyembed.runtime.errors import CheckFailed
 
-from .runners import Runner
+from .validate import Runner
 
 MAX_ABS_DIFF = 1e-4
 

@@ -36,9 +36,19 @@ from .bundle import BundleWriter, check_out_path
 from .int8 import Int8Options, calibration_batch
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
 from .parity import ParityResult
-from .runners import Runner
 from .tensorrt import BatchProfile
-from .validate import DEFAULT_MAX_DROP, Candidate, DecodeCheck, Score, ValidationReport
+from .validate import (
+    DEFAULT_MAX_DROP,
+    Candidate,
+    DecodeCheck,
+    Runner,
+    Score,
+    ValidationReport,
+    check_decode,
+    served,
+    torch_reference,
+    validate,
+)
 
 FP32, FP16 = "model.onnx", "model_fp16.onnx"
 INT8 = {"cpu": "model_int8_cpu.onnx", "gpu": "model_int8_gpu.onnx"}
@@ -157,7 +167,6 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
     from proxyembed.training.checkpoint import load_checkpoint
 
     from . import tensorrt
-    from .runners import torch_runner
 
     rep = reporter or Reporter()
     opts.out = Path(opts.out)
@@ -181,15 +190,13 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
         calibration = calibration_batch(data.train, spec, opts.calibration_size)
     model = ckpt.build_model()
     mc = ckpt.model_config
-    reference = torch_runner(model)
+    reference = torch_reference(model)
 
     with BundleWriter(opts.out, force=opts.force) as writer:
         parity, candidates, artifacts, failed = _write_artifacts(
             opts, writer.dir, _Inputs(model, mc.backbone, spec, data, calibration, reference), rep, export_engines=opts.tensorrt and not trt_skip
         )
         rep.step(f"validating {len(candidates)} artifact(s) on {len(data.eval) + len(data.gallery or [])} evaluation images")
-        from .validate import validate
-
         with rep.embedding(len(data.eval) + len(data.gallery or [])) as on_batch:
             report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=on_batch)
         decode = _check_decode(opts, data, spec, reference, report, rep)
@@ -228,8 +235,6 @@ def _check_decode(opts: ExportOptions, data: DataSplit, spec: PreprocessSpec, re
     """With reduced decoding, the reference's Recall@1 drop against full decoding (None with full decoding)."""
     if spec.decode != "reduced":
         return None
-    from .validate import check_decode
-
     rep.step("decoding: reduced JPEG decoding against full decoding, with the PyTorch model")
     with rep.embedding(len(data.eval) + len(data.gallery or [])) as on_batch:
         decode = check_decode(data, spec, reference, report.reference, opts.max_drop["decode"], batch_size=opts.batch_size, on_batch=on_batch)
@@ -259,12 +264,11 @@ def _write_artifacts(
     from .int8 import quantize_int8
     from .onnx_export import export_onnx
     from .parity import check_parity, require_parity
-    from .runners import ort_runner
 
     rep.step(f"ONNX fp32: exporting {src.backbone} (opset {opts.opset}, dynamic batch)")
     export_onnx(src.model, out_dir / FP32, crop=src.spec.crop, backbone=src.backbone, opset=opts.opset)
     real = Preprocessor(src.spec)([s.source for s in src.data.eval[:PARITY_IMAGES]])
-    parity = check_parity(src.reference, ort_runner(out_dir / FP32), real)
+    parity = check_parity(src.reference, served(out_dir / FP32), real)
     require_parity(parity, f"{FP32} on ONNX Runtime")
     rep.note(f"parity with PyTorch: max |diff| {parity.max_abs_diff:.1e} at batch 1 and 8, real and random images")
     artifacts = {FP32: Artifact(FP32, "onnx", "fp32", "", details={"opset": opts.opset, "parity_max_abs_diff": parity.diffs})}
@@ -283,7 +287,7 @@ def _write_artifacts(
             details = {**opts.int8_options.details(target), "calibration_images": len(src.calibration), "float_nodes": kept}
             artifacts[INT8[target]] = Artifact(INT8[target], "onnx", "int8", "", target=target, details=details)
         onnx_for["int8"] = INT8["gpu"]
-    candidates = [Candidate(f, a.precision, a.target, ort_runner(out_dir / f)) for f, a in artifacts.items()]
+    candidates = [Candidate(f, a.precision, a.target, served(out_dir / f)) for f, a in artifacts.items()]
     failed: list[BuildFailure] = []
     if export_engines:
         for precision, source in onnx_for.items():
@@ -291,7 +295,7 @@ def _write_artifacts(
             rep.step(f"TensorRT {precision}: building from {source} (batch {opts.profile.min}/{opts.profile.opt}/{opts.profile.max})")
             try:
                 device = tensorrt.build_engine(out_dir / source, out_dir / engine, precision, opts.profile, src.spec.crop)
-                runner = tensorrt.engine_runner(out_dir / engine)
+                runner = served(out_dir / engine, "tensorrt")
             except (BadInput, RuntimeError) as exc:  # build_engine raises BadInput; the TensorRT bindings RuntimeError
                 (out_dir / engine).unlink(missing_ok=True)
                 failed.append(BuildFailure(engine, precision, str(exc).splitlines()[0]))

@@ -10,8 +10,9 @@ default for fp32 layers (TensorRT docs, ``BuilderFlag.TF32``) and the fp32 gate 
 An engine is tied to its GPU model and TensorRT version, so the artifact records them (``device``:
 gpu_name, compute_capability, tensorrt_version) and the runtime refuses a mismatch.
 
-``tensorrt`` is optional and imported inside the functions; the validation runner uses torch CUDA
-tensors for device memory (export already depends on torch), so no cuda-python is needed here.
+``tensorrt`` is optional and imported inside the functions. A built engine is validated through the
+runtime's native TensorRT backend (cuda-python for device memory), the one that serves it, and the device
+it records comes from the same query the runtime compares it with (:func:`backends.gpu_info`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from proxyembed.runtime.backends import run_in_profile, set_input_shape
+from proxyembed.runtime import backends
 from proxyembed.runtime.errors import BadInput, MissingDependency, require
 
-from .onnx_export import INPUT_NAME, OUTPUT_NAME
-from .runners import Runner
+from .onnx_export import INPUT_NAME
 
 
 @dataclass(frozen=True)
@@ -51,22 +49,18 @@ def unavailable_reason() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError:
         return 'tensorrt is not installed (pip install "proxyembed[gpu]")'
-    torch = require("torch", "train")
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible"
+    if backends.gpu_info() is None:
+        return 'no CUDA GPU is visible, or cuda-python is missing (pip install "proxyembed[gpu]")'
     return None
 
 
 def device_info() -> dict[str, Any]:
     """The GPU and TensorRT version an engine built now is tied to (the artifact's ``device``)."""
     trt = require("tensorrt", "gpu")
-    torch = require("torch", "train")
-    major, minor = torch.cuda.get_device_capability(0)
-    return {
-        "gpu_name": torch.cuda.get_device_name(0),
-        "compute_capability": f"{major}.{minor}",
-        "tensorrt_version": str(trt.__version__),
-    }
+    gpu = backends.gpu_info()
+    if gpu is None:
+        raise MissingDependency("no CUDA GPU is visible to cuda-python", hint='pip install "proxyembed[gpu]" on a machine with a GPU')
+    return {**gpu, "tensorrt_version": str(trt.__version__)}
 
 
 def build_engine(onnx_file: Path, engine_file: Path, precision: str, profile: BatchProfile, crop: int) -> dict[str, Any]:
@@ -93,36 +87,3 @@ def build_engine(onnx_file: Path, engine_file: Path, precision: str, profile: Ba
         raise BadInput(f"TensorRT could not build a {precision} engine from {onnx_file.name}", hint="see the TensorRT log above")
     engine_file.write_bytes(bytes(serialized))
     return device_info()
-
-
-def engine_runner(engine_file: Path) -> Runner:
-    """Run a serialised engine on CUDA device 0 with torch-managed buffers; batches outside the profile are split or padded."""
-    trt = require("tensorrt", "gpu")
-    torch = require("torch", "train")
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_file.read_bytes())
-    if engine is None:
-        raise BadInput(f"TensorRT cannot load the engine it just built ({engine_file.name})")
-    context = engine.create_execution_context()
-    shapes = engine.get_tensor_profile_shape(INPUT_NAME, 0)  # (min, opt, max)
-    min_batch, max_batch = int(shapes[0][0]), int(shapes[2][0])
-    dtypes = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
-    in_dtype = dtypes[np.dtype(trt.nptype(engine.get_tensor_dtype(INPUT_NAME)))]
-    out_dtype = dtypes[np.dtype(trt.nptype(engine.get_tensor_dtype(OUTPUT_NAME)))]
-
-    def run_chunk(chunk: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(chunk)).to("cuda", in_dtype)
-        set_input_shape(context, INPUT_NAME, tuple(x.shape))
-        out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=out_dtype, device="cuda")
-        context.set_tensor_address(INPUT_NAME, x.data_ptr())
-        context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution failed for {engine_file.name}")
-        stream.synchronize()
-        return out.float().cpu().numpy()
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return run_in_profile(run_chunk, batch, min_batch, max_batch)
-
-    return run

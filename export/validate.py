@@ -1,7 +1,9 @@
 """Judging artifacts the way users will: retrieval on held-out classes, next to the PyTorch fp32 model.
 
 Every runner (the reference and each artifact) embeds the same evaluation images, preprocessed once by
-the runtime :class:`Preprocessor` and fed batch by batch to all of them. Per artifact we report Recall@K
+the runtime :class:`Preprocessor` and fed batch by batch to all of them. An artifact runs through the
+runtime's own backend (:func:`served`), the code the encoder serves it with, so "validated" means
+"validated as served". Per artifact we report Recall@K
 (the data's Ks, always with K=1), MAP@R and R-Precision, the drop against the reference in *points*
 (100 x the difference of fractions), and the per-sample cosine to the reference (min and mean: the worst
 image matters more than the average). An artifact passes when its Recall@1 drop is at most its
@@ -14,22 +16,48 @@ artifact's ``validation`` = ``{"passed", "metrics", "drop", "cosine_min", "cosin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from proxyembed.data.types import DataSplit, Sample
-from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime import backends
+from proxyembed.runtime.errors import BadInput, require
 from proxyembed.runtime.evaluation import SplitEvaluation, evaluate_split
+from proxyembed.runtime.manifest import ArtifactFormat
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
-from .runners import Runner
+from .onnx_export import INPUT_NAME, OUTPUT_NAME
+
+Runner = Callable[[np.ndarray], np.ndarray]
+"""A preprocessed NCHW float32 batch in, (N, D) L2-normalised float32 embeddings out."""
 
 DEFAULT_MAX_DROP: dict[str, float] = {"fp32": 0.1, "fp16": 0.5, "int8": 1.0, "decode": 0.3}
 """Allowed Recall@1 drop in points per precision, and for reduced JPEG decoding against full decoding."""
 GATE_METRIC = "recall@1"
+
+
+def torch_reference(model: Any) -> Runner:
+    """The PyTorch fp32 model in eval mode, gradients off: the reference every artifact is judged against."""
+    torch = require("torch", "train")
+    model = model.eval()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
+        return backends.l2_normalize(out)
+
+    return run
+
+
+def served(model_file: Path, fmt: ArtifactFormat = "onnx", *, threads: int | None = None) -> Runner:
+    """An exported model file run by the runtime backend that serves it (ONNX Runtime's CPU provider, or native TensorRT)."""
+    backend = backends.open_backend(model_file, fmt, input_name=INPUT_NAME, output_name=OUTPUT_NAME, threads=threads)
+    return functools.partial(backends.embed_batch, backend)
 
 
 @dataclass(frozen=True)
@@ -181,12 +209,11 @@ def embed_all(
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """L2-normalised float32 embeddings of ``samples`` from every runner, each image decoded once."""
+    """Embeddings of ``samples`` from every runner, each image decoded once."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     for batch in Preprocessor(spec).batches((s.source for s in samples), batch_size):
         for name, run in runners.items():
-            emb = run(batch).astype(np.float32)
-            out[name].append(emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12))
+            out[name].append(run(batch))
         if on_batch:
             on_batch(len(batch))
     return {name: np.concatenate(parts) for name, parts in out.items()}

@@ -19,15 +19,58 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import BadInput, IntegrityError, MissingDependency, require
+from .manifest import ArtifactFormat
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TRT_EP_MAX_BATCH = 64
 """Largest batch of the ONNX Runtime TensorRT provider's optimization profile; bigger batches are split."""
+
+
+class Backend(Protocol):
+    """What the encoder and export validation need of a backend: a provider name, a batch limit, ``run``."""
+
+    provider: str
+    max_batch: int | None
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def open_backend(
+    model: Path,
+    fmt: ArtifactFormat,
+    *,
+    input_name: str,
+    output_name: str,
+    threads: int | None = None,
+    providers: list[Any] | None = None,
+) -> Backend:
+    """The backend that serves a model file: ONNX Runtime (on ``providers``, default the CPU) or native TensorRT.
+
+    Export validation opens its artifacts here too, so what it measures is what the encoder serves.
+    """
+    if fmt == "tensorrt":
+        return TensorRTBackend(model, input_name=input_name, output_name=output_name)
+    return OrtBackend(model, providers or ["CPUExecutionProvider"], threads=threads, input_name=input_name,
+                      output_name=output_name)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length as float32 (all-zero rows stay zero)."""
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32, copy=False)
+
+
+def embed_batch(backend: Backend, batch: np.ndarray) -> np.ndarray:
+    """A preprocessed NCHW batch through ``backend`` in pieces it accepts, rows re-normalised: the served embedding.
+
+    Re-normalising matters: the model's own L2 layer may have run in reduced precision.
+    """
+    step = backend.max_batch or len(batch)
+    return l2_normalize(np.concatenate([backend.run(batch[i : i + step]) for i in range(0, len(batch), step)]))
 
 
 def onnxruntime() -> Any:

@@ -71,7 +71,7 @@ class Encoder:
 
     # -- selection ---------------------------------------------------------------------------------
 
-    def _select(self, precision: str, device: str, file: str | None) -> tuple[Artifact, object]:
+    def _select(self, precision: str, device: str, file: str | None) -> tuple[Artifact, backends.Backend]:
         arts = self.bundle.manifest.artifacts
         if file is not None:
             chosen = [a for a in arts if a.file == file]
@@ -105,7 +105,7 @@ class Encoder:
         ]
         return sorted(found, key=lambda a: (precisions.index(a.precision), not a.passed, targets[a.target]))
 
-    def _select_gpu(self, precision: str, strict: bool) -> tuple[Artifact, object] | None:
+    def _select_gpu(self, precision: str, strict: bool) -> tuple[Artifact, backends.Backend] | None:
         gpu, trt_version = backends.gpu_info(), backends.tensorrt_version()
         engines = self._candidates(precision, _GPU_ORDER, "tensorrt", {"gpu": 0, "any": 1})
         for art in engines:
@@ -136,7 +136,7 @@ class Encoder:
             return None
         return art, backend
 
-    def _select_cpu(self, precision: str) -> tuple[Artifact, object]:
+    def _select_cpu(self, precision: str) -> tuple[Artifact, backends.Backend]:
         onnx = self._candidates(precision, _CPU_ORDER, "onnx", _TARGET_RANK["cpu"])
         if not onnx:
             if precision == "auto":
@@ -152,15 +152,8 @@ class Encoder:
         self._warn_unvalidated(art)
         return art, self._onnx(art, gpu=False, strict=False)
 
-    def _onnx(self, art: Artifact, *, gpu: bool, strict: bool) -> backends.OrtBackend:
-        providers = self._gpu_providers() if gpu else ["CPUExecutionProvider"]
-        backend = backends.OrtBackend(
-            self.bundle.artifact_path(art),
-            providers,
-            threads=self.threads,
-            input_name=self.bundle.manifest.input_name,
-            output_name=self.bundle.manifest.output_name,
-        )
+    def _onnx(self, art: Artifact, *, gpu: bool, strict: bool) -> backends.Backend:
+        backend = self._open(art, threads=self.threads, providers=self._gpu_providers() if gpu else None)
         if strict and backend.provider == "CPUExecutionProvider":
             raise BadInput(
                 "device='cuda' but ONNX Runtime could not use a GPU here",
@@ -168,22 +161,23 @@ class Encoder:
             )
         return backend
 
+    def _open(self, art: Artifact, *, threads: int | None = None, providers: list[object] | None = None) -> backends.Backend:
+        manifest = self.bundle.manifest
+        return backends.open_backend(self.bundle.artifact_path(art), art.format, input_name=manifest.input_name,
+                                     output_name=manifest.output_name, threads=threads, providers=providers)
+
     def _gpu_providers(self) -> list[object]:
         manifest = self.bundle.manifest
         return backends.ort_gpu_providers(manifest.input_name, manifest.preprocess.crop)
 
-    def _tensorrt(self, art: Artifact, *, strict: bool) -> backends.TensorRTBackend:
+    def _tensorrt(self, art: Artifact, *, strict: bool) -> backends.Backend:
         why = backends.engine_mismatch(art.device, backends.gpu_info(), backends.tensorrt_version())
         if why is not None:
             raise BadInput(
                 f"TensorRT engine {art.file} cannot run here: {why}",
                 hint="rebuild it on this machine with `proxyembed export`, or use the bundle's ONNX artifact",
             )
-        return backends.TensorRTBackend(
-            self.bundle.artifact_path(art),
-            input_name=self.bundle.manifest.input_name,
-            output_name=self.bundle.manifest.output_name,
-        )
+        return self._open(art)
 
     @staticmethod
     def _warn_unvalidated(art: Artifact) -> None:
@@ -215,11 +209,7 @@ class Encoder:
             raise BadInput(f"encode_batch expects shape (N, 3, {crop}, {crop}), got {batch.shape}")
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
-        step = self._backend.max_batch or len(batch)
-        out = np.concatenate([self._backend.run(batch[i : i + step]) for i in range(0, len(batch), step)])
-        # Re-normalise: the model's own L2 layer may have run in reduced precision.
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return (out / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return backends.embed_batch(self._backend, batch)
 
     def encode(
         self,

@@ -24,8 +24,7 @@ from proxyembed.export.graph import float_tail
 from proxyembed.export.int8 import Int8Options, calibration_batch, calibration_samples, quantize_int8
 from proxyembed.export.onnx_export import export_onnx, unexportable_op
 from proxyembed.export.parity import check_parity
-from proxyembed.export.runners import ort_runner, torch_runner
-from proxyembed.export.validate import parse_max_drop
+from proxyembed.export.validate import parse_max_drop, served, torch_reference
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.files import sha256_file
@@ -58,7 +57,7 @@ def test_onnx_matches_pytorch_at_batch_1_and_8(tmp_path: Path) -> None:
     model = ckpt.build_model()
     export_onnx(model, tmp_path / "m.onnx", crop=32, backbone="resnet18")
     real = Preprocessor(ckpt.preprocess)([s.source for s in resolve_data(DATA).eval[:8]])
-    result = check_parity(torch_runner(model), ort_runner(tmp_path / "m.onnx"), real, batch_sizes=(1, 8))
+    result = check_parity(torch_reference(model), served(tmp_path / "m.onnx"), real, batch_sizes=(1, 8))
     assert set(result.diffs) == {"real@1", "real@8", "random@1", "random@8"}
     assert result.passed and result.max_abs_diff <= 1e-4, result.diffs
     batch_dim = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
@@ -113,7 +112,7 @@ def test_fp16_keeps_io_and_normalisation_in_fp32(exported: tuple[Path, str, dict
 def test_fp16_cosine_to_fp32_on_random_inputs(exported: tuple[Path, str, dict]) -> None:
     out, _, _ = exported
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    a, b = ort_runner(out / "model.onnx")(x), ort_runner(out / "model_fp16.onnx")(x)
+    a, b = served(out / "model.onnx")(x), served(out / "model_fp16.onnx")(x)
     assert b.dtype == np.float32
     assert ((a * b).sum(1) / np.linalg.norm(b, axis=1)).min() > 0.999
 

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from helpers.checkpoints import make_checkpoint
 from proxyembed.cli import app
 from proxyembed.export import tensorrt as trt_export
-from proxyembed.export.runners import ort_runner
 from proxyembed.export.tensorrt import BatchProfile, build_engine
+from proxyembed.runtime import backends
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.manifest import MANIFEST_NAME
 
@@ -124,7 +124,8 @@ def test_an_engine_that_fails_to_build_is_refused_and_the_rest_ships(monkeypatch
 
     monkeypatch.setattr(trt_export, "unavailable_reason", lambda: None)
     monkeypatch.setattr(trt_export, "build_engine", build)
-    monkeypatch.setattr(trt_export, "engine_runner", lambda path: ort_runner(path))
+    # the "engine" is an ONNX file, so the runtime's TensorRT backend is stood in for by its ONNX Runtime one
+    monkeypatch.setattr(backends, "TensorRTBackend", lambda path, **names: backends.OrtBackend(path, ["CPUExecutionProvider"], threads=None, **names))
     make_checkpoint(tmp_path / "run", data=DATA)
     out = tmp_path / "bundle"
     result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(out), "--fp16", "--tensorrt"])

@@ -132,7 +132,7 @@ def test_a_damaged_map_is_refused(tmp_path: Path, damage: str) -> None:
 def test_exported_onnx_embeds_like_the_whitened_checkpoint(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from proxyembed.export.onnx_export import export_onnx
-    from proxyembed.export.runners import ort_runner
+    from proxyembed.export.validate import served
 
     a = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
     path = make_checkpoint(tmp_path / "run", whitening={"mean": torch.randn(32), "matrix": a @ a.T / 32, "shrink": 1.0, "images": 10})
@@ -142,4 +142,4 @@ def test_exported_onnx_embeds_like_the_whitened_checkpoint(tmp_path: Path) -> No
     x = Preprocessor(ckpt.preprocess)([s.source for s in resolve_data(TINY).eval[:6]])
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(ort_runner(tmp_path / "m.onnx")(x), expected, atol=1e-4)
+    np.testing.assert_allclose(served(tmp_path / "m.onnx")(x), expected, atol=1e-4)
