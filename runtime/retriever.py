@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .bundle import Bundle
+from .corpus import embed_stream
 from .embeddings import embedding_files, read_embeddings
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
@@ -62,11 +61,13 @@ class Retriever:
         replace: bool = False,
         skip_unreadable: bool = False,
         progress: Callable[[int], None] | None = None,
+        workers: int | None = None,
     ) -> AddReport:
         """Embed and index ``images``; ``ids`` default to the image paths (so then all must be paths).
 
         With ``skip_unreadable`` an image that cannot be decoded is recorded in the report instead of
         raising. ``progress(n)`` is called after each batch with the number of images it processed.
+        Images are decoded on ``workers`` threads (default up to 4) while the previous batch is encoded.
         """
         images = list(images)
         if ids is None:
@@ -78,25 +79,20 @@ class Retriever:
         if not (len(images) == len(ids) == len(metas)):
             raise BadInput(f"got {len(images)} images, {len(ids)} ids and {len(metas)} metadata entries")
         report = AddReport()
-        pre = self.encoder.preprocessor
-        for start in range(0, len(images), batch_size):
-            arrays, keep = [], []
-            for i in range(start, min(start + batch_size, len(images))):
-                try:
-                    arrays.append(pre.image(images[i]))
-                    keep.append(i)
-                except BadInput as exc:
-                    if not skip_unreadable:
-                        raise
-                    report.skipped.append((ids[i], exc.message))
+        encoder = self.encoder
+        batches = embed_stream(encoder.encode_batch, encoder.dim, encoder.preprocessor, images, batch_size, workers=workers)
+        for start, (rows, unreadable) in zip(range(0, len(images), batch_size), batches, strict=True):
+            if unreadable and not skip_unreadable:
+                raise unreadable[0][1]
+            report.skipped += [(ids[start + j], exc.message) for j, exc in unreadable]
+            keep = sorted(set(range(len(rows))) - {j for j, _ in unreadable})
             if keep:
-                vectors = self.encoder.encode_batch(np.stack(arrays))
-                batch_ids = [ids[i] for i in keep]
+                batch_ids = [ids[start + j] for j in keep]
                 report.replaced += sum(1 for i in batch_ids if i in self.index)
-                self.index.add(vectors, batch_ids, [metas[i] for i in keep], replace=replace)
+                self.index.add(rows[keep], batch_ids, [metas[start + j] for j in keep], replace=replace)
                 report.added += len(keep)
             if progress is not None:
-                progress(min(batch_size, len(images) - start))
+                progress(len(rows))
         return report
 
     def add_embeddings(self, files: Sequence[str | Path], *, replace: bool = False) -> AddReport:

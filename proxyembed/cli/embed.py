@@ -1,15 +1,15 @@
 """``proxyembed embed``: embeddings of a whole image corpus to a file, streaming, resumable, shardable.
 
-The file format and its guarantees are :mod:`proxyembed.runtime.embeddings`'; this module picks the
-model (a bundle through the torch-free :class:`Encoder`, or a run dir through :class:`proxyembed.Run`),
-decodes images on a thread pool, skips unreadable ones, and drives the writer with a progress bar.
+The file format and its guarantees are :mod:`proxyembed.runtime.embeddings`', the embedding loop
+:func:`proxyembed.runtime.corpus.embed_to_file`; this module picks the model (a bundle through the
+torch-free :class:`Encoder`, or a run dir's best checkpoint) and reports.
 ``proxyembed index BUNDLE --from-embeddings PART...`` merges the parts into one gallery. ``--engine ray``
 hands the corpus to :func:`proxyembed.scale.embed_ray` instead (a folder of shards, on a Ray cluster).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,7 +18,7 @@ import numpy as np
 import typer
 
 from proxyembed.runtime.encoder import PrecisionChoice
-from proxyembed.runtime.preprocess import PreprocessSpec
+from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 from proxyembed.scale.plan import DEFAULT_SHARD_SIZE
 
 from ._common import err_console, print_json, stdout_to_stderr, user_errors
@@ -52,10 +52,9 @@ def embed_command(
     shard_size: Annotated[int, typer.Option(help="--engine ray: images per shard file (a rerun skips finished shards).")] = DEFAULT_SHARD_SIZE,
 ) -> None:
     """Embed every image under IMAGES into --out: resumes where a killed run stopped; --shard or --engine ray splits the work."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from proxyembed.runtime import BadInput
-    from proxyembed.runtime.embeddings import EmbeddingWriter, parse_shard, shard_slice
+    from proxyembed.runtime.corpus import embed_to_file
+    from proxyembed.runtime.embeddings import parse_shard, shard_slice
     from proxyembed.runtime.images import list_images
 
     if engine == "ray":
@@ -72,16 +71,10 @@ def embed_command(
     items = list_images(images)
     items = items[shard_slice(len(items), part)]
     model = _model(source, precision, threads)
-    writer = EmbeddingWriter(out, items, model.dim, model.source, part, overwrite=overwrite)
-    resumed = writer.done
-    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with writer, Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task("embedding", total=len(items), completed=resumed)
-        for vectors, unreadable in model.batches((it["path"] for it in items[resumed:]), batch_size, workers):
-            writer.write(vectors, unreadable)
-            bar.advance(task, len(vectors))
-    skipped = len(writer.info["skipped"])  # recorded by the writer's close
-    summary = {"out": str(out), "rows": len(items), "resumed_from": resumed, "skipped": skipped, "shard": shard, "source": model.source}
+    done = embed_to_file(model.encode, model.dim, Preprocessor(model.spec), items, out, source=model.source, shard=part,
+                         batch_size=batch_size, workers=workers, overwrite=overwrite, progress=True)
+    resumed, skipped = done["resumed_from"], done["skipped"]
+    summary = {"out": str(out), **done, "shard": shard, "source": model.source}
     if as_json:
         print_json(summary)
         return
@@ -136,26 +129,6 @@ class _Model:
     source: dict[str, Any]
     spec: PreprocessSpec
     encode: Callable[[np.ndarray], np.ndarray]
-
-    def batches(self, paths: Iterable[Path], batch_size: int, workers: int | None) -> Iterator[tuple[np.ndarray, list[int]]]:
-        """(rows, offsets of unreadable images in them) per batch; an unreadable image's row stays zero."""
-        from proxyembed.runtime import BadInput
-        from proxyembed.runtime.preprocess import Preprocessor, map_in_chunks
-
-        pre = Preprocessor(self.spec)
-
-        def decode(path: Path) -> np.ndarray | None:
-            try:
-                return pre.image(path)
-            except BadInput:
-                return None
-
-        for chunk in map_in_chunks(decode, paths, batch_size, workers=workers):
-            rows = np.zeros((len(chunk), self.dim), np.float32)
-            ok = [i for i, x in enumerate(chunk) if x is not None]
-            if ok:
-                rows[ok] = self.encode(np.stack([chunk[i] for i in ok]))
-            yield rows, [i for i, x in enumerate(chunk) if x is None]
 
 
 def _model(source: Path, precision: str, threads: int | None) -> _Model:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from proxyembed.extras import require_extras
+from proxyembed.runtime.corpus import decode_or_error, encode_readable
 from proxyembed.runtime.embeddings import EmbeddingWriter, recorded_progress
 from proxyembed.runtime.encoder import PrecisionChoice
 from proxyembed.runtime.errors import BadInput
@@ -70,18 +71,12 @@ class ShardEncoder:
         self.encoder = Encoder(bundle, device="cpu", threads=threads, artifact=artifact)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pre, errors = self.encoder.preprocessor, list(batch["error"])
-        arrays: dict[int, np.ndarray] = {}
-        for i, data in enumerate(batch["data"]):
-            if errors[i]:
-                continue
-            try:
-                arrays[i] = pre.image(bytes(data))
-            except BadInput as exc:
-                errors[i] = exc.message
-        vectors = np.zeros((len(errors), self.encoder.dim), np.float32)
-        if arrays:
-            vectors[list(arrays)] = self.encoder.encode_batch(np.stack(list(arrays.values())))
+        errors = list(batch["error"])
+        decoded: list[np.ndarray | BadInput] = [
+            BadInput(errors[i]) if errors[i] else decode_or_error(self.encoder.preprocessor, bytes(data)) for i, data in enumerate(batch["data"])
+        ]
+        errors = [x.message if isinstance(x, BadInput) else "" for x in decoded]
+        vectors = encode_readable(self.encoder.encode_batch, self.encoder.dim, decoded)
         return {"row": batch["row"], "vector": vectors, "error": np.array(errors, dtype=object)}
 
 
