@@ -100,6 +100,8 @@ def test_a_run_records_its_decoding_in_the_spec_it_evaluates_and_exports_with() 
 
     assert TrainConfig().decode == PreprocessSpec().decode  # one default, the runtime's
     assert eval_spec(TrainConfig(decode="reduced", image_size=32), None).decode == "reduced"
+    # the same for the fit: a run on a folder (no spec of its own) squares images as PreprocessSpec() does
+    assert eval_spec(TrainConfig(image_size=32), None).fit == PreprocessSpec().fit == "squash"
     assert TrainConfig.from_dict({"decode": "reduced"}).decode == "reduced"
     with pytest.raises(BadInput, match="decode"):
         TrainConfig.from_dict({"decode": "fast"})

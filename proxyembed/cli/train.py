@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, NmiMode
-from proxyembed.runtime.preprocess import Decode
-from proxyembed.training.config import DEFAULT_EVAL_FIT, Amp, Augment, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
+from proxyembed.runtime.preprocess import DEFAULT_FIT, Decode
+from proxyembed.training.config import Amp, Augment, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
 
 from ._common import console, err_console, given_options, print_json, user_errors
 
@@ -74,7 +74,7 @@ def train_cmd(
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (default: the preset's).")] = None,
     eval_fit: Annotated[
         EvalFit | None,
-        typer.Option("--eval-fit", help=f"How evaluation and the exported model square an image (default: the data's, else {DEFAULT_EVAL_FIT})."),
+        typer.Option("--eval-fit", help=f"How evaluation and the exported model square an image (default: the data's, else {DEFAULT_FIT})."),
     ] = None,
     resize: Annotated[int | None, typer.Option(help="With --eval-fit center_crop: resize the shorter side to this before cropping.")] = None,
     decode: Annotated[

@@ -219,5 +219,5 @@ def synthetic_split(cfg: SyntheticConfig = SyntheticConfig()) -> DataSplit:
         train=[s for s in samples if s.label < cfg.train_classes],
         eval=[s for s in samples if s.label >= cfg.train_classes],
         class_names=names,
-        preprocess=PreprocessSpec(resize=cfg.size, crop=crop),
+        preprocess=PreprocessSpec(resize=cfg.size, crop=crop, fit="center_crop"),  # the shapes sit centred, with a margin
     )

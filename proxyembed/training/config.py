@@ -35,9 +35,6 @@ Schedule = Literal["cosine", "step", "multistep", "none"]
 Optimizer = Literal["adamw", "adam"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
 Augment = Literal["none", "light", "standard", "strong"]
-# Chosen on held-out training classes of real photos (docs/defaults.md): it never cuts the object off and,
-# unlike letterbox, spends every pixel on the image (+1.6 R@1 over letterbox, 4 seeds).
-DEFAULT_EVAL_FIT: EvalFit = "squash"
 
 
 @dataclass
@@ -86,7 +83,7 @@ class TrainConfig:
     crop_scale: tuple[float, float] | None = None  # random-resized-crop area range, e.g. (0.5, 1.0)
     hflip: bool | None = None  # random horizontal flips; None: the preset's choice
     # How evaluation, export validation and the runtime make an image square (PreprocessSpec.fit). None: the
-    # data's own choice where it has one (the synthetic set declares its centre crop), else DEFAULT_EVAL_FIT.
+    # data's own choice where it has one (the synthetic set declares its centre crop), else the runtime's DEFAULT_FIT.
     eval_fit: EvalFit | None = None
     # How a JPEG is read for evaluation, export and the runtime (PreprocessSpec.decode); the runtime's default.
     decode: Decode = DEFAULT_DECODE

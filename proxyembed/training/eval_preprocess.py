@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from proxyembed.runtime.preprocess import PreprocessSpec
 
-from .config import DEFAULT_EVAL_FIT, TrainConfig
+from .config import TrainConfig
 
 
 def eval_spec(cfg: TrainConfig, data_spec: PreprocessSpec | None) -> PreprocessSpec:
     """The evaluation transform of a run: sizes from the data (or ``image_size`` / ``resize``); the fit from
-    ``eval_fit``, else the data's own, else the default."""
+    ``eval_fit``, else the data's own, else :class:`PreprocessSpec`'s default (one default for training and runtime)."""
     base = data_spec or PreprocessSpec()
     crop = cfg.image_size or base.crop
     resize = cfg.resize or (base.resize if crop == base.crop else round(crop * 8 / 7))
-    fit = cfg.eval_fit or (data_spec.fit if data_spec else DEFAULT_EVAL_FIT)
+    fit = cfg.eval_fit or base.fit
     return PreprocessSpec(resize=resize, crop=crop, fit=fit, mean=base.mean, std=base.std, interpolation=base.interpolation, decode=cfg.decode)
