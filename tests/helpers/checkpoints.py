@@ -42,7 +42,7 @@ def make_checkpoint(
         {
             "model_config": config.to_dict(),
             "model": model.state_dict(),
-            "preprocess": PreprocessSpec(resize=resize, crop=crop).to_dict(),
+            "preprocess": PreprocessSpec(resize=resize, crop=crop, fit="center_crop").to_dict(),  # as the pinned numbers were made
             "config": {"data": data, "eval_data": None, "backbone": backbone, "embedding_dim": dim, "seed": seed},
             "epoch": 1,
             "metrics": {},
