@@ -165,26 +165,26 @@ def _read(upload: UploadFile) -> bytes:
     return upload.file.read()
 
 
-def _json_object(text: str | None, what: str) -> dict[str, Any] | None:
+def _parse_json(text: str | None, what: str) -> Any:
+    """A form field's JSON value (None when the field is absent or blank), or a 400 saying where it is malformed."""
     if text is None or not text.strip():
         return None
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ServiceError(400, f"{what} is not valid JSON: {exc.msg} at character {exc.pos}") from exc
-    if not isinstance(value, dict):
+
+
+def _json_object(text: str | None, what: str) -> dict[str, Any] | None:
+    value = _parse_json(text, what)
+    if value is not None and not isinstance(value, dict):
         raise ServiceError(400, f'{what} must be a JSON object such as {{"label": "cat"}}')
     return value
 
 
 def _json_list_of_objects(text: str | None) -> list[dict[str, Any]] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ServiceError(400, f"metadata is not valid JSON: {exc.msg} at character {exc.pos}") from exc
-    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+    value = _parse_json(text, "metadata")
+    if value is not None and (not isinstance(value, list) or not all(isinstance(m, dict) for m in value)):
         raise ServiceError(400, "metadata must be a JSON list with one object per image")
     return value
 
