@@ -1,6 +1,6 @@
 """``proxyembed embed``: embeddings of a whole image corpus to a file, streaming, resumable, shardable.
 
-The file format and its guarantees are :mod:`proxyembed.runtime.embeddings`', the embedding loop
+The file format and its guarantees are :mod:`proxyembed.runtime.embeddings`, the embedding loop
 :func:`proxyembed.runtime.corpus.embed_to_file`; this module picks the model (a bundle through the
 torch-free :class:`Encoder`, or a run dir's best checkpoint) and reports.
 ``proxyembed index BUNDLE --from-embeddings PART...`` merges the parts into one gallery. ``--engine ray``
