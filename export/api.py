@@ -31,7 +31,9 @@ def export(run: str | os.PathLike[str] | Run, out: str | Path, *, progress: bool
     is raised naming it (the bundle is written without it), as ``proxyembed export`` exits 1.
     """
     require_extras("proxyembed.export", "train", "export")
-    from .pipeline import ExportOptions, run_export
+    from rich.console import Console
+
+    from .pipeline import ConsoleReporter, ExportOptions, run_export
     from .validate import parse_max_drop
 
     known = {f.name for f in fields(ExportOptions)} - {"run", "out"}
@@ -41,28 +43,8 @@ def export(run: str | os.PathLike[str] | Run, out: str | Path, *, progress: bool
     if "max_drop" in options:
         options["max_drop"] = parse_max_drop([f"{k}={v}" for k, v in options["max_drop"].items()])
     source = Path(getattr(run, "path", run))  # a Run, without importing proxyembed.run: export sits above it
-    reporter = _ExportProgress() if progress else None
+    reporter = ConsoleReporter(Console(stderr=True)) if progress else None
     result = run_export(ExportOptions(run=source, out=Path(out), **options), reporter)
     result.raise_if_refused()
     assert result.bundle is not None  # no refusal means fp32 passed, so the bundle was written
     return Bundle.load(result.bundle)
-
-
-class _ExportProgress:
-    """``export(progress=True)``: the pipeline's steps and notes as lines on stderr, validation as a bar."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-
-    def step(self, text: str) -> None:
-        self.console.print(f"> {text}", markup=False, highlight=False)
-
-    def note(self, text: str) -> None:
-        self.console.print(f"  note: {text}", markup=False, highlight=False)
-
-    def embedding(self, total: int) -> Any:
-        from proxyembed.runtime.progress import progress_callback
-
-        return progress_callback(True, total, "  validating")

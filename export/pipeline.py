@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from .validate import (
     torch_reference,
     validate,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 FP32, FP16 = "model.onnx", "model_fp16.onnx"
 INT8 = {"cpu": "model_int8_cpu.onnx", "gpu": "model_int8_gpu.onnx"}
@@ -89,6 +92,30 @@ class Reporter:
     def embedding(self, total: int) -> Iterator[Callable[[int], None]]:
         """Track validation's embedding of ``total`` images; yields the per-batch callback."""
         yield lambda n: None
+
+
+class ConsoleReporter(Reporter):
+    """Steps and notes as lines on a rich console (stderr for ``export(progress=True)``), validation as a bar."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def step(self, text: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"[bold cyan]>[/] {escape(text)}", highlight=False)
+
+    def note(self, text: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"  [yellow]note:[/] {escape(text)}", highlight=False)
+
+    @contextlib.contextmanager
+    def embedding(self, total: int) -> Iterator[Callable[[int], None]]:
+        from proxyembed.runtime.progress import progress_bar
+
+        with progress_bar("  validating", total, console=self.console) as advance:
+            yield advance
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,18 @@ from typing import Any
 import numpy as np
 
 from .embeddings import EmbeddingWriter
+from .encoder import Encoder
 from .errors import BadInput
 from .preprocess import ImageLike, Preprocessor, map_in_chunks
 from .progress import ProgressArg, progress_callback
 
 Encode = Callable[[np.ndarray], np.ndarray]
 """A float32 NCHW batch in, (N, D) float32 embeddings out."""
+
+
+def encoder_source(encoder: Encoder) -> dict[str, Any]:
+    """The identity an embeddings file records for a bundle's encoder: what ``index --from-embeddings`` and a resume check."""
+    return {**encoder.bundle.signature, "bundle": str(encoder.bundle.path), "precision": encoder.precision}
 
 
 def decode_or_error(pre: Preprocessor, src: ImageLike) -> np.ndarray | BadInput:

@@ -40,7 +40,7 @@ unlike letterbox, spends every pixel on the image (+1.6 R@1 over letterbox, 4 se
 Decode = Literal["full", "reduced"]
 DECODES: tuple[str, ...] = get_args(Decode)
 DEFAULT_DECODE: Decode = "full"
-"""What new runs record (``TrainConfig.decode``) and a spec written without the field means."""
+"""What new runs record (``TrainConfig.decode``); a spec stored without the field reads as ``full``, what it was made with."""
 # A reduced decode keeps at least this many times the pixels the fit needs along each side, so the final
 # resize still averages several decoded pixels into each model pixel (benchmarks/results/decode_speed.md).
 DRAFT_MARGIN = 2

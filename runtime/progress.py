@@ -31,7 +31,7 @@ def progress_callback(progress: ProgressArg, total: int | None, label: str) -> I
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int | None, *, console: Console | None = None, completed: int = 0) -> Iterator[Callable[[int], None]]:
+def progress_bar(label: str, total: int | None, *, console: Console | None = None) -> Iterator[Callable[[int], None]]:
     """A transient bar on stderr (or ``console``), the one every long command shows; yields ``advance(n)``.
 
     With ``total`` None (unknown) it counts up with the elapsed time instead of a bar and a time left.
@@ -43,5 +43,5 @@ def progress_bar(label: str, total: int | None, *, console: Console | None = Non
         TextColumn(label), MofNCompleteColumn(), TimeElapsedColumn()
     )
     with Progress(*columns, console=console or Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total, completed=completed)
+        task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)

@@ -134,14 +134,14 @@ class _Model:
 def _model(source: Path, precision: str, threads: int | None) -> _Model:
     """The bundle's encoder (torch-free) or a run dir's best checkpoint."""
     from proxyembed.runtime import BadInput, Encoder
+    from proxyembed.runtime.corpus import encoder_source
     from proxyembed.runtime.manifest import MANIFEST_NAME
     from proxyembed.training.run_dir import CONFIG_NAME
 
     if (source / MANIFEST_NAME).is_file():
         encoder = Encoder(source, precision=precision, threads=threads)  # type: ignore[arg-type]
         err_console.print(f"encoder: {encoder.describe()}", highlight=False)
-        info = {**encoder.bundle.signature, "bundle": str(encoder.bundle.path), "precision": encoder.precision}
-        return _Model(encoder.dim, info, encoder.bundle.manifest.preprocess, encoder.encode_batch)
+        return _Model(encoder.dim, encoder_source(encoder), encoder.bundle.manifest.preprocess, encoder.encode_batch)
     if (source / CONFIG_NAME).is_file():
         return _run_model(source)
     raise BadInput(f"{source} is neither a bundle ({MANIFEST_NAME}) nor a run dir ({CONFIG_NAME})", hint="give `proxyembed export` or `train` output")

@@ -7,13 +7,10 @@ refused artifact into exit 1 (bad input is exit 2 through :func:`user_errors`).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from proxyembed.export.choices import CalibrationMethod
@@ -65,7 +62,7 @@ def export(
 
     require_extras("proxyembed export", "train", "export")
     from proxyembed.export.int8 import Int8Options
-    from proxyembed.export.pipeline import ExportOptions, run_export
+    from proxyembed.export.pipeline import ConsoleReporter, ExportOptions, run_export
     from proxyembed.export.report import validation_table
     from proxyembed.export.tensorrt import BatchProfile
     from proxyembed.export.validate import parse_max_drop
@@ -86,7 +83,7 @@ def export(
         decode=decode,
     )
     out_console = err_console if as_json else console
-    result = run_export(opts, _RichReporter(out_console))
+    result = run_export(opts, ConsoleReporter(out_console))
     out_console.print(validation_table(result.report))
     for art in result.artifacts:
         if art.device:
@@ -96,23 +93,3 @@ def export(
         print_json(result.summary())
     result.raise_if_refused()
     out_console.print(f"[bold green]bundle written:[/] {escape(str(result.bundle))}", highlight=False)
-
-
-class _RichReporter:
-    """Prints pipeline steps and notes, and a progress bar while validation embeds the images."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def step(self, text: str) -> None:
-        self.console.print(f"[bold cyan]>[/] {escape(text)}", highlight=False)
-
-    def note(self, text: str) -> None:
-        self.console.print(f"  [yellow]note:[/] {escape(text)}", highlight=False)
-
-    @contextlib.contextmanager
-    def embedding(self, total: int) -> Iterator[Callable[[int], None]]:
-        from proxyembed.runtime.progress import progress_bar
-
-        with progress_bar("  embedding", total, console=self.console) as advance:
-            yield advance

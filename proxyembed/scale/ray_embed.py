@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from proxyembed.extras import require_extras
-from proxyembed.runtime.corpus import decode_or_error, encode_readable
+from proxyembed.runtime.corpus import decode_or_error, encode_readable, encoder_source
 from proxyembed.runtime.embeddings import EmbeddingWriter, recorded_progress
 from proxyembed.runtime.encoder import PrecisionChoice
 from proxyembed.runtime.errors import BadInput
@@ -126,7 +126,7 @@ def embed_ray(
         raise BadInput(f"--batch-size must be at least 1, got {batch_size}")
     items = list_images(Path(images))
     encoder = Encoder(bundle, precision=precision, device="cpu", threads=1, warmup=False)
-    source = {**encoder.bundle.signature, "bundle": str(encoder.bundle.path), "precision": encoder.precision}
+    source = encoder_source(encoder)
     shards = plan_shards(len(items), shard_size, out)
     _refuse_other_shards(out, shards)
     unreadable: list[tuple[str, str]] = []

@@ -91,9 +91,11 @@ def create_app(options: ServeOptions) -> FastAPI:
             raise ServiceError(503, "the gallery is not loaded yet")
         return state["service"]
 
+    page_html = resources.files("proxyembed.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
     @app.get("/", include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("proxyembed.serve").joinpath("static/index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     @app.get("/healthz", summary="The process is up.")
     def healthz() -> dict[str, str]:
