@@ -99,12 +99,67 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any], indent: 
     atomic_write_text(path, json.dumps(payload, indent=indent) + "\n")
 
 
+def _staging_prefix(target: Path) -> str:
+    """The start of the name of every hidden folder a swap of ``target`` makes: it names the writer's pid.
+
+    ``.NAME.pid1234.`` + random + ``.tmp`` (a folder being built) or ``.old`` (the previous version,
+    moved aside for the second rename), so a later open can tell a live writer's folder from an
+    abandoned one (:func:`remove_abandoned_staging`).
+    """
+    return f".{target.name}.pid{os.getpid()}."
+
+
 def _make_staging_dir(target: Path) -> Path:
     """A new hidden folder beside ``target`` (same filesystem, so the final rename is atomic), with the umask's mode."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def _writer_pid(holder: Path, target: Path) -> int | None:
+    """The pid a staging folder's name records (None for a name without one, as older versions wrote)."""
+    rest = holder.name[len(target.name) + 2 :]
+    pid = rest.split(".", 1)[0]
+    return int(pid[3:]) if pid.startswith("pid") and pid[3:].isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one owned by another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _abandoned(holder: Path, target: Path) -> bool:
+    """A staging folder whose writer is proven gone: its name records a pid, and no such process is alive.
+
+    A folder without a pid is not proven abandoned, and neither is one whose pid is alive (even if the
+    pid was reused): both are left alone, so a running writer never loses its folder.
+    """
+    return _writer_pid(holder, target) is not None and not _live_writer(holder, target)
+
+
+def remove_abandoned_staging(target: str | os.PathLike) -> list[Path]:
+    """Delete the hidden ``.tmp`` and ``.old`` folders beside ``target`` that writers killed mid-save left behind.
+
+    Each such folder can hold a whole copy of ``target`` (``kill -9`` during a save leaves one every
+    time); only those :func:`_abandoned` proves abandoned are removed. Returns the folders removed.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for pattern in (f".{target.name}.pid*.tmp", f".{target.name}.pid*.old"):
+        for holder in target.parent.glob(pattern):
+            if holder.is_dir() and _abandoned(holder, target):
+                shutil.rmtree(holder, ignore_errors=True)
+                removed.append(holder)
+    return removed
 
 
 def _swap_dir_into_place(new: Path, target: Path) -> None:
@@ -118,7 +173,7 @@ def _swap_dir_into_place(new: Path, target: Path) -> None:
         os.replace(new, target)
         fsync_path(target.parent)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".old", dir=target.parent))
     os.replace(target, old / target.name)
     try:
         os.replace(new, target)
@@ -136,7 +191,8 @@ def restore_interrupted_swap(target: str | os.PathLike) -> bool:
     :func:`_swap_dir_into_place` moves the old folder aside before renaming the new one into place; a
     process killed (``kill -9``, power loss) in between leaves no ``target``, only the complete old
     version inside a hidden ``.old`` sibling. Its writer never reported success, so the old version is
-    the last committed state. Returns whether a folder was restored; an existing ``target`` is left alone.
+    the last committed state. Returns whether a folder was restored; an existing ``target`` is left alone,
+    and so is a holder whose writer is still alive (it is between its two renames right now).
     """
     target = Path(target)
     if target.exists() or not target.parent.is_dir():
@@ -147,13 +203,20 @@ def restore_interrupted_swap(target: str | os.PathLike) -> bool:
         (p for p in target.parent.glob(f".{target.name}.*.old") if (p / target.name).is_dir()),
         key=lambda p: p.stat().st_mtime_ns,
     )
-    if not aside:
+    if not aside or _live_writer(aside[-1], target):
         return False
     os.replace(aside[-1] / target.name, target)
     fsync_path(target.parent)
     for leftover in target.parent.glob(f".{target.name}.*.old"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if not _live_writer(leftover, target):
+            shutil.rmtree(leftover, ignore_errors=True)
     return True
+
+
+def _live_writer(holder: Path, target: Path) -> bool:
+    """Whether the process that made ``holder`` is known to be running (a name without a pid: not known)."""
+    pid = _writer_pid(holder, target)
+    return pid is not None and (pid == os.getpid() or _pid_alive(pid))
 
 
 class StagedDir:

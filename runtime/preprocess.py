@@ -41,6 +41,9 @@ Decode = Literal["full", "reduced"]
 DECODES: tuple[str, ...] = get_args(Decode)
 DEFAULT_DECODE: Decode = "full"
 """What new runs record (``TrainConfig.decode``); a spec stored without the field reads as ``full``, what it was made with."""
+# An image whose sides are further apart than this is refused: it holds nothing to search by, and a
+# centre-crop fit would scale its short side up, so a 1x200000 PNG of 469 bytes became 14400x14400000.
+MAX_ASPECT_RATIO = 64
 # A reduced decode keeps at least this many times the pixels the fit needs along each side, so the final
 # resize still averages several decoded pixels into each model pixel (benchmarks/results/decode_speed.md).
 DRAFT_MARGIN = 2
@@ -130,6 +133,46 @@ def describe(src: ImageLike) -> str:
     return f"<{type(src).__name__}>"
 
 
+def check_image_size(size: tuple[int, int], src: ImageLike) -> None:
+    """Refuse (:class:`BadInput`) an image size that is not worth decoding: over Pillow's pixel limit, or absurdly thin.
+
+    Pillow only warns between one and two times ``Image.MAX_IMAGE_PIXELS``; here that is refused too,
+    and so is an aspect ratio beyond :data:`MAX_ASPECT_RATIO`. Called on the header, before any pixel
+    is decoded, so a hostile file costs microseconds.
+    """
+    w, h = size
+    if w < 1 or h < 1:
+        raise BadInput(f"image {describe(src)} is {w}x{h} pixels: it has no pixels", hint="is it a valid image file?")
+    if w * h > Image.MAX_IMAGE_PIXELS:
+        raise BadInput(
+            f"image {describe(src)} is too large to decode safely: {w}x{h} is over {Image.MAX_IMAGE_PIXELS} pixels",
+            hint="downscale it first",
+        )
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise BadInput(
+            f"image {describe(src)} is {w}x{h} pixels: sides more than {MAX_ASPECT_RATIO}:1 apart are refused",
+            hint="crop it to the part worth searching by",
+        )
+
+
+def read_header(src: str | os.PathLike | bytes) -> tuple[str, tuple[int, int]]:
+    """An image file's format (Pillow's name, e.g. ``"PNG"``) and size from its header, nothing decoded.
+
+    The size is checked by :func:`check_image_size`, so a caller can budget the decode before it starts.
+    """
+    try:
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src)) as img:
+            fmt, size = str(img.format), img.size
+    except FileNotFoundError as exc:
+        raise BadInput(f"image not found: {describe(src)}") from exc
+    except Image.DecompressionBombError as exc:
+        raise BadInput(f"image {describe(src)} is too large to decode safely: {exc}", hint="downscale it first") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadInput(f"cannot read image {describe(src)}: {exc.__class__.__name__}", hint="is it a valid image file?") from exc
+    check_image_size(size, src)
+    return fmt, size
+
+
 def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int] | None] | None = None) -> Image.Image:
     """Open any supported image source as an RGB PIL image, EXIF orientation applied.
 
@@ -139,6 +182,7 @@ def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int
     that size (see :class:`PreprocessSpec`'s ``decode``).
     """
     if isinstance(src, np.ndarray):
+        check_image_size((src.shape[1], src.shape[0]) if src.ndim >= 2 else (0, 0), src)
         return _array_to_pil(src)
     try:
         if isinstance(src, Image.Image):
@@ -149,6 +193,7 @@ def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int
             img = Image.open(Path(src))
         else:
             raise BadInput(f"unsupported image type {type(src).__name__}", hint="pass a path, bytes, a PIL image or a uint8 HxWxC array")
+        check_image_size(img.size, src)
         if draft is not None and img.format == "JPEG" and not isinstance(src, Image.Image):
             wanted = draft(img.size)
             if wanted is not None:
