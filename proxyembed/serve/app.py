@@ -216,13 +216,24 @@ def _refuse_constant(name: str) -> None:
 
 
 def _depth(value: Any) -> int:
-    """How deeply lists and objects nest in a parsed JSON value (iterative, so any depth is safe to measure)."""
+    """How deeply lists and objects nest in a parsed JSON value (iterative, so any depth is safe to measure).
+
+    Raises ValueError for a string that is not valid Unicode (a lone surrogate escape such as ``"\\ud800"``
+    parses, but no response holding it could be encoded).
+    """
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, depth = stack.pop()
+        if isinstance(node, dict):
+            for key in node:
+                key.encode("utf-8")
+            stack += [(child, depth + 1) for child in node.values()]
+        elif isinstance(node, list):
+            stack += [(child, depth + 1) for child in node]
+        elif isinstance(node, str):
+            node.encode("utf-8")
         if isinstance(node, (dict, list)):
             deepest = max(deepest, depth)
-            stack += [(child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)]
     return deepest
 
 
@@ -239,13 +250,14 @@ def _parse_json(text: str | None, what: str) -> Any:
         raise ServiceError(400, f"{what} is {len(text)} characters; the limit is {MAX_JSON_FIELD}")
     try:
         value = json.loads(text, parse_float=_finite, parse_constant=_refuse_constant)
+        depth = _depth(value)
     except json.JSONDecodeError as exc:
         raise ServiceError(400, f"{what} is not valid JSON: {exc.msg} at character {exc.pos}") from exc
     except RecursionError as exc:
         raise ServiceError(400, f"{what} nests too deeply (the limit is {MAX_JSON_DEPTH} levels)") from exc
-    except ValueError as exc:
+    except ValueError as exc:  # also UnicodeError
         raise ServiceError(400, f"{what} is not usable JSON: {str(exc)[:120]}") from exc
-    if _depth(value) > MAX_JSON_DEPTH:
+    if depth > MAX_JSON_DEPTH:
         raise ServiceError(400, f"{what} nests too deeply (the limit is {MAX_JSON_DEPTH} levels)")
     return value
 
