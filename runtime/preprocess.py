@@ -199,7 +199,10 @@ def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int
             if wanted is not None:
                 img.draft(img.mode, wanted)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if isinstance(src, Image.Image):
+            img = ImageOps.exif_transpose(img)  # a copy: the caller's image is left as it was
+        else:
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of an image just decoded: half the peak memory
     except FileNotFoundError as exc:
         raise BadInput(f"image not found: {describe(src)}") from exc
     except Image.DecompressionBombError as exc:

@@ -262,6 +262,13 @@ def test_bombs_are_fast_bad_requests(http: Any, name: str) -> None:
     assert http.get("/readyz").status_code == 200
 
 
+def test_between_one_and_two_times_the_pixel_limit_is_refused_not_warned(http: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow only warns there (an upload under the size limit decoded to ~450 MB); here the limit is 1000 pixels."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    response = search(http, encoded(Image.new("RGB", (40, 40), "red"), "PNG"))  # 1600 pixels: 1.6 times the limit
+    assert response.status_code == 400 and "too large to decode" in response.json()["error"]
+
+
 def test_an_image_just_inside_the_aspect_limit_is_searched(http: Any) -> None:
     from proxyembed.runtime.preprocess import MAX_ASPECT_RATIO
 
