@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -160,15 +161,8 @@ def read_header(src: str | os.PathLike | bytes) -> tuple[str, tuple[int, int]]:
 
     The size is checked by :func:`check_image_size`, so a caller can budget the decode before it starts.
     """
-    try:
-        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src)) as img:
-            fmt, size = str(img.format), img.size
-    except FileNotFoundError as exc:
-        raise BadInput(f"image not found: {describe(src)}") from exc
-    except Image.DecompressionBombError as exc:
-        raise BadInput(f"image {describe(src)} is too large to decode safely: {exc}", hint="downscale it first") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadInput(f"cannot read image {describe(src)}: {exc.__class__.__name__}", hint="is it a valid image file?") from exc
+    with _reading(src), Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src)) as img:
+        fmt, size = str(img.format), img.size
     check_image_size(size, src)
     return fmt, size
 
@@ -184,7 +178,7 @@ def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int
     if isinstance(src, np.ndarray):
         check_image_size((src.shape[1], src.shape[0]) if src.ndim >= 2 else (0, 0), src)
         return _array_to_pil(src)
-    try:
+    with _reading(src):
         if isinstance(src, Image.Image):
             img = src
         elif isinstance(src, bytes):
@@ -203,13 +197,20 @@ def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int
             img = ImageOps.exif_transpose(img)  # a copy: the caller's image is left as it was
         else:
             ImageOps.exif_transpose(img, in_place=True)  # no copy of an image just decoded: half the peak memory
+    return _to_rgb(img)
+
+
+@contextmanager
+def _reading(src: ImageLike) -> Iterator[None]:
+    """Turn what Pillow raises for a missing, oversized or broken image into one :class:`BadInput` naming ``src``."""
+    try:
+        yield
     except FileNotFoundError as exc:
         raise BadInput(f"image not found: {describe(src)}") from exc
     except Image.DecompressionBombError as exc:
         raise BadInput(f"image {describe(src)} is too large to decode safely: {exc}", hint="downscale it first") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"cannot read image {describe(src)}: {exc.__class__.__name__}", hint="is it a valid image file?") from exc
-    return _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -27,7 +27,7 @@ import httpx  # noqa: E402  (after the skip: installed with the serve extra's fa
 from fastapi.testclient import TestClient  # noqa: E402
 
 from helpers.bundles import make_tiny_bundle, pattern_image  # noqa: E402
-from helpers.servers import free_port, live_server, make_gallery, wait_until_up  # noqa: E402
+from helpers.servers import free_port, live_server, make_gallery, serve_process, wait_until_up  # noqa: E402
 from proxyembed.runtime import Retriever  # noqa: E402
 from proxyembed.runtime.files import restore_interrupted_swap  # noqa: E402
 from proxyembed.serve import ServeOptions, create_app  # noqa: E402
@@ -280,17 +280,12 @@ def test_a_real_server_on_loopback(gallery: Path) -> None:
         assert response.json()["results"][0]["id"] == "blue/blue_2.png"
 
 
-def _serve(gallery: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "proxyembed", "serve", str(gallery), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_kill_9_during_adds_leaves_a_gallery_that_loads(gallery: Path) -> None:
     """SIGKILL the server at several moments while a client adds; each time the gallery must load, with every acknowledged add."""
     acknowledged: set[str] = set()
     for round_ in range(3):
         port = free_port()
-        proc = _serve(gallery, port)
+        proc = serve_process(gallery, port)
         try:
             wait_until_up(f"http://127.0.0.1:{port}", alive=lambda p=proc: p.poll() is None)
             stop = time.monotonic() + 0.4 + 0.5 * round_  # kill at a different point of the add / save cycle each round

@@ -36,7 +36,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from helpers.bundles import make_tiny_bundle, pattern_image  # noqa: E402
-from helpers.servers import free_port, live_server, make_gallery, wait_until_up  # noqa: E402
+from helpers.servers import free_port, live_server, make_gallery, serve_process, wait_until_up  # noqa: E402
 from proxyembed.runtime import Retriever  # noqa: E402
 from proxyembed.serve import ServeOptions, create_app  # noqa: E402
 from proxyembed.serve.app import _Guard, id_segment  # noqa: E402
@@ -335,7 +335,8 @@ def test_read_only_refuses_writes_before_reading_them(serve: Any) -> None:
 # -- finding 5: ids that hold slashes and other path syntax --------------------------------------------
 
 TRICKY_IDS = [
-    "dir/image", "a/neighbors", "..", ".", "%2F", "a%2Fb", "x/../y", "/lead", "trail/", "sp ace", "ü/ñ", "q?x=1", "h#f", "back\\slash", "image", "neighbors",
+    "dir/image", "a/neighbors", "..", ".", "%2F", "a%2Fb", "x/../y", "/lead", "trail/",
+    "sp ace", "ü/ñ", "q?x=1", "h#f", "back\\slash", "image", "neighbors",
 ]
 
 
@@ -469,11 +470,6 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def _serve(gallery: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "proxyembed", "serve", str(gallery), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-
-
 def test_serve_repairs_a_save_killed_between_its_renames(gallery: Path) -> None:
     dead = _dead_pid()
     aside = gallery.parent / f".gallery.pid{dead}.abcd.old"
@@ -486,7 +482,7 @@ def test_serve_repairs_a_save_killed_between_its_renames(gallery: Path) -> None:
     live.mkdir()
     legacy.mkdir()
     port = free_port()
-    proc = _serve(gallery, port, "--read-only")
+    proc = serve_process(gallery, port, "--read-only")
     try:
         wait_until_up(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None)
         assert httpx.get(f"http://127.0.0.1:{port}/info", timeout=30).json()["count"] == 12
@@ -502,7 +498,7 @@ def test_kill_9_during_http_adds_and_deletes_keeps_every_acknowledged_change(gal
     gone: set[str] = set()
     for round_ in range(3):
         port = free_port()
-        proc = _serve(gallery, port, env={"PROXYEMBED_TOKEN": TOKEN})
+        proc = serve_process(gallery, port, env={"PROXYEMBED_TOKEN": TOKEN})
         try:
             wait_until_up(f"http://127.0.0.1:{port}", alive=lambda p=proc: p.poll() is None)
             stop = time.monotonic() + 0.5 + 0.4 * round_
@@ -559,7 +555,7 @@ def _rss_kib(pid: int, field: str) -> int:
 def test_memory_goes_back_down_after_large_uploads(gallery: Path) -> None:
     big = encoded(Image.new("RGB", (6000, 6000), (200, 30, 30)), "PNG")  # 36 Mpx: 108 MB decoded, 100 kB sent
     port = free_port()
-    proc = _serve(gallery, port)
+    proc = serve_process(gallery, port)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(url, alive=lambda: proc.poll() is None)
