@@ -99,66 +99,90 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any], indent: 
     atomic_write_text(path, json.dumps(payload, indent=indent) + "\n")
 
 
-def _staging_prefix(target: Path) -> str:
-    """The start of the name of every hidden folder a swap of ``target`` makes: it names the writer's pid.
+def _new_holder(target: Path, suffix: str) -> tuple[Path, int]:
+    """A new hidden folder beside ``target`` (``.tmp``: a version being built; ``.old``: the previous one, moved aside).
 
-    ``.NAME.pid1234.`` + random + ``.tmp`` (a folder being built) or ``.old`` (the previous version,
-    moved aside for the second rename), so a later open can tell a live writer's folder from an
-    abandoned one (:func:`remove_abandoned_staging`).
+    Each such folder has a lock file beside it, made first and locked (``flock``) for as long as the
+    writer keeps the returned descriptor open: the operating system drops the lock when the writer
+    dies, however it dies, so a later open can prove the folder abandoned (:func:`remove_abandoned_staging`).
+    The folder is beside ``target``, on the same filesystem, so the final rename is atomic.
     """
-    return f".{target.name}.pid{os.getpid()}."
-
-
-def _make_staging_dir(target: Path) -> Path:
-    """A new hidden folder beside ``target`` (same filesystem, so the final rename is atomic), with the umask's mode."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    return tmp
-
-
-def _writer_pid(holder: Path, target: Path) -> int | None:
-    """The pid a staging folder's name records (None for a name without one, as older versions wrote)."""
-    rest = holder.name[len(target.name) + 2 :]
-    pid = rest.split(".", 1)[0]
-    return int(pid[3:]) if pid.startswith("pid") and pid[3:].isdigit() else None
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine (one owned by another user counts as alive)."""
+    fd, lock = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".lock", dir=target.parent)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+        _lock(fd)
+        folder = Path(lock[: -len(".lock")] + suffix)
+        folder.mkdir(mode=0o777 & ~_umask())
+    except BaseException:
+        os.unlink(lock)
+        os.close(fd)
+        raise
+    return folder, fd
 
 
-def _abandoned(holder: Path, target: Path) -> bool:
-    """A staging folder whose writer is proven gone: its name records a pid, and no such process is alive.
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock, so no folder is ever proven abandoned there
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a file just made: nobody else holds it
 
-    A folder without a pid is not proven abandoned, and neither is one whose pid is alive (even if the
-    pid was reused): both are left alone, so a running writer never loses its folder.
-    """
-    return _writer_pid(holder, target) is not None and not _live_writer(holder, target)
+
+def _release(folder: Path, fd: int) -> None:
+    """The writer is done with ``folder`` (renamed or deleted): remove its lock file, then let the lock go."""
+    try:
+        os.unlink(_lock_file(folder))
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _lock_file(folder: Path) -> Path:
+    return folder.with_name(folder.name.rsplit(".", 1)[0] + ".lock")
+
+
+def _lock_state(folder: Path) -> str:
+    """``"held"`` (its writer runs), ``"free"`` (its writer is gone: proven abandoned) or ``"none"`` (no lock file)."""
+    try:
+        import fcntl
+    except ImportError:
+        return "held" if _lock_file(folder).exists() else "none"
+    try:
+        fd = os.open(_lock_file(folder), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return "none"
+    except OSError:
+        return "held"  # unreadable: not proven
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return "held"
+    finally:
+        os.close(fd)  # also lets go of the lock just taken
+    return "free"
 
 
 def remove_abandoned_staging(target: str | os.PathLike) -> list[Path]:
     """Delete the hidden ``.tmp`` and ``.old`` folders beside ``target`` that writers killed mid-save left behind.
 
-    Each such folder can hold a whole copy of ``target`` (``kill -9`` during a save leaves one every
-    time); only those :func:`_abandoned` proves abandoned are removed. Returns the folders removed.
+    Each can hold a whole copy of ``target`` (``kill -9`` during a save leaves one every time). Only
+    those proven abandoned are removed: their lock file exists and no process holds its lock. A folder
+    without a lock file (made by an older proxyembed) is left alone. Returns the folders removed.
     """
     target = Path(target)
     if not target.parent.is_dir():
         return []
     removed = []
-    for pattern in (f".{target.name}.pid*.tmp", f".{target.name}.pid*.old"):
-        for holder in target.parent.glob(pattern):
-            if holder.is_dir() and _abandoned(holder, target):
-                shutil.rmtree(holder, ignore_errors=True)
-                removed.append(holder)
+    for holder in sorted(target.parent.glob(f".{target.name}.*.tmp")) + sorted(target.parent.glob(f".{target.name}.*.old")):
+        if holder.is_dir() and _lock_state(holder) == "free":
+            shutil.rmtree(holder, ignore_errors=True)
+            _lock_file(holder).unlink(missing_ok=True)
+            removed.append(holder)
+    for lock in target.parent.glob(f".{target.name}.*.lock"):  # a writer killed before or after its folder existed
+        stem = lock.name[: -len(".lock")]
+        if not any((lock.parent / (stem + s)).exists() for s in (".tmp", ".old")) and _lock_state(lock.with_suffix(".tmp")) == "free":
+            lock.unlink(missing_ok=True)
     return removed
 
 
@@ -173,16 +197,18 @@ def _swap_dir_into_place(new: Path, target: Path) -> None:
         os.replace(new, target)
         fsync_path(target.parent)
         return
-    old = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".old", dir=target.parent))
-    os.replace(target, old / target.name)
+    old, lock = _new_holder(target, ".old")
     try:
-        os.replace(new, target)
-        fsync_path(target.parent)
-    except BaseException:
-        os.replace(old / target.name, target)
-        raise
+        os.replace(target, old / target.name)
+        try:
+            os.replace(new, target)
+            fsync_path(target.parent)
+        except BaseException:
+            os.replace(old / target.name, target)
+            raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+        _release(old, lock)
 
 
 def restore_interrupted_swap(target: str | os.PathLike) -> bool:
@@ -203,20 +229,15 @@ def restore_interrupted_swap(target: str | os.PathLike) -> bool:
         (p for p in target.parent.glob(f".{target.name}.*.old") if (p / target.name).is_dir()),
         key=lambda p: p.stat().st_mtime_ns,
     )
-    if not aside or _live_writer(aside[-1], target):
+    if not aside or _lock_state(aside[-1]) == "held":
         return False
     os.replace(aside[-1] / target.name, target)
     fsync_path(target.parent)
     for leftover in target.parent.glob(f".{target.name}.*.old"):
-        if not _live_writer(leftover, target):
+        if _lock_state(leftover) != "held":
             shutil.rmtree(leftover, ignore_errors=True)
+            _lock_file(leftover).unlink(missing_ok=True)
     return True
-
-
-def _live_writer(holder: Path, target: Path) -> bool:
-    """Whether the process that made ``holder`` is known to be running (a name without a pid: not known)."""
-    pid = _writer_pid(holder, target)
-    return pid is not None and (pid == os.getpid() or _pid_alive(pid))
 
 
 class StagedDir:
@@ -229,13 +250,17 @@ class StagedDir:
 
     def __init__(self, target: str | os.PathLike) -> None:
         self.target = Path(target)
-        self.path = _make_staging_dir(self.target)
+        self.path, lock = _new_holder(self.target, ".tmp")
+        self._lock: int | None = lock
 
     def __enter__(self) -> StagedDir:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         shutil.rmtree(self.path, ignore_errors=True)  # gone already after a commit
+        if self._lock is not None:
+            _release(self.path, self._lock)
+            self._lock = None
 
     def commit(self) -> Path:
         """fsync the staged folder and swap it into ``target``; returns ``target``."""

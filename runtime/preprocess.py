@@ -42,6 +42,9 @@ Decode = Literal["full", "reduced"]
 DECODES: tuple[str, ...] = get_args(Decode)
 DEFAULT_DECODE: Decode = "full"
 """What new runs record (``TrainConfig.decode``); a spec stored without the field reads as ``full``, what it was made with."""
+# The formats read: those of runtime.images.IMAGE_EXTENSIONS (Pillow's JPEG reader also opens the MPO files
+# many cameras write). Pillow would open dozens more, some through outside programs (EPS runs Ghostscript).
+READ_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
 # An image whose sides are further apart than this is refused: it holds nothing to search by, and a
 # centre-crop fit would scale its short side up, so a 1x200000 PNG of 469 bytes became 14400x14400000.
 MAX_ASPECT_RATIO = 64
@@ -161,7 +164,7 @@ def read_header(src: str | os.PathLike | bytes) -> tuple[str, tuple[int, int]]:
 
     The size is checked by :func:`check_image_size`, so a caller can budget the decode before it starts.
     """
-    with _reading(src), Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src)) as img:
+    with _reading(src), Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src), formats=READ_FORMATS) as img:
         fmt, size = str(img.format), img.size
     check_image_size(size, src)
     return fmt, size
@@ -182,9 +185,9 @@ def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int
         if isinstance(src, Image.Image):
             img = src
         elif isinstance(src, bytes):
-            img = Image.open(io.BytesIO(src))
+            img = Image.open(io.BytesIO(src), formats=READ_FORMATS)
         elif isinstance(src, (str, os.PathLike)):
-            img = Image.open(Path(src))
+            img = Image.open(Path(src), formats=READ_FORMATS)
         else:
             raise BadInput(f"unsupported image type {type(src).__name__}", hint="pass a path, bytes, a PIL image or a uint8 HxWxC array")
         check_image_size(img.size, src)

@@ -59,6 +59,7 @@ class Retriever:
     def __init__(self, encoder: Encoder, index: Index | None = None) -> None:
         self.encoder = encoder
         self.index = index if index is not None else Index(encoder.dim)
+        self.folder: Path | None = None  # the gallery folder it was loaded from or last saved to (its held images are there)
         if self.index.dim != encoder.dim:
             raise BadInput(f"index dim {self.index.dim} does not match the encoder's dim {encoder.dim}")
 
@@ -170,7 +171,7 @@ class Retriever:
             )
         with staged_dir(folder) as tmp:
             self.index.save(tmp, calibrate=calibrate)
-            self._carry_held_images(folder, tmp, new_images or {})
+            self._carry_held_images(self.folder or folder, tmp, new_images or {})
             info = {
                 "format_version": GALLERY_VERSION,
                 "bundle": {**self.encoder.bundle.signature, "path": str(self.encoder.bundle.path)},
@@ -182,10 +183,11 @@ class Retriever:
                 "items_sha256": sha256_file(tmp / SIDECAR_FILE),
             }
             write_sealed_json(tmp / GALLERY_FILE, info)
+        self.folder = folder
         return folder
 
     def _carry_held_images(self, folder: Path, tmp: Path, new_images: Mapping[str, bytes]) -> None:
-        """Put every held image an item names into the staged folder: new ones written, old ones hard-linked."""
+        """Put every held image an item names into the staged folder: new ones written, those in ``folder`` hard-linked."""
         index = self.index
         wanted = {p for p in (held_image(index.metadata(i)) for i in index.ids()) if p is not None}
         for rel in sorted(wanted):
@@ -235,8 +237,9 @@ class Retriever:
                 f"{folder / SIDECAR_FILE} was altered or truncated (sha256 differs from {GALLERY_FILE})",
                 hint="rebuild the gallery",
             )
-        index = Index.load(folder)
-        return cls(Encoder(bundle, **encoder_options), index)
+        retriever = cls(Encoder(bundle, **encoder_options), Index.load(folder))
+        retriever.folder = folder.resolve()
+        return retriever
 
 
 def open_gallery(

@@ -114,9 +114,11 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def gif_claiming(width: int, height: int) -> bytes:
+def gif_claiming(width: int, height: int, frame: bool = False) -> bytes:
+    """An 8x8 GIF whose logical screen (or, with ``frame``, its first frame's descriptor) claims ``width`` x ``height``."""
     data = bytearray(encoded(Image.new("P", (8, 8)), "GIF"))
-    data[6:10] = struct.pack("<HH", width, height)  # the logical screen
+    at = data.index(b"\x2c") + 5 if frame else 6
+    data[at : at + 4] = struct.pack("<HH", width, height)
     return bytes(data)
 
 
@@ -193,6 +195,8 @@ def test_images_added_over_http_are_kept_by_the_gallery(serve: Any, gallery: Pat
     assert add(http, "again", data).status_code == 200
     reopened = serve(read_only=True)  # a restart
     assert reopened.get("/items/again/image").content == data
+    copy = Retriever.load(gallery).save(gallery.parent / "copy")  # a gallery saved elsewhere takes its images along
+    assert [p.read_bytes() for p in (copy / "images").iterdir()] == [data]
 
 
 def test_responses_show_no_server_paths(http: Any, gallery: Path) -> None:
@@ -238,6 +242,8 @@ def bombs() -> dict[str, bytes]:
         "JPEG header 65000x16": jpeg_claiming(65000, 16),
         "GIF screen 65535x65535": gif_claiming(65535, 65535),
         "GIF screen 65535x1": gif_claiming(65535, 1),
+        "GIF frame 60000x60000 on an 8x8 screen": gif_claiming(60000, 60000, frame=True),
+        "GIF frame 60000x1 on an 8x8 screen": gif_claiming(60000, 1, frame=True),
         "thin multi-frame TIFF": encoded(Image.new("L", (4000, 1)), "TIFF", save_all=True, append_images=[Image.new("L", (4000, 1))] * 3),
         "thin WebP": encoded(Image.new("RGB", (16000, 2)), "WEBP"),
     } | {"animated GIF": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
@@ -267,6 +273,13 @@ def test_between_one_and_two_times_the_pixel_limit_is_refused_not_warned(http: A
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     response = search(http, encoded(Image.new("RGB", (40, 40), "red"), "PNG"))  # 1600 pixels: 1.6 times the limit
     assert response.status_code == 400 and "too large to decode" in response.json()["error"]
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PPM", "ICO", "TGA", "PCX"])
+def test_only_the_usual_image_formats_are_read(http: Any, fmt: str) -> None:
+    """Pillow opens many formats, EPS through Ghostscript; an upload is read only as JPEG, PNG, GIF, WebP, TIFF or BMP."""
+    response = search(http, encoded(Image.new("RGB", (32, 32), "red"), fmt))
+    assert response.status_code == 400 and "cannot read image upload" in response.json()["error"]
 
 
 def test_an_image_just_inside_the_aspect_limit_is_searched(http: Any) -> None:
@@ -464,22 +477,34 @@ def test_the_command_refuses_an_open_network_server_and_tokens_on_the_command_li
 # -- finding 6 and 7: interrupted saves and their leftovers --------------------------------------------
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait(timeout=60)
-    return proc.pid
+KILLED_MID_SWAP = """
+import os, sys
+from pathlib import Path
+from proxyembed.runtime import files
+
+rename = os.replace
+
+def replace_then_die(src, dst):  # the swap's first rename (the old version moved aside), then SIGKILL
+    rename(src, dst)
+    os.kill(os.getpid(), 9)
+
+files.os.replace = replace_then_die
+with files.staged_dir(Path(sys.argv[1])) as tmp:
+    (tmp / "half-written").write_text("new version")
+"""
 
 
 def test_serve_repairs_a_save_killed_between_its_renames(gallery: Path) -> None:
-    dead = _dead_pid()
-    aside = gallery.parent / f".gallery.pid{dead}.abcd.old"
-    aside.mkdir()
-    os.replace(gallery, aside / "gallery")  # what a kill between the two renames leaves: no gallery, the old one aside
-    staging = gallery.parent / f".gallery.pid{dead}.efgh.tmp"
-    (staging / "half").mkdir(parents=True)
-    live = gallery.parent / f".gallery.pid{os.getpid()}.ijkl.tmp"  # a live writer's: not proven abandoned
-    legacy = gallery.parent / ".gallery.mnop.tmp"  # no pid in its name: not proven either
+    import fcntl
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SWAP, str(gallery)], timeout=120)
+    assert killed.returncode == -signal.SIGKILL and not gallery.exists()  # what `search` repaired and `serve` refused
+    assert len(list(gallery.parent.glob(".gallery.*.old"))) == 1 and len(list(gallery.parent.glob(".gallery.*.tmp"))) == 1
+    live = gallery.parent / ".gallery.live.tmp"  # a running writer's: its lock is held (here, by this process)
     live.mkdir()
+    held = os.open(gallery.parent / ".gallery.live.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    legacy = gallery.parent / ".gallery.mnop.tmp"  # no lock file (an older proxyembed): not proven abandoned
     legacy.mkdir()
     port = free_port()
     proc = serve_process(gallery, port, "--read-only")
@@ -489,7 +514,9 @@ def test_serve_repairs_a_save_killed_between_its_renames(gallery: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    assert not aside.exists() and not staging.exists() and live.is_dir() and legacy.is_dir()
+        os.close(held)
+    left = sorted(p.name for p in gallery.parent.iterdir() if p.name.startswith(".gallery."))
+    assert left == [".gallery.live.lock", ".gallery.live.tmp", ".gallery.mnop.tmp"]
 
 
 def test_kill_9_during_http_adds_and_deletes_keeps_every_acknowledged_change(gallery: Path) -> None:
