@@ -4,9 +4,11 @@ handling every stage shares.
 A file is written beside its target, fsynced, and renamed over it (then its folder is fsynced), so a
 crash or a power loss leaves the old file or the new one, never half of either; a folder (bundle,
 gallery) is built in a staged folder beside its target and swapped in the same way (:class:`StagedDir`,
-:func:`staged_dir`). Files get the mode the umask gives a new file (``mkstemp``'s 0600
-would stop another user serving a gallery). JSON read back from a proxyembed artifact is checked to be
-an object, and a broken file is an :class:`IntegrityError`.
+:func:`staged_dir`); each staged folder has a lock file beside it that its writer holds, so the folders
+a killed writer leaves can be told from a running writer's and removed (:func:`remove_abandoned_staging`).
+Files get the mode the umask gives a new file (``mkstemp``'s 0600 would stop another user serving a
+gallery). JSON read back from a proxyembed artifact is checked to be an object, and a broken file is an
+:class:`IntegrityError`.
 
 A *sealed* JSON file (``gallery.json``, ``index.json``, ``manifest.json``) ends with a ``"checksum"``
 field: the sha256 of every byte before it. The file that carries the other files' checksums is thus

@@ -188,6 +188,8 @@ class Retriever:
 
     def _carry_held_images(self, folder: Path, tmp: Path, new_images: Mapping[str, bytes]) -> None:
         """Put every held image an item names into the staged folder: new ones written, those in ``folder`` hard-linked."""
+        if not new_images and not (folder / HELD_IMAGES).is_dir():
+            return  # a gallery that holds no images (every one `index` builds): no need to read each item's metadata
         index = self.index
         wanted = {p for p in (held_image(index.metadata(i)) for i in index.ids()) if p is not None}
         for rel in sorted(wanted):
