@@ -42,6 +42,8 @@ from proxyembed.serve import ServeOptions, create_app  # noqa: E402
 from proxyembed.serve.app import _Guard, id_segment  # noqa: E402
 from proxyembed.serve.service import PixelBudget, ServiceError  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # refused right after Pillow warns
+
 TOKEN = "s3cret-token-for-the-tests-0123456789"
 FAST_S = 3.0  # a hostile upload is answered within this (on a busy 2-core machine); a bomb took 13-16 s before
 

@@ -49,7 +49,7 @@ def serve_command(
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per inference call when concurrent requests are batched.")] = 32,
     image_root: Annotated[
         list[Path] | None,
-        typer.Option(help="A folder whose images GET /items/{id}/image may send (repeatable; the gallery's own image folders always may)."),
+        typer.Option(help="Send only the indexed image files inside this folder (repeatable; default: every file `index` recorded here)."),
     ] = None,
     token_file: Annotated[
         Path | None,
