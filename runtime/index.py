@@ -13,9 +13,18 @@ which case the old vector is removed and the new one added (an id occurs once in
 
 Growth without decay: a removed item's slot is reused by the next add (hnswlib ``replace_deleted``), so
 a gallery whose items are replaced over and over keeps its size; hnswlib labels are never reused (a
-reused label would leave a stale entry in hnswlib's label table). On save the index measures its own
-recall@10 against exact search, using a sample of stored vectors as queries, and raises ``ef`` until
-it reaches :data:`TARGET_RECALL`; the measurement is stored in the sidecar (:meth:`Index.recall`).
+reused label would leave a stale entry in hnswlib's label table).
+
+Vector storage: ``vectors="f32"`` (the default) is hnswlib; ``"f16"`` and ``"i8"`` keep the graph's
+vectors quantized in usearch (:mod:`.index_usearch`, the ``quantized`` extra), behind the same calls.
+
+Calibration (:meth:`Index.calibrate`, run on save): recall@10 against exact float32 search, ``ef``
+doubled and then ``M`` doubled (a rebuild) until it reaches :data:`TARGET_RECALL`. Stored items are easier
+queries than new images (they are linked into the graph), so a build measures on held-out items: rows
+added with ``held_out=True`` stay out of the graph until the calibration has used them as queries
+(``proxyembed index`` holds out a random sample). That calibration also measures the same ef with stored
+items as queries; the difference (the gap) is recorded, and a later calibration without held-out items
+(``serve`` after the gallery has grown) asks stored items for the target plus that gap.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import numpy as np
 
 from .errors import BadInput, IntegrityError
 from .files import atomic_write, read_json_object, sha256_file, write_sealed_json
+from .index_usearch import BYTES_PER_VALUE, VECTOR_STORAGE, QuantizedGraph, VectorStorage, check_storage
 from .metrics import knn
 from .rwlock import RWLock
 
@@ -50,14 +60,20 @@ DEFAULT_EF = 64
 # M=16 reaches 0.99 at 100k; at 1M it stalls below it (0.974 at ef=256), so larger galleries get M=32.
 # M is fixed when the graph is built: pass the expected size as ``capacity`` so the choice is right.
 LARGE_GALLERY = 250_000
-# What save() calibrates ef to reach, measured on CALIBRATION_QUERIES stored vectors; ef stops at MAX_EF
-# (a gallery that still misses the target is reported, and wants a rebuild with a larger M). Stored
-# vectors are easier queries than new images (they are linked into the graph): at 100k the self-measured
-# recall@10 was 0.9986 where held-out queries gave 0.9938, so the target carries that margin over 0.99.
-TARGET_RECALL = 0.995
+# What save() calibrates to reach: recall@10 of held-out queries against exact float32 search, on up to
+# CALIBRATION_QUERIES queries; ef doubles up to MAX_EF, then M doubles (a rebuild) up to MAX_M.
+TARGET_RECALL = 0.99
+# Stored vectors are easier queries than new images (they are linked into the graph): at 100k the
+# self-measured recall@10 was 0.9986 where held-out queries gave 0.9938. A calibration on stored items
+# adds the gap its gallery last measured, or this one when it never measured it.
+DEFAULT_GAP = 0.005
 RECALL_K = 10
 CALIBRATION_QUERIES = 1000
 MAX_EF = 1024
+MAX_M = 64
+# A quantized index cannot beat exact search on its own stored vectors; when that ceiling is below the
+# target, calibration stops raising ef and M once the graph is this close to it (the gate then refuses).
+CEILING_SLACK = 0.002
 # Below this many live items search is exact: a numpy pass costs well under a millisecond per query at
 # this size (same benchmark), so hnswlib's approximation would buy nothing worth a missed neighbour.
 EXACT_BELOW = 2000
@@ -82,6 +98,10 @@ class Index:
     ``space="cosine"`` normalises vectors (zero vectors are refused); ``"ip"`` uses raw inner products.
     Scores are similarities, higher is better, in both spaces. ``capacity`` is the expected size: it
     picks ``M`` when not given (16, or 32 from :data:`LARGE_GALLERY` items) and grows by itself.
+    ``vectors`` is how the graph stores vectors: ``"f32"`` (hnswlib), ``"f16"`` or ``"i8"`` (usearch,
+    cosine only for i8). A quantized index built in this process keeps a float32 copy of what it was
+    given, so :meth:`calibrate` measures against exact float32 search; one loaded from disk has only its
+    stored vectors and measures against exact search on those.
     """
 
     def __init__(
@@ -94,28 +114,25 @@ class Index:
         ef: int = DEFAULT_EF,
         exact_below: int = EXACT_BELOW,
         capacity: int = _INITIAL_CAPACITY,
+        vectors: VectorStorage = "f32",
         _load_from: Path | None = None,
     ) -> None:
-        import hnswlib
-
         if M is None:
             M = 32 if capacity >= LARGE_GALLERY else 16
         if not isinstance(dim, int) or dim <= 0:
             raise BadInput(f"index dim must be a positive integer, got {dim!r}")
         if space not in ("cosine", "ip"):
             raise BadInput(f"unknown index space '{space}'", hint="use 'cosine' or 'ip'")
+        check_storage(vectors, space)
         for name, value in (("M", M), ("ef_construction", ef_construction), ("ef", ef)):
             if not isinstance(value, int) or value <= 0:
                 raise BadInput(f"index {name} must be a positive integer, got {value!r}")
         self.dim, self.space, self.M, self.ef_construction = dim, space, M, ef_construction
+        self.vectors: VectorStorage = vectors
         self.exact_below = exact_below
         self._ef = ef
-        self._hnsw = hnswlib.Index(space=space, dim=dim)
-        if _load_from is None:
-            self._hnsw.init_index(
-                max_elements=max(capacity, 1), ef_construction=ef_construction, M=M, allow_replace_deleted=True
-            )
-        else:  # Index.load: the sha256 was checked, so hnswlib reads a file it wrote
+        self._hnsw = self._new_graph(max(capacity, 1), M, init=_load_from is None)
+        if _load_from is not None:  # Index.load: the sha256 was checked, so the library reads a file it wrote
             try:
                 self._hnsw.load_index(str(_load_from), max_elements=capacity, allow_replace_deleted=True)
             except RuntimeError as exc:
@@ -126,9 +143,24 @@ class Index:
         self._labels: dict[ItemId, int] = {}  # live id -> label
         self._next_label = 0
         self._recall: dict[str, Any] = {}
+        # float32 rows by label for a quantized index built here (the calibration's exact reference)
+        self._reference: np.ndarray | None = np.zeros((0, dim), np.float32) if vectors != "f32" and _load_from is None else None
+        self._held: list[tuple[np.ndarray, list[ItemId], list[dict[str, Any]]]] = []  # see add(held_out=)
         self._lock = RWLock()
         self._matrix_lock = threading.Lock()
         self._matrix: tuple[np.ndarray, np.ndarray] | None = None  # (labels, vectors) of live items, for exact search
+
+    def _new_graph(self, capacity: int, M: int, *, init: bool = True) -> Any:
+        """A graph of this index's storage (hnswlib for float32, usearch for f16 / i8); empty with ``init``, else for load_index."""
+        if self.vectors == "f32":
+            import hnswlib
+
+            graph = hnswlib.Index(space=self.space, dim=self.dim)
+        else:
+            graph = QuantizedGraph(self.space, self.dim, self.vectors)
+        if init:
+            graph.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=M, allow_replace_deleted=True)
+        return graph
 
     # -- properties ----------------------------------------------------------------------------------
 
@@ -181,7 +213,12 @@ class Index:
             "M": self.M,
             "ef_construction": self.ef_construction,
             "ef": self._ef,
+            "vectors": self.vectors,
         }
+
+    def vector_bytes(self) -> int:
+        """Bytes one stored vector takes in the graph (dim x 4, 2 or 1): what the storage choice changes."""
+        return self.dim * BYTES_PER_VALUE[self.vectors]
 
     # -- mutation ------------------------------------------------------------------------------------
 
@@ -192,10 +229,13 @@ class Index:
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
         *,
         replace: bool = False,
+        held_out: bool = False,
     ) -> None:
         """Add ``vectors`` (N, dim) under ``ids``; metadata must be JSON-serialisable dicts.
 
         Everything is checked before anything is inserted, so a bad batch leaves the index unchanged.
+        ``held_out`` keeps the batch out of the graph until the next :meth:`calibrate` (or :meth:`save`)
+        has searched with it as unseen queries and then inserts it; until then its items are not found.
         """
         vectors = self._check_vectors(vectors, "vectors")
         ids = list(ids)
@@ -218,26 +258,38 @@ class Index:
         if not len(vectors):
             return
         with self._lock.write():
+            held = {i for _, held_ids, _ in self._held for i in held_ids}
+            if any(i in held for i in ids):
+                raise BadInput(f"id {next(i for i in ids if i in held)!r} is already held out for calibration", hint="save the index first")
             dupes = [i for i in ids if i in self._labels]
             if dupes and not replace:
                 raise BadInput(
                     f"{len(dupes)} id(s) already in the index, e.g. {dupes[0]!r}",
                     hint="remove them first, or pass replace=True to overwrite",
                 )
-            for item_id in dupes:
-                self._delete_label(self._labels.pop(item_id))
-            # replace_deleted puts new items into removed items' slots first; only the rest need room
-            slots = self._hnsw.element_count + max(0, len(ids) - (self._hnsw.element_count - len(self._labels)))
-            if slots > self._hnsw.get_max_elements():
-                self._hnsw.resize_index(max(slots, 2 * self._hnsw.get_max_elements()))
-            start = self._next_label
-            self._hnsw.add_items(vectors, np.arange(start, start + len(ids), dtype=np.int64), replace_deleted=True)
-            for offset, (item_id, meta) in enumerate(zip(ids, metas, strict=True)):
-                self._ids[start + offset] = item_id
-                self._meta[start + offset] = meta
-                self._labels[item_id] = start + offset
-            self._next_label = start + len(ids)
-            self._matrix = None
+            if held_out:
+                self._held.append((vectors, ids, metas))
+            else:
+                self._insert(vectors, ids, metas)
+
+    def _insert(self, vectors: np.ndarray, ids: list[ItemId], metas: list[dict[str, Any]]) -> None:
+        """Put checked items into the graph, replacing live ones of the same id (under the write lock)."""
+        dupes = [i for i in ids if i in self._labels]
+        for item_id in dupes:
+            self._delete_label(self._labels.pop(item_id))
+        # replace_deleted puts new items into removed items' slots first; only the rest need room
+        slots = self._hnsw.element_count + max(0, len(ids) - (self._hnsw.element_count - len(self._labels)))
+        if slots > self._hnsw.get_max_elements():
+            self._hnsw.resize_index(max(slots, 2 * self._hnsw.get_max_elements()))
+        start = self._next_label
+        self._hnsw.add_items(vectors, np.arange(start, start + len(ids), dtype=np.int64), replace_deleted=True)
+        self._remember(start, vectors)
+        for offset, (item_id, meta) in enumerate(zip(ids, metas, strict=True)):
+            self._ids[start + offset] = item_id
+            self._meta[start + offset] = meta
+            self._labels[item_id] = start + offset
+        self._next_label = start + len(ids)
+        self._matrix = None
 
     def remove(self, ids: Sequence[ItemId]) -> None:
         """Remove items by id; an unknown id is an error (and nothing is removed)."""
@@ -361,59 +413,153 @@ class Index:
     # -- recall ----------------------------------------------------------------------------------------
 
     def calibrate(
-        self, *, target: float = TARGET_RECALL, queries: int = CALIBRATION_QUERIES, max_ef: int = MAX_EF, seed: int = 0
+        self,
+        *,
+        target: float = TARGET_RECALL,
+        queries: int = CALIBRATION_QUERIES,
+        max_ef: int = MAX_EF,
+        max_M: int = MAX_M,
+        seed: int = 0,
     ) -> dict[str, Any]:
-        """Measure recall@10 against exact search and raise ``ef`` (doubling, never lowering) until it reaches ``target``.
+        """Measure recall@10 against exact float32 search; raise ``ef`` (doubling), then ``M`` (a rebuild), until it reaches ``target``.
 
-        The queries are up to ``queries`` stored vectors, each excluding itself from both answers, so the
-        measurement needs no held-out data and follows the gallery as it grows. Searches wait while it
-        runs (it changes the index-wide ef). The result is recorded (:meth:`recall`) and returned.
+        With items held out (``add(..., held_out=True)``) up to ``queries`` of them are the queries and
+        all are inserted afterwards; the same ef is also measured with stored items as queries, and the
+        difference is recorded as the gallery's ``gap``. Without held-out items up to ``queries`` stored
+        vectors are the queries (each excluding itself from both answers) and must reach ``target`` plus
+        the recorded gap (:data:`DEFAULT_GAP` if none). A quantized index also measures exact search on
+        its stored vectors (``ceiling``): no ef or M can beat it, so below the target they are raised only
+        until the graph comes within :data:`CEILING_SLACK` of it.
+        ``ef`` and ``M`` are never lowered. Searches wait while it runs. The result is recorded
+        (:meth:`recall`) and returned.
         """
         with self._lock.write():
+            held = self._held
+            self._held = []
             n = len(self._labels)
             ef = self._ef
+            result: dict[str, Any] = {"queries": 0, "method": "held-out" if held else "stored"}
             if n <= RECALL_K + 1:  # every live item is in every answer
-                measured, used = 1.0, 0
+                measured, ceiling = 1.0, 1.0
+                goal = target
             else:
                 had_matrix = self._matrix is not None
-                live, vectors = self._live_matrix()
-                pick = np.sort(np.random.default_rng(seed).choice(n, min(queries, n), replace=False))
-                own = live[pick]
-                truth = _drop_self(live[knn(vectors[pick], vectors, RECALL_K + 1)[0]], own)
+                gap = float(self._recall.get("gap", DEFAULT_GAP))
+                if held:
+                    probe = np.concatenate([v for v, _, _ in held])[:queries]
+                    if self.space == "cosine":
+                        probe = probe / np.linalg.norm(probe, axis=1, keepdims=True)
+                    own, goal = None, target
+                else:
+                    probe, own = self._stored_probe(queries, seed)
+                    goal = min(target + gap, 1.0)
+                truth, ceiling = self._truth(probe, own)
+                # below the ceiling's reach, ef and M only need to come close to the stored vectors' exact answer
+                reach = min(goal, ceiling - CEILING_SLACK)
                 while True:
-                    measured = self._graph_recall(vectors[pick], own, truth, ef)
-                    if measured >= target or ef >= max_ef:
+                    measured = self._graph_recall(probe, own, truth, ef)
+                    if measured >= reach:
                         break
-                    ef = min(2 * ef, max_ef)
-                used = len(pick)
+                    if ef < max_ef:
+                        ef = min(2 * ef, max_ef)
+                    elif self.M < max_M:
+                        self._rebuild(min(2 * self.M, max_M))
+                        ef = self._ef
+                    else:
+                        break
+                if held:
+                    stored_probe, stored_own = self._stored_probe(queries, seed)
+                    stored_truth, _ = self._truth(stored_probe, stored_own)
+                    stored = self._graph_recall(stored_probe, stored_own, stored_truth, ef)
+                    result["gap"] = round(max(0.0, stored - measured), 4)
+                    result[f"stored_recall@{RECALL_K}"] = round(stored, 4)
+                elif "gap" in self._recall:
+                    result["gap"] = self._recall["gap"]
+                result["queries"] = len(probe)
                 if not had_matrix:
                     self._matrix = None  # do not keep an N x dim copy alive for a save
                 self._ef = ef
-                self._hnsw.set_ef(ef)
-            self._recall = {f"recall@{RECALL_K}": round(measured, 4), "ef": ef, "queries": used, "count": n, "target": target}
+            self._hnsw.set_ef(ef)
+            for vectors, ids, metas in held:
+                self._insert(vectors, ids, metas)
+            truth_kind = "float32" if self.vectors == "f32" or self._reference is not None else "stored vectors"
+            self._recall = {
+                f"recall@{RECALL_K}": round(measured, 4),
+                "ef": ef,
+                "M": self.M,
+                **result,
+                "count": len(self._labels),
+                "target": round(goal, 4),
+                "truth": truth_kind,
+                f"ceiling@{RECALL_K}": round(ceiling, 4),
+            }
             return dict(self._recall)
 
-    def _graph_recall(self, queries: np.ndarray, own: np.ndarray, truth: np.ndarray, ef: int) -> float:
-        self._hnsw.set_ef(max(ef, RECALL_K + 1))
+    def _stored_probe(self, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``queries`` stored items as queries (float32 where the index kept it) and their labels."""
+        live, stored = self._live_matrix()
+        pick = np.sort(np.random.default_rng(seed).choice(len(live), min(queries, len(live)), replace=False))
+        source = self._reference if self._reference is not None else stored
+        rows = live[pick] if self._reference is not None else pick
+        return source[rows], live[pick]
+
+    def _truth(self, probe: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """Exact top labels of ``probe`` on float32 vectors where kept, and the recall of the graph's exact search on the stored ones."""
+        live, stored = self._live_matrix()
+        reference = self._reference[live] if self._reference is not None else stored
+        k = RECALL_K + (own is not None)
+        truth = live[knn(probe, reference, k)[0]]
+        if own is not None:
+            truth = _drop_self(truth, own)
+        if reference is stored:
+            return truth, 1.0
+        found = self._hnsw.exact_query(probe, k)
+        return truth, _overlap(found if own is None else _drop_self(found, own), truth)
+
+    def _graph_recall(self, queries: np.ndarray, own: np.ndarray | None, truth: np.ndarray, ef: int) -> float:
+        k = RECALL_K + (own is not None)
+        self._hnsw.set_ef(max(ef, k))
         try:
-            found, _ = self._hnsw.knn_query(queries, k=RECALL_K + 1)
+            found, _ = self._hnsw.knn_query(queries, k=k)
         except RuntimeError:  # the walk found too few live items (heavy deletions): count it as a miss
             return 0.0
-        found = _drop_self(found.astype(np.int64), own)
-        return float((found[:, :, None] == truth[:, None, :]).any(axis=2).sum() / truth.size)
+        found = found.astype(np.int64)
+        return _overlap(found if own is None else _drop_self(found, own), truth)
+
+    def _rebuild(self, M: int) -> None:
+        """Build the graph again with ``M`` links per node from the live items (same labels; under the write lock)."""
+        live, stored = self._live_matrix()
+        vectors = self._reference[live] if self._reference is not None else stored
+        graph = self._new_graph(max(len(live), 1), M)
+        if len(live):
+            graph.add_items(vectors, live, replace_deleted=True)
+        self._hnsw, self.M = graph, M
+
+    def _remember(self, start: int, vectors: np.ndarray) -> None:
+        """Keep the float32 rows of labels ``start``... (unit length for cosine) for :meth:`calibrate`, if this index keeps them."""
+        if self._reference is None:
+            return
+        end = start + len(vectors)
+        if end > len(self._reference):
+            grown = np.zeros((max(end, 2 * len(self._reference)), self.dim), np.float32)
+            grown[: len(self._reference)] = self._reference
+            self._reference = grown
+        if self.space == "cosine":
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        self._reference[start:end] = vectors
 
     # -- persistence ---------------------------------------------------------------------------------
 
     def save(self, folder: str | Path, *, calibrate: bool = True) -> None:
         """Write ``index.bin`` (hnswlib) and the sealed ``index.json`` (params, items, recall, sha256) into ``folder``.
 
-        With ``calibrate`` the recall is measured first (:meth:`calibrate`). The sidecar is written last
+        With ``calibrate``, or while items are held out, the recall is measured first (:meth:`calibrate`). The sidecar is written last
         and names the index file's hash, so a crash in between is detected at load. Searches may continue
         while writing; writers wait.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if calibrate:
+        if calibrate or self._held:
             self.calibrate()
         with self._lock.read():
             digest = ""
@@ -460,6 +606,7 @@ class Index:
             ef=side["ef"],
             exact_below=exact_below,
             capacity=side["capacity"],
+            vectors=side.get("vectors", "f32"),
             _load_from=index_file,
         )
         labels, ids, meta = side["labels"], side["ids"], side["metadata"]
@@ -482,6 +629,11 @@ def _drop_self(rows: np.ndarray, own: np.ndarray) -> np.ndarray:
     keep = rows != own[:, None]
     keep[keep.all(axis=1), -1] = False  # the query was not among them: drop the last instead
     return rows[keep].reshape(len(rows), RECALL_K)
+
+
+def _overlap(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the ``truth`` labels (rows of RECALL_K) that ``found`` also holds: recall@K."""
+    return float((found[:, :, None] == truth[:, None, :]).any(axis=2).sum() / truth.size)
 
 
 def _make_filter(filter: Filter | None) -> Callable[[dict[str, Any]], bool] | None:
@@ -526,4 +678,6 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         )
     if side["space"] not in ("cosine", "ip"):
         raise IntegrityError(f"{path}: unknown space {side['space']!r}")
+    if side.get("vectors", "f32") not in VECTOR_STORAGE:  # galleries from before quantized storage hold float32
+        raise IntegrityError(f"{path}: unknown vector storage {side['vectors']!r}")
     return side

@@ -2,7 +2,7 @@
 
 A gallery folder holds ``gallery.json`` (format version, the bundle's signature — manifest sha256 and
 dim — and where the bundle was, the index parameters and measured recall, the item count, the sha256 of
-the item table), ``index.bin`` (hnswlib) and ``index.json`` (the item table: id and metadata such as
+the item table, and the vector storage: f32, f16 or i8), ``index.bin`` (hnswlib, or usearch for f16 / i8) and ``index.json`` (the item table: id and metadata such as
 label and path, per hnswlib label, and the sha256 of ``index.bin``). Both JSON files are sealed (their
 own checksum is their last field), so every byte of a gallery is checked before it answers a search.
 A gallery only makes sense with the model that embedded it, so loading it with another bundle is
@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .bundle import Bundle
 from .corpus import embed_stream
 from .embeddings import embedding_files, read_embeddings
@@ -36,12 +38,15 @@ from .files import (
     staged_dir,
     write_sealed_json,
 )
-from .index import SIDECAR_FILE, Filter, Hit, Index, ItemId
+from .index import CALIBRATION_QUERIES, SIDECAR_FILE, Filter, Hit, Index, ItemId
+from .index_usearch import VectorStorage
 from .preprocess import ImageLike
 
 GALLERY_FILE = "gallery.json"
 GALLERY_VERSION = 2  # 2: sealed gallery.json and index.json, recorded recall
 HELD_IMAGES = "images"  # the gallery's own image files; a relative metadata path is one of them
+# `proxyembed index` holds this many new items out of the graph so the calibration has unseen queries.
+HELD_OUT_QUERIES = CALIBRATION_QUERIES
 
 
 @dataclass
@@ -77,12 +82,15 @@ class Retriever:
         skip_unreadable: bool = False,
         progress: Callable[[int], None] | None = None,
         workers: int | None = None,
+        hold_out: int = 0,
     ) -> AddReport:
         """Embed and index ``images``; ``ids`` default to the image paths (so then all must be paths).
 
         With ``skip_unreadable`` an image that cannot be decoded is recorded in the report instead of
         raising. ``progress(n)`` is called after each batch with the number of images it processed.
         Images are decoded on ``workers`` threads (default up to 4) while the previous batch is encoded.
+        ``hold_out`` items, picked at random, are added as held out (:meth:`Index.add`): the next save
+        calibrates on them as queries the graph has not seen, then inserts them.
         """
         images = list(images)
         if ids is None:
@@ -94,6 +102,7 @@ class Retriever:
         if not (len(images) == len(ids) == len(metas)):
             raise BadInput(f"got {len(images)} images, {len(ids)} ids and {len(metas)} metadata entries")
         report = AddReport()
+        held = _pick_held_out(len(images), hold_out)
         encoder = self.encoder
         batches = embed_stream(encoder.encode_batch, encoder.dim, encoder.preprocessor, images, batch_size, workers=workers)
         for start, (rows, unreadable) in zip(range(0, len(images), batch_size), batches, strict=True):
@@ -104,19 +113,29 @@ class Retriever:
             if keep:
                 batch_ids = [ids[start + j] for j in keep]
                 report.replaced += sum(1 for i in batch_ids if i in self.index)
-                self.index.add(rows[keep], batch_ids, [metas[start + j] for j in keep], replace=replace)
+                self._add_rows(rows[keep], batch_ids, [metas[start + j] for j in keep], held[[start + j for j in keep]], replace)
                 report.added += len(keep)
             if progress is not None:
                 progress(len(rows))
         return report
 
-    def add_embeddings(self, files: Sequence[str | Path], *, replace: bool = False) -> AddReport:
+    def _add_rows(
+        self, vectors: Any, ids: list[ItemId], metas: list[dict[str, Any]], held: Any, replace: bool
+    ) -> None:
+        """Add one batch to the index, the rows flagged in ``held`` as held out for the next calibration."""
+        for flag in (False, True):
+            rows = [j for j in range(len(ids)) if bool(held[j]) == flag]
+            if rows:
+                self.index.add(vectors[rows], [ids[j] for j in rows], [metas[j] for j in rows], replace=replace, held_out=flag)
+
+    def add_embeddings(self, files: Sequence[str | Path], *, replace: bool = False, hold_out: int = 0) -> AddReport:
         """Add the rows of ``proxyembed embed`` outputs (shards) to the index, in file order, without re-embedding.
 
         A folder stands for the ``*.npy`` files in it (the shards of ``proxyembed embed --engine ray``).
 
         Each file must come from this retriever's bundle (same manifest sha256 and dim) and be complete;
         rows of unreadable images are reported as skipped. Ids must be unique across the files.
+        ``hold_out`` rows are held out for the next calibration, as in :meth:`add`.
         """
         want = self.encoder.bundle.signature
         parts = [read_embeddings(f) for f in embedding_files(files)]  # all checked before any row is added
@@ -128,11 +147,14 @@ class Retriever:
                     hint="index it with the bundle that embedded it, or re-embed with this bundle",
                 )
         report = AddReport()
+        total = sum(len(part.items) - len(part.info["skipped"]) for part in parts)
+        held, done = _pick_held_out(total, hold_out), 0
         for part in parts:
             for vectors, items in part.readable_chunks():
                 ids = [it["id"] for it in items]
                 report.replaced += sum(1 for i in ids if i in self.index)
-                self.index.add(vectors, ids, [it["metadata"] for it in items], replace=replace)
+                self._add_rows(vectors, ids, [it["metadata"] for it in items], held[done : done + len(ids)], replace)
+                done += len(ids)
                 report.added += len(ids)
             skipped_items = [part.items[i]["id"] for i in part.info["skipped"]]
             report.skipped += [(item_id, f"unreadable when embedded into {part.path}") for item_id in skipped_items]
@@ -244,13 +266,28 @@ class Retriever:
         return retriever
 
 
+def _pick_held_out(n: int, count: int, seed: int = 0) -> np.ndarray:
+    """A boolean mask of ``count`` (at most half of ``n``) items picked at random: the calibration's unseen queries."""
+    mask = np.zeros(n, bool)
+    mask[np.random.default_rng(seed).choice(n, min(count, n // 2), replace=False)] = True
+    return mask
+
+
 def open_gallery(
-    folder: str | Path, bundle: str | Path | Bundle, *, append: bool = False, overwrite: bool = False, expected: int = 1, **encoder_options: Any
+    folder: str | Path,
+    bundle: str | Path | Bundle,
+    *,
+    append: bool = False,
+    overwrite: bool = False,
+    expected: int = 1,
+    vectors: VectorStorage | None = None,
+    **encoder_options: Any,
 ) -> Retriever:
     """The retriever ``proxyembed index`` fills before saving it to ``folder``: the gallery there, or a new one.
 
     ``append`` adds to an existing gallery (loaded with ``bundle``, which must be the one that built it);
-    otherwise a new empty gallery is made for ``expected`` items (the size picks the index's ``M``). An
+    otherwise a new empty gallery is made for ``expected`` items (the size picks the index's ``M``) storing
+    ``vectors`` as f32 (the default), f16 or i8; an appended gallery keeps the storage it was built with. An
     existing gallery is only replaced with ``overwrite``, and ``append`` needs one to exist, so a typo in
     a folder name never silently starts or replaces a gallery.
     """
@@ -260,9 +297,15 @@ def open_gallery(
     if exists and not (append or overwrite):
         raise BadInput(f"a gallery already exists at {folder}", hint="pass --append to add to it or --overwrite to replace it")
     if append:
-        return Retriever.load(folder, bundle=bundle, **encoder_options)
+        retriever = Retriever.load(folder, bundle=bundle, **encoder_options)
+        if vectors is not None and retriever.index.vectors != vectors:
+            raise BadInput(
+                f"--append: the gallery at {folder} stores {retriever.index.vectors} vectors, not {vectors}",
+                hint=f"pass --vectors {retriever.index.vectors}, or rebuild it with --overwrite",
+            )
+        return retriever
     encoder = Encoder(bundle, **encoder_options)
-    return Retriever(encoder, Index(encoder.dim, capacity=max(expected, 1)))
+    return Retriever(encoder, Index(encoder.dim, capacity=max(expected, 1), vectors=vectors or "f32"))
 
 
 def held_image(metadata: Mapping[str, Any]) -> str | None:

@@ -145,3 +145,36 @@ def test_search_errors_exit_2(bundle_dir: Path, images: Path, tmp_path: Path) ->
         assert runner.invoke(app, ["search", str(gal), query, "--bundle", str(moved)]).exit_code == 0
     finally:
         moved.rename(bundle_dir)
+
+
+@pytest.mark.parametrize("vectors", ["f16", "i8"])
+def test_index_quantized_gallery_searches_and_appends(bundle_dir: Path, images: Path, tmp_path: Path, vectors: str) -> None:
+    gal = tmp_path / "gal"
+    res = _index(bundle_dir, images / "red", gal, "--vectors", vectors, "--json")
+    assert res.exit_code == 0, res.output
+    index = json.loads(res.stdout)["index"]
+    assert index["vectors"] == vectors and index["memory_saved_bytes"] == 3 * 16 * (4 - {"f16": 2, "i8": 1}[vectors])
+    assert json.loads((gal / "gallery.json").read_text())["index"]["vectors"] == vectors
+    assert _index(bundle_dir, images / "blue", gal, "--append").exit_code == 0  # keeps the gallery's storage
+    res = runner.invoke(app, ["search", str(gal), str(images / "blue"), "-k", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert len(rows) == 3 and all("/blue/" in row["results"][0]["metadata"]["path"] for row in rows)  # blue finds blue, not red
+    res = _index(bundle_dir, images / "green", gal, "--append", "--vectors", "f32")
+    assert res.exit_code == 2 and "stores " + vectors in res.output
+
+
+def test_index_refuses_a_quantized_gallery_below_the_recall_target(
+    bundle_dir: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate: recall@10 against exact float32 search below the target exits 1, prints the memory saved, writes nothing."""
+    from proxyembed.runtime import index as index_mod
+
+    calibrate = index_mod.Index.calibrate  # an unreachable target stands in for a gallery that loses recall
+    monkeypatch.setattr(index_mod.Index, "calibrate", lambda self, **kw: calibrate(self, **{**kw, "target": 1.01, "max_ef": 32, "max_M": 16}))
+    res = _index(bundle_dir, images, tmp_path / "gal", "--vectors", "i8")
+    assert res.exit_code == 1, res.output
+    assert "below the target" in res.output and "MiB saved" in res.output and "--vectors f16" in res.output
+    assert not (tmp_path / "gal").exists()
+    res = _index(bundle_dir, images, tmp_path / "f32")  # float32 galleries are reported, not refused
+    assert res.exit_code == 0 and "below 1.01" in res.output

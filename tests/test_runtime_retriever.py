@@ -1,4 +1,8 @@
-"""Retriever and the gallery folder: round trip, refusing another model, atomic saves, integrity."""
+"""Retriever and the gallery folder: round trip, refusing another model, atomic saves, integrity.
+
+The gallery tests run for each vector storage (f32 hnswlib, f16 and i8 usearch): the folder's guarantees
+do not depend on it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers.bundles import COLOURS, make_tiny_bundle, pattern_image
-from proxyembed.runtime import BadInput, Encoder, IntegrityError, Retriever
+from proxyembed.runtime import BadInput, Encoder, Index, IntegrityError, Retriever
 from proxyembed.runtime import index as index_mod
 from proxyembed.runtime.files import sealed_json
 from proxyembed.runtime.retriever import GALLERY_FILE, read_gallery_info
@@ -19,9 +23,14 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("ret") / "bundle", with_int8=False)
 
 
+@pytest.fixture(params=["f32", "f16", "i8"])
+def storage(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def retriever(bundle_dir: Path) -> Retriever:
-    r = Retriever(Encoder(bundle_dir))
+def retriever(bundle_dir: Path, storage: str) -> Retriever:
+    r = Retriever(Encoder(bundle_dir), Index(16, vectors=storage))
     images = [pattern_image(c, v) for c in COLOURS for v in range(3)]
     ids = [f"{c}/{v}" for c in COLOURS for v in range(3)]
     r.add(images, ids, [{"label": c} for c in COLOURS for _ in range(3)], batch_size=4)
@@ -41,7 +50,9 @@ def test_gallery_round_trip(retriever: Retriever, bundle_dir: Path, tmp_path: Pa
     assert info["count"] == 18 and info["bundle"]["dim"] == 16
     assert info["bundle"]["path"] == str(bundle_dir.resolve())
     assert info["bundle"]["manifest_sha256"] == retriever.encoder.bundle.manifest_sha256
+    assert info["index"]["vectors"] == retriever.index.vectors
     loaded = Retriever.load(out)  # finds the bundle from gallery.json
+    assert loaded.index.vectors == retriever.index.vectors
     query = pattern_image("purple", 11)
     before, after = retriever.search(query, 5), loaded.search(query, 5)
     assert [h.id for h in after] == [h.id for h in before]
@@ -146,3 +157,27 @@ def test_open_gallery_refuses_to_replace_or_invent(bundle_dir: Path, tmp_path: P
         open_gallery(tmp_path / "gal", bundle_dir)
     assert "r0" in open_gallery(tmp_path / "gal", bundle_dir, append=True).index
     assert len(open_gallery(tmp_path / "gal", bundle_dir, overwrite=True)) == 0
+
+
+def test_hold_out_rows_calibrate_then_join(bundle_dir: Path, storage: str, tmp_path: Path) -> None:
+    """`hold_out` items wait outside the graph until the save has used them as unseen queries, then are searchable."""
+    r = Retriever(Encoder(bundle_dir), Index(16, vectors=storage))
+    images = [pattern_image(c, v) for c in COLOURS for v in range(4)]
+    ids = [f"{c}/{v}" for c in COLOURS for v in range(4)]
+    report = r.add(images, ids, batch_size=5, hold_out=6)
+    assert report.added == len(ids) and len(r) == len(ids) - 6
+    r.save(tmp_path / "gal")
+    rec = read_gallery_info(tmp_path / "gal")["recall"]
+    assert rec["method"] == "held-out" and rec["queries"] == 6 and len(r) == len(ids) == rec["count"]
+    assert sorted(Retriever.load(tmp_path / "gal").index.ids()) == sorted(ids)
+
+
+def test_open_gallery_keeps_the_storage_on_append(bundle_dir: Path, tmp_path: Path) -> None:
+    from proxyembed.runtime.retriever import open_gallery
+
+    r = open_gallery(tmp_path / "gal", bundle_dir, vectors="i8")
+    r.add([pattern_image("red", 0)], ["r0"])
+    r.save(tmp_path / "gal")
+    assert open_gallery(tmp_path / "gal", bundle_dir, append=True).index.vectors == "i8"
+    with pytest.raises(BadInput, match="stores i8 vectors, not f16"):
+        open_gallery(tmp_path / "gal", bundle_dir, append=True, vectors="f16")
