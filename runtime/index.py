@@ -513,7 +513,7 @@ class Index:
             truth = _drop_self(truth, own)
         if reference is stored:
             return truth, 1.0
-        found = self._hnsw.exact_query(probe, k)
+        found = live[knn(self._hnsw.as_stored(probe), stored, k)[0]]
         return truth, _overlap(found if own is None else _drop_self(found, own), truth)
 
     def _graph_recall(self, queries: np.ndarray, own: np.ndarray | None, truth: np.ndarray, ef: int) -> float:

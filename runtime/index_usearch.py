@@ -18,8 +18,9 @@ depend on the scale that the per-vector coding discards.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -32,6 +33,19 @@ _I8_MAX = 127
 # A filtered search asks usearch for this many times k candidates, keeps the ones the filter accepts and
 # reports a short answer when fewer than k remain, so Index falls back to its exact search.
 _FILTER_OVERSAMPLE = 8
+
+
+def _import_usearch() -> Any:
+    """usearch's index module, imported after onnxruntime when that is installed.
+
+    usearch 2.26.6's compiled module loaded first makes a later ``import onnxruntime`` (1.32, Linux x86_64)
+    die with a segmentation fault; in the other order both work. A gallery is loaded before its encoder
+    (``Retriever.load``), so the order is fixed here rather than left to the caller.
+    """
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime  # noqa: F401
+
+    return require("usearch.index", "quantized")
 
 
 def check_storage(vectors: str, space: str) -> None:
@@ -61,7 +75,7 @@ class QuantizedGraph:
         if vectors == "f32":
             raise BadInput("QuantizedGraph stores f16 or i8 vectors; f32 galleries use hnswlib")
         self.space, self.dim, self.vectors = space, dim, vectors
-        self._usearch = require("usearch.index", "quantized")
+        self._usearch = _import_usearch()
         self._graph = None
         self._threads = 0  # usearch: 0 is every core, as hnswlib's default
 
@@ -149,10 +163,10 @@ class QuantizedGraph:
             labels[row], out[row] = keys[row, keep], dists[row, keep]
         return labels, out
 
-    def exact_query(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Labels (N, k) of a brute-force search over the stored vectors, scored as the graph scores them: the best any ef or M can do."""
-        found = self._graph.search(self._code(queries), k, exact=True, threads=self._threads)
-        return np.asarray(found.keys, dtype=np.int64).reshape(len(queries), k)
+    def as_stored(self, queries: np.ndarray) -> np.ndarray:
+        """``queries`` coded as the graph codes them and decoded: exact search with these over :meth:`get_items` scores as the graph does."""
+        x = self._code(queries).astype(np.float16 if self.vectors == "f16" else np.float32).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True) if self.space == "cosine" else x
 
     def save_index(self, path: str) -> None:
         self._graph.save(path)

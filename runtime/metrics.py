@@ -228,20 +228,24 @@ def kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = 50) ->
     return assign
 
 
-def _kmeans_large(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = LARGE_KMEANS_ITERS) -> np.ndarray:
+def _kmeans_large(
+    x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = LARGE_KMEANS_ITERS, block: int | None = None
+) -> np.ndarray:
     """k-means for SOP-size problems without ever holding N x clusters: float32 Lloyd in blocks of rows.
 
     Seeded with distinct random points (k-means++ would cost one pass over the data per cluster) and
     stopped after ``iters`` steps or when no assignment changes. Each step costs N x clusters x dim
     multiply-adds, a fifth of the all-pairs similarity pass at SOP's size, so NMI stays a bounded part
-    of an evaluation (benchmarks/results/eval_speed.md). Empty clusters keep their centre.
+    of an evaluation (benchmarks/results/eval_speed.md). Empty clusters keep their centre. ``block``
+    rows are assigned at a time (default: a block x clusters matrix of 256 MiB at most); it changes
+    memory, never the result.
     """
     rng = np.random.default_rng(seed)
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     n_clusters = min(n_clusters, n)
     centers = x[np.sort(rng.choice(n, n_clusters, replace=False))].copy()
-    block = int(np.clip(2**26 // n_clusters, 64, 4096))
+    block = block or int(np.clip(2**26 // n_clusters, 64, 4096))
     assign = np.full(n, -1)
     for _ in range(iters):
         half_sq = 0.5 * (centers**2).sum(1)  # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
@@ -257,18 +261,22 @@ def _kmeans_large(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int =
 
 
 def normalized_mutual_info(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> float:
-    """NMI with the arithmetic-mean normaliser (scikit-learn's default)."""
+    """NMI with the arithmetic-mean normaliser (scikit-learn's default).
+
+    Only the non-empty cells of the contingency table are formed (at most one per item): SOP's 11k
+    classes against 11k clusters would make a dense float64 table of 1 GiB, and the terms on it three.
+    """
     _, ai = np.unique(np.asarray(a), return_inverse=True)
     _, bi = np.unique(np.asarray(b), return_inverse=True)
+    ai, bi = ai.reshape(-1).astype(np.int64), bi.reshape(-1).astype(np.int64)
     n = len(ai)
-    cont = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(cont, (ai, bi), 1)
-    pij = cont / n
-    pi, pj = pij.sum(1), pij.sum(0)
-    nz = pij > 0
-    mi = float((pij[nz] * np.log(pij[nz] / (pi[:, None] * pj[None, :])[nz])).sum())
-    hi = -float((pi[pi > 0] * np.log(pi[pi > 0])).sum())
-    hj = -float((pj[pj > 0] * np.log(pj[pj > 0])).sum())
+    cells, counts = np.unique(ai * (int(bi.max()) + 1) + bi, return_counts=True)
+    pij = counts / n
+    pi, pj = np.bincount(ai) / n, np.bincount(bi) / n
+    row, col = np.divmod(cells, int(bi.max()) + 1)
+    mi = float((pij * np.log(pij / (pi[row] * pj[col]))).sum())
+    hi = -float((pi * np.log(pi)).sum())  # every row and column of the inverse indices is non-empty
+    hj = -float((pj * np.log(pj)).sum())
     denom = (hi + hj) / 2
     return mi / denom if denom > 0 else 1.0
 

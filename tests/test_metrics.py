@@ -69,6 +69,33 @@ def test_nmi_matches_sklearn() -> None:
     assert normalized_mutual_info(a, a) == pytest.approx(1.0)
 
 
+def test_nmi_from_non_empty_cells_equals_the_dense_table() -> None:
+    """Many classes and clusters (most cells empty): the same value as the full contingency table gives."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 400, 3000) * 7 - 50  # sparse, negative and non-contiguous label values
+    b = np.where(rng.random(3000) < 0.7, a, rng.integers(0, 450, 3000))
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    cont = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(cont, (ai, bi), 1)
+    pij = cont / len(a)
+    pi, pj = pij.sum(1), pij.sum(0)
+    nz = pij > 0
+    mi = (pij[nz] * np.log(pij[nz] / np.outer(pi, pj)[nz])).sum()
+    dense = mi / ((-(pi * np.log(pi)).sum() - (pj * np.log(pj)).sum()) / 2)
+    assert normalized_mutual_info(a, b) == pytest.approx(dense, abs=1e-12)
+    assert normalized_mutual_info([str(v) for v in a], b) == pytest.approx(dense, abs=1e-12)
+    assert normalized_mutual_info(np.zeros(5), np.zeros(5)) == 1.0  # one class, one cluster: no entropy
+
+
+def test_large_kmeans_blocks_change_memory_not_clusters() -> None:
+    from proxyembed.runtime.metrics import _kmeans_large
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(500, 8)).astype(np.float32)
+    np.testing.assert_array_equal(_kmeans_large(x, 37, block=3), _kmeans_large(x, 37))
+
+
 def test_kmeans_recovers_separated_clusters() -> None:
     rng = np.random.default_rng(2)
     centers = np.eye(4) * 10

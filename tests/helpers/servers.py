@@ -23,10 +23,12 @@ from helpers.bundles import write_class_images
 from proxyembed.runtime import Encoder, Index, Retriever
 
 
-def make_gallery(bundle: Path, images: Path, out: Path, colours: Sequence[str] = ("red", "green", "blue", "yellow"), per_class: int = 3) -> Path:
+def make_gallery(
+    bundle: Path, images: Path, out: Path, colours: Sequence[str] = ("red", "green", "blue", "yellow"), per_class: int = 3, vectors: str = "f32"
+) -> Path:
     """Index ``per_class`` pattern images of each colour (ids ``colour/colour_i.png``, metadata label and path) into ``out``."""
     paths = write_class_images(images, colours, per_class)
-    retriever = Retriever(Encoder(bundle), Index(16))
+    retriever = Retriever(Encoder(bundle), Index(16, vectors=vectors))  # type: ignore[arg-type]
     ids = [p.relative_to(images).as_posix() for p in paths]
     retriever.add(paths, ids, [{"label": p.parent.name, "path": str(p.resolve())} for p in paths])
     return retriever.save(out)
