@@ -18,8 +18,8 @@ reused label would leave a stale entry in hnswlib's label table).
 Vector storage: ``vectors="f32"`` (the default) is hnswlib; ``"f16"`` and ``"i8"`` keep the graph's
 vectors quantized in usearch (:mod:`.index_usearch`, the ``quantized`` extra), behind the same calls.
 
-Calibration (:meth:`Index.calibrate`, run on save): recall@10 against exact float32 search, ``ef``
-doubled and then ``M`` doubled (a rebuild) until it reaches :data:`TARGET_RECALL`. Stored items are easier
+Calibration (:meth:`Index.calibrate`): recall@10 against exact float32 search, ``ef`` doubled and then
+``M`` doubled (a rebuild) until it reaches :data:`TARGET_RECALL`; a save calibrates ``ef`` only. Stored items are easier
 queries than new images (they are linked into the graph), so a build measures on held-out items: rows
 added with ``held_out=True`` stay out of the graph until the calibration has used them as queries
 (``proxyembed index`` holds out a random sample). That calibration also measures the same ef with stored
@@ -553,14 +553,17 @@ class Index:
     def save(self, folder: str | Path, *, calibrate: bool = True) -> None:
         """Write ``index.bin`` (hnswlib) and the sealed ``index.json`` (params, items, recall, sha256) into ``folder``.
 
-        With ``calibrate``, or while items are held out, the recall is measured first (:meth:`calibrate`). The sidecar is written last
-        and names the index file's hash, so a crash in between is detected at load. Searches may continue
-        while writing; writers wait.
+        With ``calibrate``, or while items are held out, the recall is measured first (:meth:`calibrate`),
+        raising ``ef`` only: a rebuild with a larger ``M`` takes minutes at a million items, too long to
+        hold a live service's searches (``proxyembed serve`` saves here), so it is left to an explicit
+        :meth:`calibrate` (``proxyembed index`` calls it). The sidecar is written last and names the index
+        file's hash, so a crash in between is detected at load. Searches may continue while writing;
+        writers wait.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if calibrate or self._held:
-            self.calibrate()
+            self.calibrate(max_M=self.M)
         with self._lock.read():
             digest = ""
 

@@ -336,7 +336,7 @@ def test_save_calibrates_on_held_out_items(tmp_path: Path, storage: str) -> None
     assert rec["recall@10"] >= min(rec["target"], rec["ceiling@10"] - index_mod.CEILING_SLACK)
     assert rec["gap"] == pytest.approx(max(0.0, rec["stored_recall@10"] - rec["recall@10"]), abs=1e-4)
     # new queries agree with the held-out measurement (it was made on queries the graph had not seen)
-    assert _recall_at_10(idx, x[5000:], x[:5000]) >= rec["recall@10"] - 0.01
+    assert _recall_at_10(idx, x[5000:], x[:5000]) >= rec["recall@10"] - 0.02
     loaded = Index.load(tmp_path / "ix")
     assert loaded.recall() == rec and loaded.ef == rec["ef"] and loaded.vectors == storage
     assert json.loads((tmp_path / "ix" / SIDECAR_FILE).read_text())["recall"] == rec
@@ -345,7 +345,7 @@ def test_save_calibrates_on_held_out_items(tmp_path: Path, storage: str) -> None
     assert again["truth"] == ("float32" if storage == "f32" else "stored vectors")  # a loaded quantized index has no float32 copy
 
 
-def test_calibration_raises_m_when_ef_alone_cannot(storage: str) -> None:
+def test_calibration_raises_m_when_ef_alone_cannot(storage: str, tmp_path: Path) -> None:
     x = clustered(5000, seed=10, n_classes=60)
 
     def build() -> Index:
@@ -361,6 +361,9 @@ def test_calibration_raises_m_when_ef_alone_cannot(storage: str) -> None:
     assert idx.M > 3 and rec["M"] == idx.M and idx.params()["M"] == idx.M and rec["recall@10"] > weak["recall@10"]
     hit = idx.search(x[123], 1)[0][0]  # the rebuilt graph keeps ids and metadata
     assert hit.id == 123 and hit.metadata == {"n": 123} and len(idx) == 5000
+    saved = build()
+    saved.save(tmp_path / "ix")  # a save (what a live service does) raises ef only: no rebuild under its lock
+    assert saved.M == 3 and saved.recall()["ef"] == index_mod.MAX_EF
 
 
 def test_expected_size_picks_m(storage: str) -> None:
