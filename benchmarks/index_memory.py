@@ -52,7 +52,7 @@ def latency_ms(search: Any, queries: np.ndarray) -> float:
 
 def proxyembed_row(storage: str, gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     n, dim = gallery.shape
-    index = Index(dim, vectors=storage, exact_below=0, capacity=n, ef_construction=args.ef_construction)  # type: ignore[arg-type]
+    index = Index(dim, vectors=storage, exact_below=0, capacity=n, M=args.M, ef_construction=args.ef_construction)  # type: ignore[arg-type]
     index._hnsw.set_num_threads(args.build_threads)  # both graphs take hnswlib's call; the Index has no threads option
     held = np.random.default_rng(1).choice(n, CALIBRATION_QUERIES, replace=False)
     keep = np.setdiff1d(np.arange(n), held)
@@ -155,6 +155,7 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=500)
     ap.add_argument("--build-threads", type=int, default=1)
     ap.add_argument("--ef-construction", type=int, default=200, help="for every row (the Index's default is 200)")
+    ap.add_argument("--M", type=int, default=None, help="default: the Index's choice from the size (16, or 32 from 250k items)")
     ap.add_argument("--name", default="index_memory", help="results file stem under benchmarks/results/")
     args = ap.parse_args()
     wanted = args.rows.split(",")
@@ -162,27 +163,29 @@ def main() -> None:
     print(machine_line(info), flush=True)
     data = f"clustered unit vectors, dim {args.dim}, ~50 per class, queries from the same classes"
     rows: list[dict[str, Any]] = []
+    command = "python benchmarks/index_memory.py " + " ".join(sys.argv[1:])
+
+    def save() -> None:  # after every row: a long run stopped early keeps what it measured
+        md = markdown(rows, info, command, data, args)
+        paths = write_results(args.name, {"command": command, "machine": info, "data": data, "k": K, "rows": rows}, md)
+        print(md, "written:", *paths, flush=True)
+
     for n in (int(s) for s in args.sizes.split(",")):
         gallery, queries = clustered(n, args.dim, args.queries)
         truth = knn(queries, gallery, K)[0]
         for storage in ("f32", "f16", "i8"):
             if storage in wanted:
                 rows.append(proxyembed_row(storage, gallery, queries, truth, args))
-                print({k: v for k, v in rows[-1].items() if k != "calibration"}, rows[-1]["calibration"], flush=True)
+                save()
                 gc.collect()
         base = next((r for r in rows if r["n"] == n and r["row"] == "proxyembed f32"), None)
         for name, fn in (("hnswlib", hnswlib_row), ("usearch", usearch_row)):
             if name in wanted and base is not None:
                 rows.append(fn(gallery, queries, truth, base["M"], base["ef"], args))
-                print(rows[-1], flush=True)
+                save()
                 gc.collect()
         del gallery
         gc.collect()
-    command = "python benchmarks/index_memory.py " + " ".join(sys.argv[1:])
-    md = markdown(rows, info, command, data, args)
-    paths = write_results(args.name, {"command": command, "machine": info, "data": data, "k": K, "rows": rows}, md)
-    print(md)
-    print("written:", *paths)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ storage's to keep, only the score tolerance and the recall floor follow the quan
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -369,3 +370,15 @@ def test_calibration_raises_m_when_ef_alone_cannot(storage: str, tmp_path: Path)
 def test_expected_size_picks_m(storage: str) -> None:
     assert Index(DIM, vectors=storage).M == 16 and Index(DIM, vectors=storage, capacity=1_000_000).M == 32
     assert Index(DIM, vectors=storage, M=8, capacity=10**6).M == 8
+
+
+def test_quantized_storage_without_usearch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxyembed.runtime import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "usearch.index", None)  # as if the quantized extra were not installed
+    with pytest.raises(MissingDependency, match="usearch") as info:
+        Index(DIM, vectors="i8")
+    assert 'proxyembed[quantized]' in str(info.value)
+    assert len(Index(DIM)) == 0  # float32 galleries never need it
+    with pytest.raises(BadInput, match="unknown vector storage 'f8'"):
+        Index(DIM, vectors="f8")  # type: ignore[arg-type]
