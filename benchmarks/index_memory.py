@@ -114,6 +114,48 @@ def usearch_row(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, M: 
             "calibrate_s": None, "latency_ms": lat, "recall@10": recall(found, truth)}  # fmt: skip
 
 
+def bytes_grid(n: int, dims: list[int], ms: list[int]) -> list[dict[str, Any]]:
+    """Saved graph bytes per item for each dim, M and storage on ``n`` random unit vectors: the layout, not the data, sets them."""
+    rows = []
+    for dim in dims:
+        x = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+        for M in ms:
+            sizes = {}
+            for storage in ("f32", "f16", "i8"):
+                index = Index(dim, vectors=storage, M=M, ef_construction=40, capacity=n)  # type: ignore[arg-type]
+                index.add(x, list(range(n)))
+                with tempfile.TemporaryDirectory() as tmp:
+                    index.save(tmp, calibrate=False)
+                    sizes[storage] = (Path(tmp) / INDEX_FILE).stat().st_size / n
+            rows.append({"dim": dim, "M": M, "n": n, "bytes_per_item": sizes})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def grid_markdown(rows: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        "# Gallery bytes per item by dim, M and vector storage",
+        "",
+        f"Command: `{command}`",
+        "",
+        "The saved graph file (links + vectors; index.bin) over the item count, for galleries of random unit vectors:",
+        "per-item bytes are set by the layout (dim, M, storage), not by the data or the gallery size.",
+        "f32 is hnswlib, f16 / i8 usearch.",
+        "",
+        "| dim | M | f32 B | f16 B | i8 B | f16 / f32 | i8 / f32 | i8 at M / f32 at 2M |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        b = r["bytes_per_item"]
+        wider = next((w for w in rows if w["dim"] == r["dim"] and w["M"] == 2 * r["M"]), None)
+        cross = f"{b['i8'] / wider['bytes_per_item']['f32']:.3f}" if wider else ""
+        lines.append(
+            f"| {r['dim']} | {r['M']} | {b['f32']:.0f} | {b['f16']:.0f} | {b['i8']:.0f} | {b['f16'] / b['f32']:.3f} | "
+            f"{b['i8'] / b['f32']:.3f} | {cross} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any], command: str, data: str, args: argparse.Namespace) -> str:
     lines = [
         "# Gallery memory: float32, float16 and int8 vector storage",
@@ -157,7 +199,14 @@ def main() -> None:
     ap.add_argument("--ef-construction", type=int, default=200, help="for every row (the Index's default is 200)")
     ap.add_argument("--M", type=int, default=None, help="default: the Index's choice from the size (16, or 32 from 250k items)")
     ap.add_argument("--name", default="index_memory", help="results file stem under benchmarks/results/")
+    ap.add_argument("--bytes-grid", action="store_true", help="only the bytes per item for dims 128,256,512 and M 16,32 (small galleries)")
     args = ap.parse_args()
+    if args.bytes_grid:
+        command = "python benchmarks/index_memory.py " + " ".join(sys.argv[1:])
+        grid = bytes_grid(5000, [128, 256, 512], [8, 16, 32])
+        md = grid_markdown(grid, command)
+        print(md, "written:", *write_results(args.name, {"command": command, "rows": grid}, md))
+        return
     wanted = args.rows.split(",")
     info = machine()
     print(machine_line(info), flush=True)
