@@ -30,6 +30,10 @@ VectorStorage = Literal["f32", "f16", "i8"]
 VECTOR_STORAGE: tuple[VectorStorage, ...] = ("f32", "f16", "i8")
 BYTES_PER_VALUE: dict[str, int] = {"f32": 4, "f16": 2, "i8": 1}
 _I8_MAX = 127
+# An int8 search asks usearch for this many times k candidates on the coded query, then orders them by the
+# float query against their codes: on 50k clustered 128-d vectors recall@10 went from 0.9914 to 0.9934
+# (twice k; more candidates gained nothing), at about a third more time per query.
+_I8_RERANK = 2
 # A filtered search asks usearch for this many times k candidates, keeps the ones the filter accepts and
 # reports a short answer when fewer than k remain, so Index falls back to its exact search.
 _FILTER_OVERSAMPLE = 8
@@ -144,12 +148,17 @@ class QuantizedGraph:
         self, queries: np.ndarray, k: int = 1, num_threads: int = -1, filter: Callable[[int], bool] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(labels, distances), each (N, k); raises RuntimeError when fewer than k are found, as hnswlib does."""
-        count = min(k * _FILTER_OVERSAMPLE, len(self._graph)) if filter is not None else k
+        wanted = k * (_FILTER_OVERSAMPLE if filter is not None else 1) * (_I8_RERANK if self.vectors == "i8" else 1)
+        count = min(wanted, len(self._graph))
         found = self._graph.search(self._code(queries), count, threads=num_threads if num_threads > 0 else self._threads)
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         dists = np.asarray(found.distances, dtype=np.float32).reshape(len(queries), -1)
         # one query row comes back as a Matches (no counts), several as BatchMatches
         counts = np.asarray(found.counts if hasattr(found, "counts") else [len(found.keys)]).reshape(-1)
+        if (counts < k).any():
+            raise RuntimeError("fewer than k items found")
+        if self.vectors == "i8":
+            keys, dists = self._rescore(queries, keys, counts)
         if filter is None:
             if (counts < k).any():
                 raise RuntimeError("fewer than k items found")
@@ -164,9 +173,26 @@ class QuantizedGraph:
         return labels, out
 
     def as_stored(self, queries: np.ndarray) -> np.ndarray:
-        """``queries`` coded as the graph codes them and decoded: exact search with these over :meth:`get_items` scores as the graph does."""
-        x = self._code(queries).astype(np.float16 if self.vectors == "f16" else np.float32).astype(np.float32)
+        """``queries`` as the graph scores them: exact search with these over :meth:`get_items` is the best the graph can return.
+
+        float16 queries are rounded as usearch rounds them; int8 answers are ordered by the float query (:meth:`_rescore`).
+        """
+        if self.vectors == "i8":
+            x = np.asarray(queries, dtype=np.float32)
+        else:
+            x = self._code(queries).astype(np.float16).astype(np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True) if self.space == "cosine" else x
+
+    def _rescore(self, queries: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Order int8 candidates by the float query against their decoded codes (asymmetric: only the gallery side is rounded)."""
+        q = np.asarray(queries, dtype=np.float32)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
+        safe = np.where(valid, keys, keys[:, :1])
+        stored = self.get_items(safe.reshape(-1)).reshape(*keys.shape, self.dim)
+        sims = np.where(valid, np.einsum("nd,ncd->nc", q, stored), -np.inf)
+        order = np.argsort(-sims, axis=1, kind="stable")
+        return np.take_along_axis(keys, order, axis=1), (1.0 - np.take_along_axis(sims, order, axis=1)).astype(np.float32)
 
     def save_index(self, path: str) -> None:
         self._graph.save(path)

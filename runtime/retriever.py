@@ -103,7 +103,7 @@ class Retriever:
         if not (len(images) == len(ids) == len(metas)):
             raise BadInput(f"got {len(images)} images, {len(ids)} ids and {len(metas)} metadata entries")
         report = AddReport()
-        held = _pick_held_out(len(images), hold_out)
+        out = _pick_held_out(len(images), hold_out)
         encoder = self.encoder
         batches = embed_stream(encoder.encode_batch, encoder.dim, encoder.preprocessor, images, batch_size, workers=workers)
         for start, (rows, unreadable) in zip(range(0, len(images), batch_size), batches, strict=True):
@@ -114,18 +114,18 @@ class Retriever:
             if keep:
                 batch_ids = [ids[start + j] for j in keep]
                 report.replaced += sum(1 for i in batch_ids if i in self.index)
-                self._add_rows(rows[keep], batch_ids, [metas[start + j] for j in keep], held[[start + j for j in keep]], replace)
+                self._add_rows(rows[keep], batch_ids, [metas[start + j] for j in keep], out[[start + j for j in keep]], replace)
                 report.added += len(keep)
             if progress is not None:
                 progress(len(rows))
         return report
 
     def _add_rows(
-        self, vectors: Any, ids: list[ItemId], metas: list[dict[str, Any]], held: Any, replace: bool
+        self, vectors: Any, ids: list[ItemId], metas: list[dict[str, Any]], held_out: Any, replace: bool
     ) -> None:
-        """Add one batch to the index, the rows flagged in ``held`` as held out for the next calibration."""
+        """Add one batch to the index, the rows flagged in ``held_out`` kept out of the graph for the next calibration."""
         for flag in (False, True):
-            rows = [j for j in range(len(ids)) if bool(held[j]) == flag]
+            rows = [j for j in range(len(ids)) if bool(held_out[j]) == flag]
             if rows:
                 self.index.add(vectors[rows], [ids[j] for j in rows], [metas[j] for j in rows], replace=replace, held_out=flag)
 
@@ -149,12 +149,12 @@ class Retriever:
                 )
         report = AddReport()
         total = sum(len(part.items) - len(part.info["skipped"]) for part in parts)
-        held, done = _pick_held_out(total, hold_out), 0
+        out, done = _pick_held_out(total, hold_out), 0
         for part in parts:
             for vectors, items in part.readable_chunks():
                 ids = [it["id"] for it in items]
                 report.replaced += sum(1 for i in ids if i in self.index)
-                self._add_rows(vectors, ids, [it["metadata"] for it in items], held[done : done + len(ids)], replace)
+                self._add_rows(vectors, ids, [it["metadata"] for it in items], out[done : done + len(ids)], replace)
                 done += len(ids)
                 report.added += len(ids)
             skipped_items = [part.items[i]["id"] for i in part.info["skipped"]]
