@@ -51,7 +51,7 @@ def index_command(
         Literal["f32", "f16", "i8"] | None,
         typer.Option(
             help="How the index stores vectors: f32 (hnswlib, the default for a new gallery), f16 or i8 (usearch, "
-            'pip install "proxyembed[quantized]"; refused below the recall target). --append keeps the gallery\'s.'
+            'pip install "proxyembed\\[quantized]"; refused below the recall target). --append keeps the gallery\'s.'
         ),
     ] = None,
     precision: Annotated[PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")] = "auto",
