@@ -18,6 +18,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "export": ("onnx", "onnxscript", "onnxconverter_common"),
     "serve": ("fastapi", "uvicorn", "python_multipart", "prometheus_client"),
     "ray": ("ray", "pyarrow", "pandas"),
+    "tensorboard": ("tensorboard",),
+    "mlflow": ("mlflow",),
 }
 
 

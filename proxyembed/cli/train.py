@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, NmiMode
 from proxyembed.runtime.preprocess import DEFAULT_FIT, Decode
+from proxyembed.tracking.base import TrackerName
 from proxyembed.training.config import Amp, Augment, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
 
 from ._common import console, err_console, given_options, print_json, user_errors
@@ -99,6 +100,13 @@ def train_cmd(
         bool | None, typer.Option("--sync-bn/--no-sync-bn", help="BatchNorm statistics over all torchrun processes (default: on on CUDA).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
+    log: Annotated[
+        list[str] | None,
+        typer.Option("--log", help=f"Mirror the run into an experiment tracker: {', '.join(get_args(TrackerName))} (repeatable)."),
+    ] = None,
+    mlflow_uri: Annotated[
+        str | None, typer.Option("--mlflow-uri", help="MLflow tracking server for --log mlflow (default: MLFLOW_TRACKING_URI).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON on stdout (progress goes to stderr).")] = False,
 ) -> None:
     """Train an embedding network with a proxy loss and evaluate it on unseen classes.
@@ -138,7 +146,7 @@ def train_cmd(
     given = given_options(ctx)
     cfg = resolve_config({k: v for k, v in overrides.items() if k not in ctx.params or k in given}, recipe)
     with RichReporter(err_console if as_json else console) as reporter:
-        result = run_training(cfg, out, resume=resume, reporter=reporter)
+        result = run_training(cfg, out, resume=resume, reporter=reporter, log=log or [], mlflow_uri=mlflow_uri)
     if not is_main_process():
         return
     if as_json:

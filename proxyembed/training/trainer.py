@@ -37,6 +37,7 @@ from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput, ProxyEmbedError
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, nmi_wanted
+from proxyembed.tracking import Tracking
 
 from .checkpoint import add_resume_states, checkpoint_payload, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -101,8 +102,11 @@ def _seed_everything(seed: int) -> None:
 class Trainer:
     """One training run. Build it with a resolved config and an output folder, then :meth:`run`."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None, tracking: Tracking | None = None
+    ) -> None:
         self.out = Path(out)
+        self.tracking = tracking or Tracking()  # --log: the trackers mirror metrics.jsonl (rank 0 only)
         self.world = world_from_env()
         self.reporter = (reporter or Reporter()) if self.world.is_main else Reporter()
         self.resume_from = None
@@ -277,8 +281,12 @@ class Trainer:
             self.scaler.update()
             if self.ema:
                 self.ema.update(self.model)
-            total += mean_loss.item() * len(x)
+            step_loss = mean_loss.item()
+            total += step_loss * len(x)
             count += len(x)
+            if self.tracking:
+                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                self.tracking.log_step((epoch - 1) * len(loader) + step, step_loss, lrs)
             seen += len(x) * world.size  # every rank steps with an equal batch
             self.reporter.advance(1, loss=total / count, ips=seen / (time.perf_counter() - t0))
         return total / max(count, 1), seen / (time.perf_counter() - t0)
@@ -294,11 +302,13 @@ class Trainer:
             add_resume_states(payload, self.optimizer, self.scheduler, self.scaler, training_model=trained, ema_updates=updates)
         return payload
 
-    def _record(self, record: dict[str, Any]) -> None:
+    def _record(self, record: dict[str, Any], times: dict[str, float]) -> None:
+        """Append an epoch's record to metrics.jsonl and the curves, and send it with its stage ``times`` to the trackers."""
         self.history.append(record)
         if self.world.is_main:
             write_history(self.out, self.history)
             plot_curves(self.history, self.out / CURVES_NAME, title=f"{self.cfg.backbone} / {self.cfg.loss} on {self.data.name}")
+        self.tracking.log_epoch(record, times, self.out / CURVES_NAME)
         self.reporter.epoch_end(record)
 
     def _save(self, name: str, epoch: int, metrics: dict[str, float], whitening: Whitening | None, full: bool) -> None:
@@ -318,6 +328,7 @@ class Trainer:
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_config(self.out, self.cfg.to_dict())
+            self.tracking.start(self.out, self.cfg.to_dict())
         self.reporter.log(self.data.describe())
         amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
         self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
@@ -335,7 +346,8 @@ class Trainer:
             if metric not in initial:
                 choices = sorted(k for k in initial if not k.startswith("val/"))
                 raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
-            self._record({"epoch": 0, "loss": None, **initial, "time_s": time.perf_counter() - t0})
+            elapsed = time.perf_counter() - t0
+            self._record({"epoch": 0, "loss": None, **initial, "time_s": elapsed}, {"eval_s": elapsed})
         else:
             initial = metrics_of(self.history[0]) if self.history else {}
         last_metrics: dict[str, float] = {}
@@ -343,22 +355,28 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             loss, ips = self._train_epoch(epoch)
+            times = {"train_s": time.perf_counter() - t0}
             self.scheduler.step()
             record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips}
             whitening = None  # last.pt of an epoch without evaluation has no map fitted to its weights
             if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
+                t_eval = time.perf_counter()
                 last_metrics, whitening = self._evaluate(epoch)
+                times["eval_s"] = time.perf_counter() - t_eval
                 record.update(last_metrics)
                 if last_metrics[metric] > self.best_value:
                     self.best_value = last_metrics[metric]
                     self._save(BEST, epoch, last_metrics, whitening, full=False)
             record["time_s"] = time.perf_counter() - t0
             self._save(LAST, epoch, last_metrics, whitening, full=True)
-            self._record(record)
+            self._record(record, times)
+        self.tracking.log_artifact(self.out / BEST, "checkpoints")
         best_rec = max((h for h in self.history if metric in h and h["epoch"] > 0), key=lambda h: h[metric], default=self.history[-1])
         return TrainResult(self.out, initial, metrics_of(self.history[-1]), metrics_of(best_rec), best_rec["epoch"])
 
 
-def train(cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
-    """Run a training job (see :class:`Trainer`)."""
-    return Trainer(cfg, out, resume=resume, reporter=reporter).run()
+def train(
+    cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None, tracking: Tracking | None = None
+) -> TrainResult:
+    """Run a training job (see :class:`Trainer`); ``tracking`` mirrors it into experiment trackers (``--log``)."""
+    return Trainer(cfg, out, resume=resume, reporter=reporter, tracking=tracking).run()
