@@ -15,11 +15,13 @@ from proxyembed.runtime.preprocess import ImageLike, PreprocessSpec
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its class. ``source`` is a file path or an in-memory uint8 HxWxC array."""
+    """One image and its class. ``source`` is a file path, encoded bytes or an in-memory uint8 HxWxC array;
+    ``meta`` holds a list file's extra columns (written into shards beside the image)."""
 
     source: ImageLike
     label: int
     key: str  # stable identifier: relative path, or "synthetic/<class>/<n>"
+    meta: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
