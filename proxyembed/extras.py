@@ -20,6 +20,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "ray": ("ray", "pyarrow", "pandas"),
     "tensorboard": ("tensorboard",),
     "mlflow": ("mlflow",),
+    "shards": ("webdataset", "braceexpand"),
 }
 
 

@@ -192,19 +192,44 @@ def eval_cmd(
 
 @user_errors
 def data_cmd(
-    out: Annotated[Path, typer.Argument(help="Folder to write (train/ and eval/, one subfolder per class).")],
+    target: Annotated[
+        str, typer.Argument(help="Folder to write the built-in data to; with --to-shards, the folder, list or --data value to read.")
+    ],
     spec: Annotated[str, typer.Option("--data", help="Which built-in data: 'synthetic[:seed=N,classes...]'.")] = "synthetic",
-    force: Annotated[bool, typer.Option("--force", help="Write into an existing non-empty folder.")] = False,
+    to_shards: Annotated[
+        Path | None, typer.Option("--to-shards", help="Write TARGET's training and evaluation images as WebDataset tar shards here.")
+    ] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard (with --to-shards).")] = 1000,
+    force: Annotated[bool, typer.Option("--force", help="Write into (or replace) an existing non-empty folder.")] = False,
 ) -> None:
-    """Write the built-in synthetic dataset to disk as image folders (for index, search and check)."""
+    """Write the built-in synthetic dataset as image folders, or (--to-shards) a dataset as tar shards with a manifest."""
     from proxyembed.data.resolve import resolve_data
-    from proxyembed.data.write_folders import write_split
     from proxyembed.runtime.errors import BadInput
+
+    out = Path(target) if to_shards is None else to_shards
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise BadInput(f"'{out}' exists and is not an empty folder", hint="choose another folder or pass --force")
+    if to_shards is not None:
+        from proxyembed.data.shards import write_shards
+        from proxyembed.runtime.progress import progress_bar
+
+        split = resolve_data(target)
+        for w in split.warnings:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        with progress_bar("writing shards", len(split.train) + len(split.eval), console=err_console) as advance:
+            manifest = write_shards(split, to_shards, shard_size, advance=advance)
+        parts = manifest["splits"]
+        console.print(
+            f"wrote {parts['train']['images']} training and {parts['eval']['images']} evaluation images in "
+            f"{len(parts['train']['shards'])} + {len(parts['eval']['shards'])} shards to {to_shards} "
+            f"(train with --data '{to_shards}/train-{{000000..{len(parts['train']['shards']) - 1:06d}}}.tar')",
+            highlight=False, markup=False,
+        )
+        return
+    from proxyembed.data.write_folders import write_split
 
     if not (spec == "synthetic" or spec.startswith("synthetic:")):
         raise BadInput(f"--data '{spec}': only the built-in synthetic data can be written", hint="use 'synthetic' or 'synthetic:seed=N'")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
-        raise BadInput(f"'{out}' exists and is not an empty folder", hint="choose another folder or pass --force")
     n = write_split(resolve_data(spec), out)
     console.print(f"wrote {n} images to {out}/train and {out}/eval", highlight=False)
 

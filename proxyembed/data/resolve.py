@@ -6,6 +6,7 @@ Accepted values:
 - a folder with one subfolder per class: classes are sorted by name and split into training and
   evaluation halves (``--eval-data`` gives the evaluation classes as a separate folder instead);
 - a ``.csv`` or ``.jsonl`` list of path, label and optional split (:mod:`.listfile`);
+- WebDataset tar shards written by ``proxyembed data --to-shards``, as a brace pattern or URL (:mod:`.shards`);
 - a benchmark root (CUB-200-2011, Cars196, Stanford Online Products, In-Shop), recognised by its files.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from proxyembed.runtime.errors import BadInput
 
 from .listfile import is_list_file
+from .shards import is_shard_spec
 from .types import DataSplit
 
 
@@ -38,6 +40,10 @@ def resolve_data(spec: str, *, eval_data: str | os.PathLike | None = None, eval_
 
         opts = _parse_options(spec.partition(":")[2], spec)
         return synthetic_split(SyntheticConfig.from_options(opts))
+    if is_shard_spec(spec):
+        from .shards import shard_split
+
+        return shard_split(spec, eval_split=resolve_eval_data(str(eval_data)) if eval_data is not None else None)
     if is_list_file(spec):
         from .listfile import list_split
 

@@ -40,8 +40,14 @@ class DataSplit:
     preprocess: PreprocessSpec | None = None
     ks: tuple[int, ...] = (1, 2, 4, 8)
     warnings: list[str] = field(default_factory=list)
+    # Tar shards streamed for training (proxyembed.data.shards.ShardSet) instead of the ``train`` list, which is then empty.
+    stream: Any = None
 
     def describe(self) -> str:
+        if self.stream is not None:
+            n_ev = len({s.label for s in self.eval})
+            return (f"{self.name}: {self.stream.images} training images / {len(self.stream.per_class)} classes streamed from "
+                    f"{len(self.stream.urls)} shards, {len(self.eval)} evaluation images / {n_ev} classes")
         n_tr = len({s.label for s in self.train})
         n_ev = len({s.label for s in self.eval})
         return f"{self.name}: {len(self.train)} training images / {n_tr} classes, {len(self.eval)} evaluation images / {n_ev} classes"

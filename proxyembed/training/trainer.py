@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from proxyembed.data import resolve_data
+from proxyembed.data.shard_dataset import EpochStream, ShardDataset, shard_loader
 from proxyembed.data.torch_dataset import TrainDataset, train_transform
 from proxyembed.data.types import Sample
 from proxyembed.losses import build_loss
@@ -73,7 +74,7 @@ from .run_dir import (
     write_config,
     write_history,
 )
-from .whitening import Whitening, whitened, whitening_images
+from .whitening import WHITEN_MAX_IMAGES, Whitening, whitened, whitening_images
 
 
 class TrainingFailed(ProxyEmbedError):
@@ -138,11 +139,15 @@ class Trainer:
         self.data = resolve_data(cfg.data, eval_data=cfg.eval_data)
         for w in self.data.warnings:
             self.reporter.log(f"[yellow]warning:[/] {w}")
-        if not self.data.train:
+        if not self.data.train and self.data.stream is None:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = eval_spec(cfg, self.data.preprocess)
         self.val = hold_out_validation(self.data, cfg.val_fraction)
-        self.dataset = TrainDataset(self.data.train, train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip))
+        transform = train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip)
+        if self.data.stream is None:
+            self.dataset: TrainDataset | ShardDataset = TrainDataset(self.data.train, transform)
+        else:  # tar shards, streamed (proxyembed.data.shard_dataset)
+            self.dataset = ShardDataset(self.data.stream, transform, seed=cfg.seed, rank=self.world.rank, world=self.world.size)
         self.model_config = ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -189,8 +194,11 @@ class Trainer:
         # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
         self.train_model = wrap_model(self.model, self.world, self.device, find_unused=cfg.warmup_epochs > 0)
 
-    def _loader(self, epoch: int) -> DataLoader:
-        """This process's batches of ``epoch`` (:func:`.loaders.train_loader`)."""
+    def _loader(self, epoch: int) -> DataLoader | EpochStream:
+        """This process's batches of ``epoch`` (:func:`.loaders.train_loader`, or :func:`~proxyembed.data.shard_dataset.shard_loader`)."""
+        if isinstance(self.dataset, ShardDataset):
+            cfg = self.cfg
+            return shard_loader(self.dataset, cfg.batch_size, cfg.sampler, epoch, workers=cfg.workers, pin_memory=self.device.type == "cuda")
         return train_loader(self.dataset, self.cfg, self.world, epoch, pin_memory=self.device.type == "cuda")
 
     @property
@@ -208,7 +216,9 @@ class Trainer:
         """
         splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
         sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
-        fit_on = whitening_images(self.data.train) if self.cfg.whiten else []
+        fit_on: Sequence[Sample] = []
+        if self.cfg.whiten:  # shards: a stride of the stream held in memory, read once
+            fit_on = whitening_images(self.data.train if self.data.stream is None else self.data.stream.sampled(WHITEN_MAX_IMAGES))
         sizes.append(len(fit_on))
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
