@@ -2,7 +2,8 @@
 
 Written shards (``OUT/train-NNNNNN.tar``, ``OUT/eval-NNNNNN.tar``) hold, per image, the original file bytes
 (``KEY.jpg``, ``KEY.png``, ...), its class index (``KEY.cls``) and ``KEY.json`` (class name, source key, split
-and the list file's metadata), in a seeded random order so a streaming shuffle buffer mixes classes. Beside
+and the list file's metadata); training images in a seeded random order so a streaming shuffle buffer mixes
+classes, evaluation images in the source's order. Beside
 them, the sealed ``manifest.json`` lists the classes, and per split each shard's image count and sha256 and
 the images per class. The folder is built staged and swapped into place (:func:`~proxyembed.runtime.files.staged_dir`).
 
@@ -163,7 +164,8 @@ def write_shards(split: DataSplit, out: Path, shard_size: int, *, seed: int = 0,
     with staged_dir(out) as stage:
         for part, samples in (("train", split.train), ("eval", split.eval)):
             order = list(samples)
-            random.Random(seed).shuffle(order)
+            if part == "train":  # mixed for the streaming shuffle buffer; eval keeps the source's order (and so its fingerprint)
+                random.Random(seed).shuffle(order)
             shards, per_class = [], Counter()
             for first in range(0, len(order), shard_size):
                 file = f"{part}-{first // shard_size:06d}.tar"
