@@ -94,7 +94,7 @@ def run_training(
     from proxyembed.training.trainer import train as train_run
 
     shown = reporter or Reporter()
-    names = list(log) if is_main_process() else []
+    names = ([log] if isinstance(log, str) else list(log)) if is_main_process() else []
     with tracking(names, warn=lambda msg: shown.log(f"[yellow]warning:[/] {escape(msg)}"), mlflow_uri=mlflow_uri) as session:
         return train_run(cfg, out, resume=resume, reporter=reporter, tracking=session)
 

@@ -61,6 +61,23 @@ def test_tensorboard_event_files_hold_steps_epochs_config_and_curves(tmp_path: P
     assert "| epochs | 2 |" in config
 
 
+@needs_tensorboard
+def test_resume_continues_the_same_tracker_run(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), *TRAIN, "--log", "tensorboard"]
+    assert CliRunner().invoke(app, [*args, "--epochs", "1"]).exit_code == 0  # the last --epochs wins
+    record = (run / RECORD_NAME).read_bytes()
+    res = CliRunner().invoke(app, [*args, "--resume"])  # on to epoch 2, into the same event folder
+    assert res.exit_code == 0, res.output
+    assert (run / RECORD_NAME).read_bytes() == record
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("recall@1")] == [0, 1, 2]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 2 * STEPS + 1))
+
+
 def test_without_log_nothing_changes(tmp_path: Path) -> None:
     train(_tiny_config(epochs=1), tmp_path / "run")
     assert not (tmp_path / "run" / RECORD_NAME).exists() and not (tmp_path / "run" / "tensorboard").exists()

@@ -126,6 +126,8 @@ def tracking(names: Sequence[TrackerName], *, warn: Callable[[str], None], mlflo
 @contextmanager
 def reopen(run_dir: Path, *, warn: Callable[[str], None], mlflow_uri: str | None = None) -> Iterator[Tracking]:
     """The tracker runs ``run_dir`` records (``export --log``, ``check --log``); :class:`BadInput` when it records none."""
+    if not Path(run_dir).is_dir():
+        raise BadInput(f"--log: '{run_dir}' is not a run dir", hint="give the run dir written by `proxyembed train --log ...`")
     record = read_record(run_dir)
     if not record:
         raise BadInput(f"--log: '{run_dir}' was not trained with --log, so it has no tracker run to add to",
