@@ -198,8 +198,9 @@ def test_mlflow_run_holds_params_metrics_plots_checkpoint_export_and_check(tmp_p
 
     run, bundle = tmp_path / "run", tmp_path / "bundle"
     runner = CliRunner()
-    res = runner.invoke(app, ["train", "--out", str(run), *TRAIN, "--log", "mlflow", "--mlflow-uri", mlflow_server])
+    res = runner.invoke(app, ["train", "--out", str(run), *TRAIN, "--log", "mlflow", "--mlflow-uri", mlflow_server, "--json"])
     assert res.exit_code == 0, res.output
+    assert "View run" not in res.output  # MLflow's own link print would break --json's stdout
     record = read_record(run)["mlflow"]
     assert record["tracking_uri"] == mlflow_server
     client = MlflowClient(mlflow_server)

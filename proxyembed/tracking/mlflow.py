@@ -55,6 +55,7 @@ class MlflowTracker:
         # A server that dies mid-run costs one short wait, not MLflow's minutes of retries (the tracker is then off).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is --json's; the run dir records the run
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
         if self.uri.startswith(("http://", "https://")):
             _check_reachable(self.uri)
