@@ -6,6 +6,8 @@ R-Precision and the mean cosine are in the manifest, not the table.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich import box
 from rich.table import Table
 
@@ -34,3 +36,16 @@ def validation_table(report: ValidationReport) -> Table:
             verdict,
         )
     return table
+
+
+def validation_rows(report: ValidationReport) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The validation table as plain rows (fractions, drops in points) and its headline numbers, for ``export --log``:
+    the PyTorch reference and every artifact's metrics, Recall@1 drop and verdict."""
+    rows: list[dict[str, Any]] = [{"artifact": "PyTorch fp32", **report.reference, "drop": None, "verdict": "reference"}]
+    numbers = {f"reference/{k}": v for k, v in report.reference.items()}
+    for s in report.scores:
+        rows.append({"artifact": s.file, "precision": s.precision, **s.metrics, "drop": s.drop[GATE_METRIC], "cos_min": s.cosine_min,
+                     "verdict": "pass" if s.passed else f"FAIL (limit {s.threshold:g})"})
+        numbers.update({f"{s.precision}/{k}": v for k, v in s.metrics.items()})
+        numbers[f"{s.precision}/drop_{GATE_METRIC}"] = s.drop[GATE_METRIC]
+    return rows, numbers

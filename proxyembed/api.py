@@ -11,12 +11,14 @@ options parsed and results printed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxyembed.extras import require_extras
 from proxyembed.runtime.errors import BadInput
+from proxyembed.tracking import TrackerName
 from proxyembed.training.config import Device, TrainConfig, resolve_config
 from proxyembed.training.run_dir import Which, checkpoint_name
 
@@ -34,13 +36,16 @@ def train(
     out: str | Path = DEFAULT_RUN_DIR,
     resume: bool = False,
     progress: bool = False,
+    log: Sequence[TrackerName] = (),
+    mlflow_uri: str | None = None,
     **overrides: Any,
 ) -> Run:
     """Train a model and return its :class:`~proxyembed.run.Run`.
 
     ``config`` is a :class:`TrainConfig`, a recipe name or JSON path (``"cub200"``), or None for the
     defaults; ``overrides`` are TrainConfig fields (``epochs=2, loss="proxy_nca"``) and win over both.
-    ``progress=True`` shows the CLI's progress bar and per-epoch lines.
+    ``progress=True`` shows the CLI's progress bar and per-epoch lines; ``log`` names experiment trackers
+    to mirror the run into (as ``--log``), ``mlflow_uri`` MLflow's tracking server.
     """
     require_extras("proxyembed.train", "train")
     from proxyembed.run import Run
@@ -58,23 +63,40 @@ def train(
         from proxyembed.training.reporting import RichReporter
 
         with RichReporter(Console(stderr=True)) as reporter:
-            result = run_training(cfg, Path(out), resume=resume, reporter=reporter)
+            result = run_training(cfg, Path(out), resume=resume, reporter=reporter, log=log, mlflow_uri=mlflow_uri)
     else:
-        result = run_training(cfg, Path(out), resume=resume, reporter=Reporter())
+        result = run_training(cfg, Path(out), resume=resume, reporter=Reporter(), log=log, mlflow_uri=mlflow_uri)
     return Run(result.run_dir)
 
 
-def run_training(cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+def run_training(
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    log: Sequence[TrackerName] = (),
+    mlflow_uri: str | None = None,
+) -> TrainResult:
     """Train with a resolved config, showing progress through ``reporter``; return the metrics summary.
 
     What :func:`train` and ``proxyembed train`` share. It returns the
     :class:`~proxyembed.training.trainer.TrainResult` rather than a :class:`Run`, so every ``torchrun``
-    process gets it without reading the run dir, which only rank 0 writes.
+    process gets it without reading the run dir, which only rank 0 writes. The trackers of ``log`` are
+    connected first (missing or unreachable: :class:`BadInput` before any work) on rank 0 only.
     """
     require_extras("proxyembed.train", "train")
+    from rich.markup import escape
+
+    from proxyembed.tracking import tracking
+    from proxyembed.training.distributed import is_main_process
+    from proxyembed.training.reporting import Reporter
     from proxyembed.training.trainer import train as train_run
 
-    return train_run(cfg, out, resume=resume, reporter=reporter)
+    shown = reporter or Reporter()
+    names = ([log] if isinstance(log, str) else list(log)) if is_main_process() else []
+    with tracking(names, warn=lambda msg: shown.log(f"[yellow]warning:[/] {escape(msg)}"), mlflow_uri=mlflow_uri) as session:
+        return train_run(cfg, out, resume=resume, reporter=reporter, tracking=session)
 
 
 @dataclass(frozen=True)

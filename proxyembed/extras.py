@@ -19,6 +19,9 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn", "python_multipart", "prometheus_client"),
     "ray": ("ray", "pyarrow", "pandas"),
     "quantized": ("usearch",),
+    "tensorboard": ("tensorboard",),
+    "mlflow": ("mlflow",),
+    "shards": ("webdataset", "braceexpand"),
 }
 
 

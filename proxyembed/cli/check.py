@@ -24,6 +24,7 @@ from ._common import console, err_console, print_json, user_errors
 if TYPE_CHECKING:
     from proxyembed.check import CheckReport, MetricRow
     from proxyembed.runtime.errors import ProxyEmbedError
+    from proxyembed.tracking import Tracking
 
 _STATUS_STYLE = {"pass": "green", "improved": "bold green", "fail": "bold red", "accepted": "yellow", "new": "cyan"}
 _STATUS_TEXT = {"pass": "PASS", "improved": "IMPROVED", "fail": "FAIL", "accepted": "accepted", "new": "new"}
@@ -54,6 +55,9 @@ def check_command(
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads; fix it in CI (default: all cores).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
     device: Annotated[DeviceChoice, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    log: Annotated[
+        Path | None, typer.Option("--log", help="Run dir trained with --log: add this check's table and verdict to its tracker runs.")
+    ] = None,
 ) -> None:
     """Check BUNDLE's retrieval accuracy against a baseline (or --against an older bundle): exit 0 pass, 1 regression, 2 bad input."""
     from proxyembed.check import run_check
@@ -61,12 +65,13 @@ def check_command(
 
     human = err_console if as_json else console
     try:
-        with _progress() as advance:
+        with _tracking(log, human) as session, _progress() as advance:
             report = run_check(
                 bundle, data, baseline, against=against, artifact=artifact, max_drop=max_drop or [], min_value=min_value or [],
                 write_baseline=write_baseline, allow_data_change=allow_data_change, threads=threads, batch_size=batch_size, device=device,
                 progress=advance,
             )
+            session.log_report("check", *_tracker_rows(report), report.verdict())
         _print_report(report, human)
         if json_out is not None:
             _write_json(json_out, report.to_dict())
@@ -79,6 +84,28 @@ def check_command(
     verdict = report.verdict()
     human.print(verdict, style="bold green" if report.passed else "bold red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if report.passed else 1)
+
+
+@contextmanager
+def _tracking(run_dir: Path | None, out: Console) -> Iterator[Tracking]:
+    """The tracker runs of ``--log RUN`` reopened (nothing tracked without it)."""
+    from rich.markup import escape
+
+    from proxyembed.tracking import Tracking, reopen
+
+    if run_dir is None:
+        yield Tracking()
+        return
+    with reopen(run_dir, warn=lambda msg: out.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)) as session:
+        yield session
+
+
+def _tracker_rows(report: CheckReport) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The check's table as plain rows (fractions, changes in points) and each artifact's measured values, for ``--log``."""
+    rows = [{"artifact": r.precision, "metric": row.metric, "reference": row.reference, "now": row.now, "change": row.change, "status": row.status}
+            for r in report.results for row in r.rows]
+    numbers = {f"{row['artifact']}/{row['metric']}": row["now"] for row in rows if row["now"] is not None}
+    return rows, numbers
 
 
 @contextmanager

@@ -7,16 +7,22 @@ refused artifact into exit 1 (bad input is exit 2 through :func:`user_errors`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from proxyembed.export.choices import CalibrationMethod
 from proxyembed.runtime.preprocess import Decode
 
 from ._common import console, err_console, print_json, user_errors
+
+if TYPE_CHECKING:
+    from proxyembed.tracking import Tracking
 
 
 def register(app: typer.Typer) -> None:
@@ -55,6 +61,9 @@ def export(
         typer.Option("--decode", help="JPEG decoding the bundle records: full, or reduced (validated against full; default: the run's)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    log: Annotated[
+        bool, typer.Option("--log", help="Add the validation table and verdict to the tracker runs the run was trained with (--log).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export summary as JSON on stdout (progress goes to stderr).")] = False,
 ) -> None:
     """Export a trained run to ONNX (fp32, optionally fp16 / int8) and TensorRT, validated by Recall@K drop."""
@@ -63,7 +72,7 @@ def export(
     require_extras("proxyembed export", "train", "export")
     from proxyembed.export.int8 import Int8Options
     from proxyembed.export.pipeline import ConsoleReporter, ExportOptions, run_export
-    from proxyembed.export.report import validation_table
+    from proxyembed.export.report import validation_rows, validation_table
     from proxyembed.export.tensorrt import BatchProfile
     from proxyembed.export.validate import parse_max_drop
 
@@ -83,7 +92,11 @@ def export(
         decode=decode,
     )
     out_console = err_console if as_json else console
-    result = run_export(opts, ConsoleReporter(out_console))
+    with _tracking(run if run.is_dir() else run.parent, log, out_console) as session:
+        result = run_export(opts, ConsoleReporter(out_console))
+        rows, numbers = validation_rows(result.report)
+        verdict = "passed" if not (result.refused or result.failed) else f"refused {len(result.refused) + len(result.failed)} artifact(s)"
+        session.log_report("export", rows, numbers, verdict)
     out_console.print(validation_table(result.report))
     for art in result.artifacts:
         if art.device:
@@ -93,3 +106,15 @@ def export(
         print_json(result.summary())
     result.raise_if_refused()
     out_console.print(f"[bold green]bundle written:[/] {escape(str(result.bundle))}", highlight=False)
+
+
+@contextmanager
+def _tracking(run_dir: Path, log: bool, out: Console) -> Iterator[Tracking]:
+    """The run's tracker runs reopened for ``--log`` (nothing tracked without it)."""
+    from proxyembed.tracking import Tracking, reopen
+
+    if not log:
+        yield Tracking()
+        return
+    with reopen(run_dir, warn=lambda msg: out.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)) as session:
+        yield session

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, NmiMode
 from proxyembed.runtime.preprocess import DEFAULT_FIT, Decode
+from proxyembed.tracking.base import TrackerName
 from proxyembed.training.config import Amp, Augment, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
 
 from ._common import console, err_console, given_options, print_json, user_errors
@@ -99,6 +100,13 @@ def train_cmd(
         bool | None, typer.Option("--sync-bn/--no-sync-bn", help="BatchNorm statistics over all torchrun processes (default: on on CUDA).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
+    log: Annotated[
+        list[str] | None,
+        typer.Option("--log", help=f"Mirror the run into an experiment tracker: {', '.join(get_args(TrackerName))} (repeatable)."),
+    ] = None,
+    mlflow_uri: Annotated[
+        str | None, typer.Option("--mlflow-uri", help="MLflow tracking server for --log mlflow (default: MLFLOW_TRACKING_URI).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON on stdout (progress goes to stderr).")] = False,
 ) -> None:
     """Train an embedding network with a proxy loss and evaluate it on unseen classes.
@@ -138,7 +146,7 @@ def train_cmd(
     given = given_options(ctx)
     cfg = resolve_config({k: v for k, v in overrides.items() if k not in ctx.params or k in given}, recipe)
     with RichReporter(err_console if as_json else console) as reporter:
-        result = run_training(cfg, out, resume=resume, reporter=reporter)
+        result = run_training(cfg, out, resume=resume, reporter=reporter, log=log or [], mlflow_uri=mlflow_uri)
     if not is_main_process():
         return
     if as_json:
@@ -184,19 +192,44 @@ def eval_cmd(
 
 @user_errors
 def data_cmd(
-    out: Annotated[Path, typer.Argument(help="Folder to write (train/ and eval/, one subfolder per class).")],
+    target: Annotated[
+        str, typer.Argument(help="Folder to write the built-in data to; with --to-shards, the folder, list or --data value to read.")
+    ],
     spec: Annotated[str, typer.Option("--data", help="Which built-in data: 'synthetic[:seed=N,classes...]'.")] = "synthetic",
-    force: Annotated[bool, typer.Option("--force", help="Write into an existing non-empty folder.")] = False,
+    to_shards: Annotated[
+        Path | None, typer.Option("--to-shards", help="Write TARGET's training and evaluation images as WebDataset tar shards here.")
+    ] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard (with --to-shards).")] = 1000,
+    force: Annotated[bool, typer.Option("--force", help="Write into (or replace) an existing non-empty folder.")] = False,
 ) -> None:
-    """Write the built-in synthetic dataset to disk as image folders (for index, search and check)."""
+    """Write the built-in synthetic dataset as image folders, or (--to-shards) a dataset as tar shards with a manifest."""
     from proxyembed.data.resolve import resolve_data
-    from proxyembed.data.write_folders import write_split
     from proxyembed.runtime.errors import BadInput
+
+    out = Path(target) if to_shards is None else to_shards
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise BadInput(f"'{out}' exists and is not an empty folder", hint="choose another folder or pass --force")
+    if to_shards is not None:
+        from proxyembed.data.shards import write_shards
+        from proxyembed.runtime.progress import progress_bar
+
+        split = resolve_data(target)
+        for w in split.warnings:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        with progress_bar("writing shards", len(split.train) + len(split.eval), console=err_console) as advance:
+            manifest = write_shards(split, to_shards, shard_size, advance=advance)
+        parts = manifest["splits"]
+        console.print(
+            f"wrote {parts['train']['images']} training and {parts['eval']['images']} evaluation images in "
+            f"{len(parts['train']['shards'])} + {len(parts['eval']['shards'])} shards to {to_shards} "
+            f"(train with --data '{to_shards}/train-{{000000..{len(parts['train']['shards']) - 1:06d}}}.tar')",
+            highlight=False, markup=False,
+        )
+        return
+    from proxyembed.data.write_folders import write_split
 
     if not (spec == "synthetic" or spec.startswith("synthetic:")):
         raise BadInput(f"--data '{spec}': only the built-in synthetic data can be written", hint="use 'synthetic' or 'synthetic:seed=N'")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
-        raise BadInput(f"'{out}' exists and is not an empty folder", hint="choose another folder or pass --force")
     n = write_split(resolve_data(spec), out)
     console.print(f"wrote {n} images to {out}/train and {out}/eval", highlight=False)
 

@@ -8,6 +8,7 @@ are dropped with a warning, and a folder with nothing usable is a one-line error
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -15,6 +16,9 @@ from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.images import IMAGE_EXTENSIONS, image_files
 
 from .types import DataSplit, Sample
+
+T = TypeVar("T")
+
 
 def readable(path: Path) -> bool:
     """Whether PIL can identify the file as an image (reads the header only, so it is fast)."""
@@ -67,7 +71,8 @@ def _samples(classes: dict[str, list[Path]], root: Path, first_label: int) -> tu
     return samples, names
 
 
-def _drop_singletons(classes: dict[str, list[Path]], root: Path, warnings: list[str]) -> dict[str, list[Path]]:
+def drop_singletons(classes: dict[str, list[T]], root: Path | str, warnings: list[str]) -> dict[str, list[T]]:
+    """The evaluation classes with two or more images (a single image has nothing to retrieve), the others named in ``warnings``."""
     single = [n for n, f in classes.items() if len(f) < 2]
     if single:
         warnings.append(f"dropped {len(single)} evaluation class(es) with a single image in {root} (nothing to retrieve): {', '.join(single[:5])}")
@@ -77,25 +82,29 @@ def _drop_singletons(classes: dict[str, list[Path]], root: Path, warnings: list[
     return kept
 
 
+def split_by_class(classes: dict[str, list[T]], eval_fraction: float, where: str) -> tuple[dict[str, list[T]], dict[str, list[T]]]:
+    """The zero-shot split of ``classes``: the last ``eval_fraction`` of the sorted class names (at least 2) are
+    evaluation classes, the rest training classes; ``where`` names the data in the error when too few are left."""
+    ordered = sorted(classes)
+    n_eval = max(2, round(len(ordered) * eval_fraction))
+    if len(ordered) - n_eval < 2:
+        raise BadInput(f"{where} has {len(ordered)} usable classes; a zero-shot split needs at least 4", hint="add classes or pass --eval-data")
+    held = set(ordered[-n_eval:])
+    return {n: v for n, v in classes.items() if n not in held}, {n: v for n, v in classes.items() if n in held}
+
+
 def folder_split(root: Path, *, eval_root: Path | None = None, eval_fraction: float = 0.5, eval_only: bool = False) -> DataSplit:
     """Split ``root``'s classes into training and evaluation classes (or read them from ``eval_root``)."""
     warnings: list[str] = []
     if not 0 < eval_fraction < 1:
         raise BadInput(f"eval fraction must be between 0 and 1, got {eval_fraction}")
     if eval_only:
-        ev = _drop_singletons(_scan(root, warnings), root, warnings)
+        ev = drop_singletons(_scan(root, warnings), root, warnings)
         samples, names = _samples(ev, root, 0)
         return DataSplit(name=str(root), train=[], eval=samples, class_names=names, warnings=warnings)
     train_classes = _scan(root, warnings)
     if eval_root is None:
-        ordered = sorted(train_classes)
-        n_eval = max(2, round(len(ordered) * eval_fraction))
-        if len(ordered) - n_eval < 2:
-            raise BadInput(
-                f"data folder '{root}' has {len(ordered)} usable classes; a zero-shot split needs at least 4",
-                hint="add classes or pass --eval-data",
-            )
-        eval_classes = {n: train_classes.pop(n) for n in ordered[-n_eval:]}
+        train_classes, eval_classes = split_by_class(train_classes, eval_fraction, f"data folder '{root}'")
         eval_dir = root
     else:
         eval_classes = _scan(eval_root, warnings)
@@ -106,7 +115,7 @@ def folder_split(root: Path, *, eval_root: Path | None = None, eval_fraction: fl
                 hint="evaluation classes must be unseen in training (zero-shot)",
             )
         eval_dir = eval_root
-    eval_classes = _drop_singletons(eval_classes, eval_dir, warnings)
+    eval_classes = drop_singletons(eval_classes, eval_dir, warnings)
     train, names = _samples(train_classes, root, 0)
     ev, ev_names = _samples(eval_classes, eval_dir, len(names))
     return DataSplit(name=str(root), train=train, eval=ev, class_names={**names, **ev_names}, warnings=warnings)

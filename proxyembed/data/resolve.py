@@ -5,6 +5,8 @@ Accepted values:
 - ``synthetic`` or ``synthetic:key=value,...`` (seed, classes, per_class, size): the built-in data;
 - a folder with one subfolder per class: classes are sorted by name and split into training and
   evaluation halves (``--eval-data`` gives the evaluation classes as a separate folder instead);
+- a ``.csv`` or ``.jsonl`` list of path, label and optional split (:mod:`.listfile`);
+- WebDataset tar shards written by ``proxyembed data --to-shards``, as a brace pattern or URL (:mod:`.shards`);
 - a benchmark root (CUB-200-2011, Cars196, Stanford Online Products, In-Shop), recognised by its files.
 """
 
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from proxyembed.runtime.errors import BadInput
 
+from .listfile import is_list_file
+from .shards import is_shard_spec
 from .types import DataSplit
 
 
@@ -36,6 +40,15 @@ def resolve_data(spec: str, *, eval_data: str | os.PathLike | None = None, eval_
 
         opts = _parse_options(spec.partition(":")[2], spec)
         return synthetic_split(SyntheticConfig.from_options(opts))
+    if is_shard_spec(spec):
+        from .shards import shard_split
+
+        return shard_split(spec, eval_split=resolve_eval_data(str(eval_data)) if eval_data is not None else None)
+    if is_list_file(spec):
+        from .listfile import list_split
+
+        evaluated = resolve_eval_data(str(eval_data)) if eval_data is not None else None
+        return list_split(Path(spec).expanduser(), eval_split=evaluated, eval_fraction=eval_fraction)
     root = Path(spec).expanduser()
     if not root.exists():
         raise BadInput(f"--data: '{spec}' does not exist", hint="give 'synthetic' or a folder with one subfolder per class")
@@ -57,6 +70,10 @@ def resolve_eval_data(spec: str) -> DataSplit:
     """Evaluation data only (for ``check`` and ``index``): a folder means all of its classes are evaluated."""
     spec = str(spec)
     root = Path(spec).expanduser()
+    if is_list_file(spec):
+        from .listfile import list_split
+
+        return list_split(root, eval_only=True)
     if spec == "synthetic" or spec.startswith("synthetic:") or not root.is_dir():
         return resolve_data(spec)
     from .benchmarks import detect_benchmark

@@ -15,11 +15,13 @@ from proxyembed.runtime.preprocess import ImageLike, PreprocessSpec
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its class. ``source`` is a file path or an in-memory uint8 HxWxC array."""
+    """One image and its class. ``source`` is a file path, encoded bytes or an in-memory uint8 HxWxC array;
+    ``meta`` holds a list file's extra columns (written into shards beside the image)."""
 
     source: ImageLike
     label: int
     key: str  # stable identifier: relative path, or "synthetic/<class>/<n>"
+    meta: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -38,8 +40,14 @@ class DataSplit:
     preprocess: PreprocessSpec | None = None
     ks: tuple[int, ...] = (1, 2, 4, 8)
     warnings: list[str] = field(default_factory=list)
+    # Tar shards streamed for training (proxyembed.data.shards.ShardSet) instead of the ``train`` list, which is then empty.
+    stream: Any = None
 
     def describe(self) -> str:
+        if self.stream is not None:
+            n_ev = len({s.label for s in self.eval})
+            return (f"{self.name}: {self.stream.images} training images / {len(self.stream.per_class)} classes streamed from "
+                    f"{len(self.stream.urls)} shards, {len(self.eval)} evaluation images / {n_ev} classes")
         n_tr = len({s.label for s in self.train})
         n_ev = len({s.label for s in self.eval})
         return f"{self.name}: {len(self.train)} training images / {n_tr} classes, {len(self.eval)} evaluation images / {n_ev} classes"

@@ -29,6 +29,9 @@ def hold_out_validation(data: DataSplit, val_fraction: float) -> DataSplit | Non
     """
     if not val_fraction:
         return None
+    if data.stream is not None:
+        raise BadInput("--val-fraction needs the training classes listed up front, which streamed shards do not give",
+                       hint="use --val-fraction 0 with shards, or train from the folder or list")
     classes = sorted({s.label for s in data.train})
     n_val = round(len(classes) * val_fraction)
     if n_val < 2 or len(classes) - n_val < 2:

@@ -31,12 +31,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from proxyembed.data import resolve_data
+from proxyembed.data.shard_dataset import EpochStream, ShardDataset, shard_loader
 from proxyembed.data.torch_dataset import TrainDataset, train_transform
 from proxyembed.data.types import Sample
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput, ProxyEmbedError
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, nmi_wanted
+from proxyembed.tracking import Tracking
 
 from .checkpoint import add_resume_states, checkpoint_payload, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -72,7 +74,7 @@ from .run_dir import (
     write_config,
     write_history,
 )
-from .whitening import Whitening, whitened, whitening_images
+from .whitening import WHITEN_MAX_IMAGES, Whitening, whitened, whitening_images
 
 
 class TrainingFailed(ProxyEmbedError):
@@ -101,8 +103,11 @@ def _seed_everything(seed: int) -> None:
 class Trainer:
     """One training run. Build it with a resolved config and an output folder, then :meth:`run`."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None, tracking: Tracking | None = None
+    ) -> None:
         self.out = Path(out)
+        self.tracking = tracking or Tracking()  # --log: the trackers mirror metrics.jsonl (rank 0 only)
         self.world = world_from_env()
         self.reporter = (reporter or Reporter()) if self.world.is_main else Reporter()
         self.resume_from = None
@@ -134,11 +139,15 @@ class Trainer:
         self.data = resolve_data(cfg.data, eval_data=cfg.eval_data)
         for w in self.data.warnings:
             self.reporter.log(f"[yellow]warning:[/] {w}")
-        if not self.data.train:
+        if not self.data.train and self.data.stream is None:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = eval_spec(cfg, self.data.preprocess)
         self.val = hold_out_validation(self.data, cfg.val_fraction)
-        self.dataset = TrainDataset(self.data.train, train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip))
+        transform = train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip)
+        if self.data.stream is None:
+            self.dataset: TrainDataset | ShardDataset = TrainDataset(self.data.train, transform)
+        else:  # tar shards, streamed (proxyembed.data.shard_dataset)
+            self.dataset = ShardDataset(self.data.stream, transform, seed=cfg.seed, rank=self.world.rank, world=self.world.size)
         self.model_config = ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -185,8 +194,11 @@ class Trainer:
         # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
         self.train_model = wrap_model(self.model, self.world, self.device, find_unused=cfg.warmup_epochs > 0)
 
-    def _loader(self, epoch: int) -> DataLoader:
-        """This process's batches of ``epoch`` (:func:`.loaders.train_loader`)."""
+    def _loader(self, epoch: int) -> DataLoader | EpochStream:
+        """This process's batches of ``epoch`` (:func:`.loaders.train_loader`, or :func:`~proxyembed.data.shard_dataset.shard_loader`)."""
+        if isinstance(self.dataset, ShardDataset):
+            cfg = self.cfg
+            return shard_loader(self.dataset, cfg.batch_size, cfg.sampler, epoch, workers=cfg.workers, pin_memory=self.device.type == "cuda")
         return train_loader(self.dataset, self.cfg, self.world, epoch, pin_memory=self.device.type == "cuda")
 
     @property
@@ -204,7 +216,9 @@ class Trainer:
         """
         splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
         sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
-        fit_on = whitening_images(self.data.train) if self.cfg.whiten else []
+        fit_on: Sequence[Sample] = []
+        if self.cfg.whiten:  # shards: a stride of the stream held in memory, read once
+            fit_on = whitening_images(self.data.train if self.data.stream is None else self.data.stream.sampled(WHITEN_MAX_IMAGES))
         sizes.append(len(fit_on))
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
@@ -277,8 +291,12 @@ class Trainer:
             self.scaler.update()
             if self.ema:
                 self.ema.update(self.model)
-            total += mean_loss.item() * len(x)
+            step_loss = mean_loss.item()
+            total += step_loss * len(x)
             count += len(x)
+            if self.tracking:
+                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                self.tracking.log_step((epoch - 1) * len(loader) + step, step_loss, lrs)
             seen += len(x) * world.size  # every rank steps with an equal batch
             self.reporter.advance(1, loss=total / count, ips=seen / (time.perf_counter() - t0))
         return total / max(count, 1), seen / (time.perf_counter() - t0)
@@ -294,11 +312,13 @@ class Trainer:
             add_resume_states(payload, self.optimizer, self.scheduler, self.scaler, training_model=trained, ema_updates=updates)
         return payload
 
-    def _record(self, record: dict[str, Any]) -> None:
+    def _record(self, record: dict[str, Any], times: dict[str, float]) -> None:
+        """Append an epoch's record to metrics.jsonl and the curves, and send it with its stage ``times`` to the trackers."""
         self.history.append(record)
         if self.world.is_main:
             write_history(self.out, self.history)
             plot_curves(self.history, self.out / CURVES_NAME, title=f"{self.cfg.backbone} / {self.cfg.loss} on {self.data.name}")
+        self.tracking.log_epoch(record, times, self.out / CURVES_NAME)
         self.reporter.epoch_end(record)
 
     def _save(self, name: str, epoch: int, metrics: dict[str, float], whitening: Whitening | None, full: bool) -> None:
@@ -318,6 +338,7 @@ class Trainer:
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_config(self.out, self.cfg.to_dict())
+            self.tracking.start(self.out, self.cfg.to_dict())
         self.reporter.log(self.data.describe())
         amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
         self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
@@ -335,7 +356,8 @@ class Trainer:
             if metric not in initial:
                 choices = sorted(k for k in initial if not k.startswith("val/"))
                 raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
-            self._record({"epoch": 0, "loss": None, **initial, "time_s": time.perf_counter() - t0})
+            elapsed = time.perf_counter() - t0
+            self._record({"epoch": 0, "loss": None, **initial, "time_s": elapsed}, {"eval_s": elapsed})
         else:
             initial = metrics_of(self.history[0]) if self.history else {}
         last_metrics: dict[str, float] = {}
@@ -343,22 +365,28 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             loss, ips = self._train_epoch(epoch)
+            times = {"train_s": time.perf_counter() - t0}
             self.scheduler.step()
             record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips}
             whitening = None  # last.pt of an epoch without evaluation has no map fitted to its weights
             if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
+                t_eval = time.perf_counter()
                 last_metrics, whitening = self._evaluate(epoch)
+                times["eval_s"] = time.perf_counter() - t_eval
                 record.update(last_metrics)
                 if last_metrics[metric] > self.best_value:
                     self.best_value = last_metrics[metric]
                     self._save(BEST, epoch, last_metrics, whitening, full=False)
             record["time_s"] = time.perf_counter() - t0
             self._save(LAST, epoch, last_metrics, whitening, full=True)
-            self._record(record)
+            self._record(record, times)
+        self.tracking.log_artifact(self.out / BEST, "checkpoints")
         best_rec = max((h for h in self.history if metric in h and h["epoch"] > 0), key=lambda h: h[metric], default=self.history[-1])
         return TrainResult(self.out, initial, metrics_of(self.history[-1]), metrics_of(best_rec), best_rec["epoch"])
 
 
-def train(cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
-    """Run a training job (see :class:`Trainer`)."""
-    return Trainer(cfg, out, resume=resume, reporter=reporter).run()
+def train(
+    cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None, tracking: Tracking | None = None
+) -> TrainResult:
+    """Run a training job (see :class:`Trainer`); ``tracking`` mirrors it into experiment trackers (``--log``)."""
+    return Trainer(cfg, out, resume=resume, reporter=reporter, tracking=tracking).run()
