@@ -262,7 +262,8 @@ def _summarise(row: dict[str, Any]) -> None:
             row["lead"][key] = row["proxyembed"][key]["mean"] - row[best][key]["mean"]
 
 
-def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, Any], commands: list[str] | None = None) -> str:
+def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, infos: list[dict[str, Any]], commands: list[str] | None = None) -> str:
+    """The comparison table; ``infos``: the machine of each run's results file (combined runs may come from several)."""
     def cell(s: dict[str, Any] | None, key: str) -> str:
         if s is None:
             return "–"
@@ -291,7 +292,8 @@ def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, info: dic
         accuracy = [" | ".join([*(cell(r[side], key) for side in SIDES), lead(r, key)]) for key in REPORTED]
         walls = " | ".join("–" if r[side] is None else f"{r[side]['wall_s']:.0f}" for side in SIDES)
         lines.append(f"| {r['dataset']} | {r['size'] or 'native'} | {r['loss']} | {', '.join(map(str, seeds))} | {' | '.join(accuracy)} | {walls} |")
-    lines += ["", f"Machine: {machine_line(info)}", ""]
+    machines = list(dict.fromkeys(machine_line(info) for info in infos))
+    lines += ["", *(f"Machine: {m}  " for m in machines), ""]
     return "\n".join(lines)
 
 
@@ -350,7 +352,7 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
                               f"MAP@R {run['metrics']['map@r']:.4f} ({run['wall_s']:.0f} s)", flush=True)
                 _summarise(row)
                 results.append(row)
-                md = _markdown(results, args, info)
+                md = _markdown(results, args, [info])
                 payload = {"machine": info, "args": vars(args), "argv": sys.argv[1:], "results": results}
                 write_results(args.name or "reference_pml", payload, md)
     print(md)
@@ -385,7 +387,7 @@ def _combine(args: argparse.Namespace) -> None:
         results.append(row)
     first = argparse.Namespace(**parts[0]["args"])
     files, commands = _provenance(args.combine, parts)
-    md = _markdown(results, first, parts[0]["machine"], commands)
+    md = _markdown(results, first, [part["machine"] for part in parts], commands)
     payload = {"machine": parts[0]["machine"], "args": vars(first), "parts": files, "commands": commands, "results": results}
     write_results(args.name or "reference_pml", payload, md)
     print(md)
