@@ -1,19 +1,24 @@
 """proxyembed's default training beside the loop a user would write by hand, on the same split.
 
 The reference is a plain pytorch-metric-learning + timm loop: images preloaded as tensors (resized to the
-square, no augmentation), PML's ``ProxyAnchorLoss`` / ``ProxyNCALoss``, ``MPerClassSampler`` (m=4), AdamW
-(lr 1e-3, proxies 0.1), average pooling. proxyembed runs its defaults with the same backbone, image size,
-epochs, batch and embedding size. Both are scored on the unseen classes with the same metric code
-(``proxyembed.runtime.metrics.retrieval_metrics``), after the last epoch (no model selection on either side).
+square), PML's ``ProxyAnchorLoss`` / ``ProxyNCALoss``, ``MPerClassSampler`` (m=4), AdamW (lr 1e-3, proxies
+0.1), average pooling. It runs twice: as written first (no augmentation), and as a user writes it an hour
+later, with the standard augmentation (training images preloaded at 1.25x the input size, then a per-sample
+RandomResizedCrop of 25-100% of the area and a horizontal flip on every batch). The better of the two on
+each metric is "the reference" the lead is measured against. proxyembed runs its defaults with the same
+backbone, image size, epochs, batch and embedding size. All three are scored on the unseen classes with the
+same metric code (``proxyembed.runtime.metrics.retrieval_metrics``, which proxyembed's evaluation calls too), after the
+last epoch (no model selection on any side).
 
     pip install -e ".[train,bench]"
     python benchmarks/reference_pml.py                        # Caltech-101 at 64 and 128 px + synthetic, 3 seeds
     python benchmarks/reference_pml.py --datasets caltech101 --sizes 64 --seeds 0 --epochs 2   # a quick look
+    python benchmarks/reference_pml.py --sides reference_augmented ...   # one side only; --combine joins sides
 
 ``--tune KEY=VALUE,...`` instead runs proxyembed variants with ``--val-fraction 0.2`` and reports the
 metrics on the held-out *training* classes only, which is how the defaults were chosen (docs/defaults.md):
-the unseen classes never decide a default. ``--tune reference[,sampler=random,weight_decay=X]`` scores the
-reference loop (or a variant of it) on the same validation classes.
+the unseen classes never decide a default. ``--tune reference[,augment=true,sampler=random,weight_decay=X]`` scores the
+reference loop (or a variant of it, ``augment=true`` for the augmented one) on the same validation classes.
 
 Results: benchmarks/results/reference_pml.{md,json} (tuning: reference_pml_tune.{md,json}).
 """
@@ -49,6 +54,11 @@ CALTECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "caltech101"
 REPORTED = ("recall@1", "map@r")
 VAL_FRACTION = 0.2  # --tune's --val-fraction: the share of the training classes that validates
 FOLDS = round(1 / VAL_FRACTION)  # --fold: the training classes in as many parts as hold-outs cover them
+SIDES = ("reference", "reference_augmented", "proxyembed")  # the plain loop, the augmented loop, proxyembed's defaults
+REFERENCES = SIDES[:2]  # "the reference" is the better of these on each metric
+PRELOAD = 1.25  # the augmented loop preloads its training images at this multiple of the input size ...
+CROP_SCALE = (0.25, 1.0)  # ... and crops this share of their area (torchvision's ratio range, 3/4 to 4/3)
+CROP_RATIO = (3 / 4, 4 / 3)
 
 
 # ---- the hand-written reference ------------------------------------------------------------------------
@@ -63,13 +73,41 @@ def _tensors(samples: list[Sample], size: int) -> tuple[torch.Tensor, torch.Tens
     return torch.stack(xs), torch.tensor([s.label for s in samples])
 
 
-def reference_run(
-    split: DataSplit, size: int, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, knobs: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Train and evaluate the plain PML + timm loop; returns metrics, wall time and training images/s.
+def augment_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The augmented loop's training transform on a batch of preloaded images: for each image on its own, a
+    random-resized crop (``CROP_SCALE`` of the area, ``CROP_RATIO`` aspect, drawn as torchvision draws them)
+    resized bilinearly to ``size`` x ``size``, then a horizontal flip with probability 1/2. Uses torch's global
+    random state, which the loop seeds."""
+    from torchvision.transforms import RandomResizedCrop
 
-    ``knobs`` (tuning only, never in the comparison) move the reference one step towards proxyembed to find
-    which difference matters: ``sampler=random``, ``weight_decay=...``.
+    out = []
+    for img in x:
+        top, left, h, w = RandomResizedCrop.get_params(img, list(CROP_SCALE), list(CROP_RATIO))
+        crop = torch.nn.functional.interpolate(
+            img[None, :, top : top + h, left : left + w], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+        out.append(crop.flip(-1) if torch.rand(()) < 0.5 else crop)
+    return torch.stack(out)
+
+
+def reference_run(
+    split: DataSplit,
+    size: int,
+    loss: str,
+    seed: int,
+    epochs: int,
+    batch: int,
+    dim: int,
+    backbone: str,
+    knobs: dict[str, Any] | None = None,
+    augment: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate the PML + timm loop; returns metrics, wall time and training images/s.
+
+    ``augment`` preloads the training images at ``PRELOAD`` x ``size`` and trains on :func:`augment_batch`
+    of every batch; evaluation is the same either way. ``knobs`` (tuning only, never in the comparison) move
+    the reference one step towards proxyembed to find which difference matters: ``sampler=random``,
+    ``weight_decay=...``.
     """
     knobs = knobs or {}
     import timm
@@ -78,7 +116,7 @@ def reference_run(
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     np.random.seed(seed)  # PML's MPerClassSampler shuffles with numpy's global random state
-    x_train, y_train = _tensors(split.train, size)
+    x_train, y_train = _tensors(split.train, round(PRELOAD * size) if augment else size)
     classes = sorted(set(y_train.tolist()))
     y_train = torch.tensor([classes.index(int(y)) for y in y_train])
     model = timm.create_model(backbone, pretrained=False, num_classes=dim)
@@ -95,7 +133,7 @@ def reference_run(
         model.train()
         t0 = time.perf_counter()
         for x, y in loader:
-            out = loss_fn(model(x), y)
+            out = loss_fn(model(augment_batch(x, size) if augment else x), y)
             opt.zero_grad()
             out.backward()
             opt.step()
@@ -197,7 +235,10 @@ def _parse_overrides(text: str) -> dict[str, Any]:
     return out
 
 
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean and spread over the seeds of one side; None for a side that did not run."""
+    if not runs:
+        return None
     out: dict[str, Any] = {}
     for key in REPORTED:
         vals = [r["metrics"][key] for r in runs]
@@ -207,34 +248,52 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, Any], commands: list[str] | None = None) -> str:
-    def cell(s: dict[str, Any], key: str, n: int) -> str:
-        return f"{100 * s[key]['mean']:.1f}" + (f" ± {100 * s[key]['std']:.1f}" if n > 1 else "")
+def _summarise(row: dict[str, Any]) -> None:
+    """Each side's summary, and proxyembed's lead over the better reference loop on each metric (``lead``,
+    naming that loop in ``better_reference``); no lead where proxyembed or both loops are missing."""
+    for side in SIDES:
+        row[side] = _summary(row["runs"][side])
+    row["lead"], row["better_reference"] = {}, {}
+    refs = [side for side in REFERENCES if row[side]]
+    for key in REPORTED:
+        if row["proxyembed"] and refs:
+            best = max(refs, key=lambda side: row[side][key]["mean"])
+            row["better_reference"][key] = best
+            row["lead"][key] = row["proxyembed"][key]["mean"] - row[best][key]["mean"]
+
+
+def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, infos: list[dict[str, Any]], commands: list[str] | None = None) -> str:
+    """The comparison table; ``infos``: the machine of each run's results file (combined runs may come from several)."""
+    def cell(s: dict[str, Any] | None, key: str) -> str:
+        if s is None:
+            return "–"
+        return f"{100 * s[key]['mean']:.1f}" + (f" ± {100 * s[key]['std']:.1f}" if s[key]["std"] or len(seeds) > 1 else "")
+
+    def lead(row: dict[str, Any], key: str) -> str:
+        return f"{100 * row['lead'][key]:+.1f}" if key in row["lead"] else "–"
 
     lines = [
-        "# proxyembed defaults vs a plain pytorch-metric-learning + timm loop",
+        "# proxyembed defaults vs a pytorch-metric-learning + timm loop, plain and augmented",
         "",
         *[f"`{c}`  " for c in commands or [_command(sys.argv[1:])]],
         "",
         f"{args.backbone} from scratch, {args.epochs} epochs, batch {args.batch}, {args.dim}-d; Caltech-101 capped at "
         f"{args.per_class or 'all'} images a class; unseen classes, last epoch, mean ± std in percent over the seeds of each "
-        "row. Same split, same metric code; wall time includes data loading.",
+        "row. *plain*: the loop without augmentation; *augmented*: the same loop with RandomResizedCrop (25-100%) and flips "
+        f"on images preloaded at {PRELOAD}x; *lead*: proxyembed minus the better of the two loops on that metric. Same split, "
+        "same metric code; wall time (s, mean per run) includes data loading.",
         "",
-        "| data | px | loss | seeds | reference R@1 | proxyembed R@1 | Δ R@1 | reference MAP@R | proxyembed MAP@R | Δ MAP@R "
-        "| ref s | ours s | ref img/s | ours img/s |",
-        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| data | px | loss | seeds | plain R@1 | augmented R@1 | proxyembed R@1 | lead R@1 | plain MAP@R | augmented MAP@R "
+        "| proxyembed MAP@R | lead MAP@R | plain s | augmented s | proxyembed s |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
-        ref, ours, n = r["reference"], r["proxyembed"], len(r["runs"]["reference"])
-        d1 = 100 * (ours["recall@1"]["mean"] - ref["recall@1"]["mean"])
-        dm = 100 * (ours["map@r"]["mean"] - ref["map@r"]["mean"])
-        lines.append(
-            f"| {r['dataset']} | {r['size'] or 'native'} | {r['loss']} | {', '.join(map(str, r['seeds']))} "
-            f"| {cell(ref, 'recall@1', n)} | {cell(ours, 'recall@1', n)} | {d1:+.1f} "
-            f"| {cell(ref, 'map@r', n)} | {cell(ours, 'map@r', n)} | {dm:+.1f} | {ref['wall_s']:.0f} | {ours['wall_s']:.0f} "
-            f"| {ref['train_images_per_s']:.0f} | {ours['train_images_per_s']:.0f} |"
-        )
-    lines += ["", f"Machine: {machine_line(info)}", ""]
+        seeds = r["seeds"]
+        accuracy = [" | ".join([*(cell(r[side], key) for side in SIDES), lead(r, key)]) for key in REPORTED]
+        walls = " | ".join("–" if r[side] is None else f"{r[side]['wall_s']:.0f}" for side in SIDES)
+        lines.append(f"| {r['dataset']} | {r['size'] or 'native'} | {r['loss']} | {', '.join(map(str, seeds))} | {' | '.join(accuracy)} | {walls} |")
+    machines = list(dict.fromkeys(machine_line(info) for info in infos))
+    lines += ["", *(f"Machine: {m}  " for m in machines), ""]
     return "\n".join(lines)
 
 
@@ -250,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--per-class", type=int, default=60, help="cap on Caltech-101 images per class (0: all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
+    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES, help="which of the three to run (--combine joins the rest)")
     ap.add_argument("--tune", action="append", default=[], help="proxyembed variant KEY=VALUE,... scored on held-out training classes")
     ap.add_argument(
         "--fold", type=int, default=None, help=f"with --tune: validate on the fold-th fifth of the training classes (0 to {FOLDS - 1}; default: last)"
@@ -278,51 +338,56 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
         split = resolve_data(data[dataset])  # once per dataset: setdefault's argument re-scanned the folders every seed
         for size in args.sizes if dataset == "caltech101" else [None]:
             for loss in args.losses:
-                runs: dict[str, list[dict[str, Any]]] = {"reference": [], "proxyembed": []}
+                runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
                 row: dict[str, Any] = {"dataset": dataset, "size": size, "loss": loss, "seeds": list(args.seeds), "runs": runs}
                 for seed in args.seeds:
-                    ref = reference_run(split, size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone)
-                    ours = proxyembed_run(data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, {}, val=False)
-                    row["runs"]["reference"].append(ref)
-                    row["runs"]["proxyembed"].append(ours)
-                    print(f"{dataset} {size} {loss} seed {seed}: R@1 reference {ref['metrics']['recall@1']:.4f} "
-                          f"({ref['wall_s']:.0f} s), proxyembed {ours['metrics']['recall@1']:.4f} ({ours['wall_s']:.0f} s)", flush=True)
-                row["reference"] = _summary(row["runs"]["reference"])
-                row["proxyembed"] = _summary(row["runs"]["proxyembed"])
+                    for side in args.sides:
+                        if side == "proxyembed":
+                            run = proxyembed_run(data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, {}, val=False)
+                        else:
+                            augment = side == "reference_augmented"
+                            run = reference_run(split, size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, augment=augment)
+                        runs[side].append({**run, "seed": seed})
+                        print(f"{dataset} {size} {loss} seed {seed} {side}: R@1 {run['metrics']['recall@1']:.4f} "
+                              f"MAP@R {run['metrics']['map@r']:.4f} ({run['wall_s']:.0f} s)", flush=True)
+                _summarise(row)
                 results.append(row)
-                md = _markdown(results, args, info)
+                md = _markdown(results, args, [info])
                 payload = {"machine": info, "args": vars(args), "argv": sys.argv[1:], "results": results}
                 write_results(args.name or "reference_pml", payload, md)
     print(md)
 
 
 def _combine(args: argparse.Namespace) -> None:
-    """One table from results written by several processes (each ran some losses, datasets, sizes or seeds)."""
+    """One table from results written by several processes (each ran some sides, losses, datasets, sizes or seeds)."""
     parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in args.combine]
     tuning = {"variant" in row for part in parts for row in part["results"]}
     if tuning == {True, False}:
         raise SystemExit(f"--combine: {args.combine} mix tuning results (--tune) with comparisons; combine each kind on its own")
     if tuning == {True}:
         return _combine_tune(args, parts)
-    merged: dict[tuple[Any, ...], dict[str, Any]] = {}  # rows of the same data, size and loss pool their seeds
+    merged: dict[tuple[Any, ...], dict[str, dict[int, dict[str, Any]]]] = {}  # data, size, loss -> side -> seed -> run
     for part in parts:
         for row in part["results"]:
             key = (row["dataset"], row["size"], row["loss"])
-            seeds = row.get("seeds", part["args"]["seeds"])
-            empty = {"seeds": [], "runs": {"reference": [], "proxyembed": []}}
-            into = merged.setdefault(key, {**{k: row[k] for k in ("dataset", "size", "loss")}, **empty})
-            if twice := sorted(set(seeds) & set(into["seeds"])):
-                raise SystemExit(f"--combine: seeds {twice} of {key} appear in two results files")
-            into["seeds"] += seeds
-            for side in ("reference", "proxyembed"):
-                into["runs"][side] += row["runs"][side]
-    results = list(merged.values())
-    for row in results:
-        for side in ("reference", "proxyembed"):
-            row[side] = _summary(row["runs"][side])
+            seeds = row.get("seeds", part["args"]["seeds"])  # runs from before they named their seed: in seed order
+            into = merged.setdefault(key, {side: {} for side in SIDES})
+            for side in SIDES:
+                for i, run in enumerate(row["runs"].get(side, [])):
+                    seed = run.get("seed", seeds[i])
+                    if seed in into[side]:
+                        raise SystemExit(f"--combine: seed {seed} of {key}, side {side}, appears in two results files")
+                    into[side][seed] = {**run, "seed": seed}
+    results = []
+    for (dataset, size, loss), sides in merged.items():
+        seeds = sorted(set().union(*sides.values()))
+        runs = {side: [by_seed[s] for s in sorted(by_seed)] for side, by_seed in sides.items()}
+        row = {"dataset": dataset, "size": size, "loss": loss, "seeds": seeds, "runs": runs}
+        _summarise(row)
+        results.append(row)
     first = argparse.Namespace(**parts[0]["args"])
     files, commands = _provenance(args.combine, parts)
-    md = _markdown(results, first, parts[0]["machine"], commands)
+    md = _markdown(results, first, [part["machine"] for part in parts], commands)
     payload = {"machine": parts[0]["machine"], "args": vars(first), "parts": files, "commands": commands, "results": results}
     write_results(args.name or "reference_pml", payload, md)
     print(md)
@@ -345,8 +410,11 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
                     runs = []
                     for seed in args.seeds:
                         if "reference" in overrides:
-                            knobs = {k: v for k, v in overrides.items() if k != "reference"}
-                            run = reference_run(val_splits[dataset], size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, knobs)
+                            knobs = {k: v for k, v in overrides.items() if k not in ("reference", "augment")}
+                            run = reference_run(
+                                val_splits[dataset], size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, knobs,
+                                augment=overrides.get("augment") is True,
+                            )
                         else:
                             run = proxyembed_run(
                                 data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, overrides, val=True

@@ -1,7 +1,9 @@
-"""benchmarks/reference_pml.py --combine: runs split over processes (by loss, size or seed) make one table,
-with the seeds of the same data, size and loss pooled into one row and a seed that appears twice refused;
-tuning runs pooled over folds and paired with the defaults; --fold validates on the chosen fifth of the
-training classes and leaves the unseen half alone."""
+"""benchmarks/reference_pml.py: the augmented reference loop trains on crops (possibly flipped) of what it
+preloaded; every side is scored by the same metric function; --combine makes one table from runs split over
+processes (by side, loss, size or seed), pools the seeds of the same data, size and loss, refuses a seed of a
+side twice and measures the lead against the better reference loop on each metric; tuning runs pooled over
+folds and paired with the defaults; --fold validates on the chosen fifth of the training classes and leaves
+the unseen half alone."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reference_pml  # noqa: E402
@@ -23,11 +26,14 @@ def _run(r1: float, mapr: float) -> dict[str, Any]:
     return {"metrics": {"recall@1": r1, "map@r": mapr}, "wall_s": 10.0, "train_images_per_s": 5.0}
 
 
-def _part(tmp: Path, name: str, seeds: list[int], size: int, ours: list[float]) -> None:
-    row = {
-        "dataset": "caltech101", "size": size, "loss": "proxy_anchor", "seeds": seeds,
-        "runs": {"reference": [_run(0.30, 0.07) for _ in seeds], "proxyembed": [_run(v, 0.09) for v in ours]},
-    }
+def _part(tmp: Path, name: str, seeds: list[int], size: int, ours: list[float], augmented: list[float] | None = None) -> None:
+    """A results file as written before the augmented loop existed (runs without their seed), or with ``augmented``
+    the augmented loop's R@1 alone, as ``--sides reference_augmented`` writes it."""
+    if augmented is None:
+        runs = {"reference": [_run(0.30, 0.07) for _ in seeds], "proxyembed": [_run(v, 0.09) for v in ours]}
+    else:
+        runs = {"reference_augmented": [{**_run(v, 0.08), "seed": s} for s, v in zip(seeds, augmented, strict=True)]}
+    row = {"dataset": "caltech101", "size": size, "loss": "proxy_anchor", "seeds": seeds, "runs": runs}
     args = {"seeds": seeds, "backbone": "resnet18", "epochs": 8, "batch": 64, "dim": 128, "per_class": 60}
     info = {"cpu": "cpu", "cores": 2, "memory_gib": 1, "python": "3", "versions": {}}
     (tmp / f"{name}.json").write_text(json.dumps({"machine": info, "args": args, "argv": [name], "results": [row]}))
@@ -51,12 +57,12 @@ def test_combine_pools_seeds_of_one_setting(results_dir: Path) -> None:
     assert rows[0]["proxyembed"]["recall@1"]["mean"] == pytest.approx(0.38)
     assert rows[0]["proxyembed"]["recall@1"]["std"] == pytest.approx(0.02)
     md = (results_dir / "all.md").read_text()
-    assert "| caltech101 | 128 | proxy_anchor | 0, 1, 2 | 30.0 ± 0.0 | 38.0 ± 2.0 | +8.0 |" in md
-    assert "| caltech101 | 64 | proxy_anchor | 0 | 30.0 | 50.0 | +20.0 |" in md  # one seed: no spread to show
+    assert "| caltech101 | 128 | proxy_anchor | 0, 1, 2 | 30.0 ± 0.0 | – | 38.0 ± 2.0 | +8.0 | 7.0 ± 0.0 | – | 9.0 ± 0.0 | +2.0 |" in md
+    assert "| caltech101 | 64 | proxy_anchor | 0 | 30.0 | – | 50.0 | +20.0 |" in md  # one seed: no spread to show
     _part(results_dir, "d", [1], 64, [0.40])
     reference_pml.main(["--combine", "all", "d", "--name", "more"])  # a combined file combined again with a new seed
     more = (results_dir / "more.md").read_text()
-    assert "| caltech101 | 64 | proxy_anchor | 0, 1 | 30.0 ± 0.0 | 45.0 ± 7.1 | +15.0 |" in more
+    assert "| caltech101 | 64 | proxy_anchor | 0, 1 | 30.0 ± 0.0 | – | 45.0 ± 7.1 | +15.0 |" in more
     assert all(f"`python benchmarks/reference_pml.py {name}`" in more for name in "abcd")
     assert json.loads((results_dir / "more.json").read_text())["parts"] == ["a", "b", "c", "d"]  # the runs' files, not "all"
 
@@ -64,9 +70,89 @@ def test_combine_pools_seeds_of_one_setting(results_dir: Path) -> None:
 def test_combine_refuses_a_seed_twice(results_dir: Path) -> None:
     _part(results_dir, "a", [0, 1], 128, [0.40, 0.41])
     _part(results_dir, "b", [1], 128, [0.36])
-    with pytest.raises(SystemExit, match=r"seeds \[1\]"):
+    with pytest.raises(SystemExit, match="seed 1 of .*side reference,"):
         reference_pml.main(["--combine", "a", "b", "--name", "all"])
     assert not (results_dir / "all.json").exists()
+
+
+def test_combine_measures_the_lead_against_the_better_loop_on_each_metric(results_dir: Path) -> None:
+    _part(results_dir, "old", [0, 1], 64, [0.40, 0.42])  # plain loop 30.0 / 7.0, proxyembed 41.0 / 9.0
+    _part(results_dir, "aug", [0, 1], 64, [], augmented=[0.34, 0.36])  # augmented loop 35.0 / 8.0, run on its own
+    reference_pml.main(["--combine", "old", "aug", "--name", "all"])
+    row = json.loads((results_dir / "all.json").read_text())["results"][0]
+    assert row["better_reference"] == {"recall@1": "reference_augmented", "map@r": "reference_augmented"}
+    assert row["lead"] == {"recall@1": pytest.approx(0.06), "map@r": pytest.approx(0.01)}
+    assert [r["seed"] for r in row["runs"]["reference_augmented"]] == [0, 1]
+    md = (results_dir / "all.md").read_text()
+    line = "| 30.0 ± 0.0 | 35.0 ± 1.4 | 41.0 ± 1.4 | +6.0 | 7.0 ± 0.0 | 8.0 ± 0.0 | 9.0 ± 0.0 | +1.0 | 10 | 10 | 10 |"
+    assert f"| caltech101 | 64 | proxy_anchor | 0, 1 {line}" in md
+    _part(results_dir, "aug_again", [1], 64, [], augmented=[0.50])
+    with pytest.raises(SystemExit, match="seed 1 of .*side reference_augmented"):
+        reference_pml.main(["--combine", "all", "aug_again", "--name", "twice"])
+
+
+def _coordinate_image(height: int, width: int) -> torch.Tensor:
+    """Channel 0 the row, channel 1 the column of each pixel, channel 2 noise: every box of it looks different."""
+    rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
+    cols = torch.arange(width, dtype=torch.float32)[None, :].expand(height, width)
+    return torch.stack([rows, cols, torch.rand(height, width, generator=torch.Generator().manual_seed(0))])
+
+
+def test_the_augmented_loop_trains_on_resized_crops_possibly_flipped_of_its_images() -> None:
+    from torchvision.transforms import functional as tvf
+
+    size = 12
+    side = round(reference_pml.PRELOAD * size)  # as the augmented loop preloads
+    img = _coordinate_image(side, side)
+    torch.manual_seed(0)
+    out = reference_pml.augment_batch(img.expand(24, -1, -1, -1), size)
+    assert out.shape == (24, 3, size, size)
+    # every box of the input, resized by torchvision's own resized_crop: the oracle the outputs are matched against
+    boxes = [(t, left, h, w) for h in range(1, side + 1) for w in range(1, side + 1) for t in range(side - h + 1) for left in range(side - w + 1)]
+    crops = torch.stack([tvf.resized_crop(img, *box, [size, size], antialias=True) for box in boxes])
+    found, flips = [], []
+    for o in out:
+        flipped = bool(o[1, 0, 0] > o[1, 0, -1])  # the column coordinate runs backwards
+        unflipped = o.flip(-1) if flipped else o
+        err = (crops - unflipped).abs().flatten(1).max(1).values
+        assert err.min() < 1e-4, "an output is no resized crop of the input"
+        found.append(boxes[int(err.argmin())])
+        flips.append(flipped)
+    areas = [h * w / side**2 for _, _, h, w in found]
+    assert all(0.2 <= a <= 1.0 for a in areas), areas  # 25-100% of the area, up to rounding the sides to pixels
+    assert all(3 / 4 - 0.15 <= w / h <= 4 / 3 + 0.15 for _, _, h, w in found)
+    assert min(areas) < 0.7 and len(set(found)) > 12  # real crops, drawn for each image on its own
+    assert 4 <= sum(flips) <= 20  # flips about half the time
+
+
+def test_every_side_is_scored_by_the_same_metric_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pytorch_metric_learning", reason='the reference loop needs pip install -e ".[bench]"')
+    import proxyembed.runtime.evaluation as runtime_evaluation
+    from proxyembed.runtime import metrics
+
+    # the benchmark's reference sides and proxyembed's evaluation call the one function of the runtime
+    assert reference_pml.retrieval_metrics is metrics.retrieval_metrics is runtime_evaluation.retrieval_metrics
+    calls: list[dict[str, float]] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> dict[str, float]:
+        calls.append(metrics.retrieval_metrics(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(reference_pml, "retrieval_metrics", recorded)
+    monkeypatch.setattr(runtime_evaluation, "retrieval_metrics", recorded)
+    shapes: list[tuple[int, ...]] = []
+    augment = reference_pml.augment_batch
+    monkeypatch.setattr(reference_pml, "augment_batch", lambda x, size: shapes.append(tuple(x.shape)) or augment(x, size))
+    data = "synthetic:train_classes=6,eval_classes=6,per_class=8,size=40"
+    split = resolve_data(data)
+    for augmented in (False, True):
+        run = reference_pml.reference_run(split, 32, "proxy_anchor", 0, 1, 16, 16, "resnet18", augment=augmented)
+        assert run["metrics"] is calls[-1]
+    assert shapes and all(s[2:] == (40, 40) for s in shapes)  # only the augmented loop, on images preloaded at 1.25 x 32
+    before = len(calls)
+    ours = reference_pml.proxyembed_run(data, None, "proxy_anchor", 0, 1, 16, 16, "resnet18", {}, val=False)
+    assert len(calls) > before
+    assert any(all(ours["metrics"][k] == v for k, v in call.items()) for call in calls[before:])
 
 
 def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
