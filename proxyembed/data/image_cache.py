@@ -139,9 +139,10 @@ def fingerprint(samples: Sequence[Sample], view: CacheView) -> dict[str, Any]:
 
 class ImageCache:
     """uint8 images by position in the sample list they were built from; ``cache[i]`` raises the
-    :class:`BadInput` the image raised when it was decoded (unreadable images stay unreadable)."""
+    :class:`BadInput` the image raised when it was decoded (unreadable images stay unreadable, and the
+    message and hint are kept as they were)."""
 
-    def __init__(self, ids: list[str], shapes: np.ndarray, failures: dict[int, str], store: Any, path: Path | None) -> None:
+    def __init__(self, ids: list[str], shapes: np.ndarray, failures: dict[int, list[str | None]], store: Any, path: Path | None) -> None:
         self.ids = ids
         self.shapes = shapes
         self.failures = failures
@@ -164,7 +165,8 @@ class ImageCache:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if i in self.failures:
-            raise BadInput(self.failures[i], hint="is it a valid image file?")
+            message, hint = self.failures[i]
+            raise BadInput(message or "", hint=hint)
         if self.path is None:
             return self._store[i]
         h, w = self.shapes[i]
@@ -263,7 +265,7 @@ def open_cache(
     except OSError as exc:
         raise BadInput(f"image cache: cannot write {folder} ({exc.strerror or exc})", hint="set --cache-dir to a writable folder, or --cache ram/off") from exc
     shapes = np.asarray(header["shapes"], dtype=np.int64).reshape(-1, 2)
-    failures = {int(k): v for k, v in header["failures"].items()}
+    failures = {int(k): list(v) for k, v in header["failures"].items()}
     path = base.with_suffix(".bin")
     cache = ImageCache(ids, shapes, failures, _map(path, header["bytes"]), path)
     info = CacheInfo(mode, "disk", len(samples), cache.nbytes, str(path), built, time.perf_counter() - t0, reason if built else None)
@@ -323,7 +325,7 @@ def _valid_header(base: Path, key: dict[str, Any]) -> tuple[dict[str, Any] | Non
 
 def _decode_all(
     samples: Sequence[Sample], view: CacheView, progress: Callable[[int], None] | None, sink: Callable[[np.ndarray], None] | None = None
-) -> tuple[np.ndarray, dict[int, str], list[np.ndarray]]:
+) -> tuple[np.ndarray, dict[int, list[str | None]], list[np.ndarray]]:
     """Decode every sample on a small thread pool (:func:`map_in_chunks`), in order: shapes, failures by
     position, and the arrays (handed to ``sink`` instead of kept, when given)."""
 
@@ -334,13 +336,13 @@ def _decode_all(
             return exc
 
     shapes = np.zeros((len(samples), 2), np.int64)
-    failures: dict[int, str] = {}
+    failures: dict[int, list[str | None]] = {}
     arrays: list[np.ndarray] = []
     i = 0
     for chunk in map_in_chunks(one, (s.source for s in samples), _CHUNK):
         for out in chunk:
             if isinstance(out, BadInput):
-                failures[i] = str(out)
+                failures[i] = [out.message, out.hint]
                 out = np.zeros((0, 0, 3), np.uint8)
             shapes[i] = out.shape[:2]
             if sink is None:
