@@ -16,8 +16,8 @@ from proxyembed.data import resolve_data
 from proxyembed.data.image_cache import (
     CacheView,
     choose_where,
-    key_name,
     fingerprint,
+    key_name,
     open_cache,
     ram_budget,
     train_side,
