@@ -137,6 +137,17 @@ def trainer_run(cfg_dict: dict[str, Any], out: Path, epochs: int) -> tuple[Train
     }
 
 
+def pipeline_row(cfg_dict: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Set-up and the input pipeline alone (no training step): what one process can feed a faster device."""
+    trainer = Trainer(resolve_config(cfg_dict), out)
+    t0 = time.perf_counter()
+    trainer._setup()
+    setup_s = time.perf_counter() - t0
+    return {"device": cfg_dict["device"], "cache": cfg_dict["cache"], "workers": cfg_dict["workers"], "setup_s": setup_s,
+            "pipeline_images_per_s": pipeline_images_per_s(trainer, 1), "decode_augment_ms_per_image": decode_augment_ms(trainer),
+            "loader": trainer.loader_settings, "cache_info": trainer.caches.info}
+
+
 def plain_loop(trainer: Trainer, steps: int) -> dict[str, float]:
     """The same network, loss, optimizer and clipping trained on preloaded, already augmented tensors."""
     cfg, device = trainer.cfg, trainer.device
@@ -200,6 +211,11 @@ def measure(args: argparse.Namespace, data: str, work: Path) -> list[dict[str, A
                        "resize": args.resize or round(args.size * 8 / 7), "embedding_dim": 128, "device": device,
                        "amp": args.amp, "channels_last": True, "workers": workers, "epochs": args.epochs, "schedule": "none",
                        "cache": cache, "cache_dir": str(work / f"cache-{device}-{cache}-{workers}")}
+                if args.pipeline_only:
+                    rows.append(pipeline_row(cfg, work / f"run-{device}-{cache}-{workers}"))
+                    print(f"  {device} cache={cache} workers={workers}: set-up {rows[-1]['setup_s']:.1f} s, "
+                          f"pipeline alone {rows[-1]['pipeline_images_per_s']:.0f} img/s", flush=True)
+                    continue
                 trainer, row = trainer_run(cfg, work / f"run-{device}-{cache}-{workers}", args.epochs)
                 plain = plain_loop(trainer, row["steps"])  # right after, so both see the same machine load
                 decode_ms = decode_augment_ms(trainer)
@@ -232,6 +248,12 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "epoch / preloaded | pipeline alone img/s | evaluations s | decode+augment ms/img |",
         "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|",
     ]
+    if meta.get("pipeline_only"):
+        lines[-4] = lines[-4].split(" Set-up")[0] + " Set-up (image caches built there), then one epoch of the input pipeline alone."
+        lines[-2:] = ["| cache | workers | set-up s (caches built) | pipeline alone img/s | decode+augment ms/img |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['cache']} | {r['workers']} | {r['setup_s']:.1f} | {r['pipeline_images_per_s']:.0f} | "
+                  f"{r['decode_augment_ms_per_image']:.2f} |" for r in rows]
+        rows = []
     for r in rows:
         epochs = ", ".join(f"{e['epoch_s']:.1f}" for e in r["epochs"])
         waits = ", ".join(f"{100 * e['data_wait_share']:.1f}%" for e in r["epochs"])
@@ -264,6 +286,7 @@ def main() -> None:
     p.add_argument("--resize", type=int, default=None)
     p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
     p.add_argument("--cache", default="off,auto", help="comma-separated --cache modes (auto, ram, disk, off)")
+    p.add_argument("--pipeline-only", action="store_true", help="measure set-up and the input pipeline alone, no training")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per row (the first includes worker and allocator warm-up)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
@@ -276,6 +299,7 @@ def main() -> None:
         "machine": machine(), "torch": torch.__version__, "threads": args.threads,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backbone": args.backbone, "batch": args.batch, "size": args.size, "note": args.note, "epochs": args.epochs,
+        "pipeline_only": args.pipeline_only,
         "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]),
     }
     print(f"{machine_line(meta['machine'])} | torch {torch.__version__}, {args.threads} thread(s) | {meta['gpu'] or 'no CUDA GPU'}", flush=True)
