@@ -29,8 +29,10 @@ process builds under an exclusive ``flock`` on ``<key>.lock``; the others wait o
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -241,8 +243,6 @@ def open_cache(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[ImageCache | None, CacheInfo]:
     """The cache of ``samples`` in ``view`` under ``mode`` (None for ``off``), built if needed, and what was done."""
-    import time
-
     t0 = time.perf_counter()
     ids = [source_id(s) for s in samples]
     if mode == "off":
@@ -274,8 +274,6 @@ def open_cache(
 
 def key_name(key: dict[str, Any]) -> str:
     """The file name stem of a cache: a digest of its key."""
-    import json
-
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
