@@ -384,7 +384,7 @@ def _describe_pipeline(settings: dict[str, Any], caches: RunCaches) -> str:
         info = caches.info.get(name)
         if info:
             done = f"built in {info['seconds']:.1f}s" if info["built"] else "reused"
-            parts.append(f"{name} images cached in {info['where']} ({info['nbytes'] / 2**20:.0f} MiB, {done})")
+            parts.append(f"{name} images cached in {info['where']} ({info['nbytes'] / 2**20:.1f} MiB, {done})")
     if caches.info.get("mode") == "off":
         parts.append("no image cache")
     return "input: " + ", ".join(parts)
