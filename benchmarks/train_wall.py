@@ -6,7 +6,7 @@ with a fresh cache folder, so its one-time decode counts as the reference's one-
 wall times include loading; both are scored on the unseen classes with the same metric code.
 
     python benchmarks/train_wall.py --size 64 --per-class 60 --seeds 0                  # Caltech-101 as stored
-    python benchmarks/train_wall.py --size 64 --per-class 20 --megapixels 2 --seeds 0   # upscaled to ~2 MP
+    python benchmarks/train_wall.py --size 64 --classes 10 --per-class 20 --megapixels 2   # 10 + 10 classes, upscaled to ~2 MP
 
 ``--megapixels`` writes the upscaled copy once under ``--work`` (as ``decode_speed.py`` upscales: Lanczos,
 JPEG quality 90) and reuses it. Results: ``benchmarks/results/<--name>.{json,md}``.
@@ -51,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--per-class", type=int, default=60)
+    ap.add_argument("--classes", type=int, default=None, help="only the first N training and N unseen classes")
     ap.add_argument("--megapixels", type=float, default=None, help="upscale every photo to about this many megapixels first")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--epochs", type=int, default=8)
@@ -62,9 +63,9 @@ def main() -> None:
     ap.add_argument("--name", default="train_wall")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    root = caltech_subset(Path(tempfile.mkdtemp(prefix="caltech-")), args.per_class)
+    root = caltech_subset(Path(tempfile.mkdtemp(prefix="caltech-")), args.per_class, args.classes)
     if args.megapixels:
-        root = upscaled(root, args.work / f"caltech-{args.per_class}-{args.megapixels}mp", args.megapixels)
+        root = upscaled(root, args.work / f"caltech-{args.classes or 'all'}x{args.per_class}-{args.megapixels}mp", args.megapixels)
     split = resolve_data(str(root))
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
