@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, machine_line, write_results  # noqa: E402
 from decode_speed import camera_jpeg  # noqa: E402
+import reference_pml  # noqa: E402
 from reference_pml import caltech_subset, proxyembed_run, reference_run  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
@@ -45,6 +46,18 @@ def upscaled(src: Path, dst: Path, megapixels: float) -> Path:
         out.write_bytes(camera_jpeg(photo.resolve(), megapixels))
     done.write_text("")
     return dst
+
+
+def record_histories(into: list[list[dict[str, Any]]]) -> None:
+    """Keep each proxyembed run's metrics.jsonl (per-epoch seconds) before ``proxyembed_run``'s temp folder goes."""
+    real_train = reference_pml.train
+
+    def train(cfg: Any, out: Path, **kw: Any) -> Any:
+        result = real_train(cfg, out, **kw)
+        into.append([json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()])
+        return result
+
+    reference_pml.train = train
 
 
 def main() -> None:
@@ -68,6 +81,8 @@ def main() -> None:
         root = upscaled(root, args.work / f"caltech-{args.classes or 'all'}x{args.per_class}-{args.megapixels}mp", args.megapixels)
     split = resolve_data(str(root))
     rows: list[dict[str, Any]] = []
+    histories: list[list[dict[str, Any]]] = []
+    record_histories(histories)
     for seed in args.seeds:
         ref = reference_run(split, args.size, args.loss, seed, args.epochs, args.batch, 128, "resnet18")
         with tempfile.TemporaryDirectory(prefix="proxyembed-cache-") as cache:
@@ -75,6 +90,7 @@ def main() -> None:
             t0 = time.perf_counter()
             ours = proxyembed_run(str(root), args.size, args.loss, seed, args.epochs, args.batch, 128, "resnet18", {}, val=False)
             ours["outer_wall_s"] = time.perf_counter() - t0
+        ours["epoch_s"] = [h["time_s"] for h in histories[-1]]  # epoch 0: the untrained evaluation; the last: training + evaluation
         rows.append({"seed": seed, "reference": ref, "proxyembed": ours, "ratio": ours["wall_s"] / ref["wall_s"]})
         print(f"seed {seed}: reference {ref['wall_s']:.0f} s R@1 {ref['metrics']['recall@1']:.4f}; "
               f"proxyembed {ours['wall_s']:.0f} s R@1 {ours['metrics']['recall@1']:.4f}; ratio {rows[-1]['ratio']:.2f}", flush=True)
@@ -97,6 +113,9 @@ def main() -> None:
         a, b = r["reference"], r["proxyembed"]
         lines.append(f"| {r['seed']} | {a['wall_s']:.0f} | {b['wall_s']:.0f} | {r['ratio']:.2f} | {100 * a['metrics']['recall@1']:.1f} | "
                      f"{100 * b['metrics']['recall@1']:.1f} | {100 * a['metrics']['map@r']:.2f} | {100 * b['metrics']['map@r']:.2f} |")
+    lines += ["", "proxyembed's seconds per epoch (0: evaluating the untrained network, with the whitening's pass over the "
+              "training images; the last: training and the final evaluation):", ""]
+    lines += [f"- seed {r['seed']}: " + ", ".join(f"{t:.0f}" for t in r["proxyembed"]["epoch_s"]) for r in rows]
     if args.note:
         lines += ["", args.note]
     payload = {"machine": info, "command": command, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
