@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import reference_pml  # noqa: E402
 from _common import machine, machine_line, write_results  # noqa: E402
 from decode_speed import camera_jpeg  # noqa: E402
-import reference_pml  # noqa: E402
 from reference_pml import caltech_subset, proxyembed_run, reference_run  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
