@@ -4,9 +4,11 @@ handling every stage shares.
 A file is written beside its target, fsynced, and renamed over it (then its folder is fsynced), so a
 crash or a power loss leaves the old file or the new one, never half of either; a folder (bundle,
 gallery) is built in a staged folder beside its target and swapped in the same way (:class:`StagedDir`,
-:func:`staged_dir`). Files get the mode the umask gives a new file (``mkstemp``'s 0600
-would stop another user serving a gallery). JSON read back from a proxyembed artifact is checked to be
-an object, and a broken file is an :class:`IntegrityError`.
+:func:`staged_dir`); each staged folder has a lock file beside it that its writer holds, so the folders
+a killed writer leaves can be told from a running writer's and removed (:func:`remove_abandoned_staging`).
+Files get the mode the umask gives a new file (``mkstemp``'s 0600 would stop another user serving a
+gallery). JSON read back from a proxyembed artifact is checked to be an object, and a broken file is an
+:class:`IntegrityError`.
 
 A *sealed* JSON file (``gallery.json``, ``index.json``, ``manifest.json``) ends with a ``"checksum"``
 field: the sha256 of every byte before it. The file that carries the other files' checksums is thus
@@ -99,12 +101,91 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any], indent: 
     atomic_write_text(path, json.dumps(payload, indent=indent) + "\n")
 
 
-def _make_staging_dir(target: Path) -> Path:
-    """A new hidden folder beside ``target`` (same filesystem, so the final rename is atomic), with the umask's mode."""
+def _new_holder(target: Path, suffix: str) -> tuple[Path, int]:
+    """A new hidden folder beside ``target`` (``.tmp``: a version being built; ``.old``: the previous one, moved aside).
+
+    Each such folder has a lock file beside it, made first and locked (``flock``) for as long as the
+    writer keeps the returned descriptor open: the operating system drops the lock when the writer
+    dies, however it dies, so a later open can prove the folder abandoned (:func:`remove_abandoned_staging`).
+    The folder is beside ``target``, on the same filesystem, so the final rename is atomic.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    return tmp
+    fd, lock = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".lock", dir=target.parent)
+    try:
+        _lock(fd)
+        folder = Path(lock[: -len(".lock")] + suffix)
+        folder.mkdir(mode=0o777 & ~_umask())
+    except BaseException:
+        os.unlink(lock)
+        os.close(fd)
+        raise
+    return folder, fd
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock, so no folder is ever proven abandoned there
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a file just made: nobody else holds it
+
+
+def _release(folder: Path, fd: int) -> None:
+    """The writer is done with ``folder`` (renamed or deleted): remove its lock file, then let the lock go."""
+    try:
+        os.unlink(_lock_file(folder))
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _lock_file(folder: Path) -> Path:
+    return folder.with_name(folder.name.rsplit(".", 1)[0] + ".lock")
+
+
+def _lock_state(folder: Path) -> str:
+    """``"held"`` (its writer runs), ``"free"`` (its writer is gone: proven abandoned) or ``"none"`` (no lock file)."""
+    try:
+        import fcntl
+    except ImportError:
+        return "held" if _lock_file(folder).exists() else "none"
+    try:
+        fd = os.open(_lock_file(folder), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return "none"
+    except OSError:
+        return "held"  # unreadable: not proven
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return "held"
+    finally:
+        os.close(fd)  # also lets go of the lock just taken
+    return "free"
+
+
+def remove_abandoned_staging(target: str | os.PathLike) -> list[Path]:
+    """Delete the hidden ``.tmp`` and ``.old`` folders beside ``target`` that writers killed mid-save left behind.
+
+    Each can hold a whole copy of ``target`` (``kill -9`` during a save leaves one every time). Only
+    those proven abandoned are removed: their lock file exists and no process holds its lock. A folder
+    without a lock file (made by an older proxyembed) is left alone. Returns the folders removed.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for holder in sorted(target.parent.glob(f".{target.name}.*.tmp")) + sorted(target.parent.glob(f".{target.name}.*.old")):
+        if holder.is_dir() and _lock_state(holder) == "free":
+            shutil.rmtree(holder, ignore_errors=True)
+            _lock_file(holder).unlink(missing_ok=True)
+            removed.append(holder)
+    for lock in target.parent.glob(f".{target.name}.*.lock"):  # a writer killed before or after its folder existed
+        stem = lock.name[: -len(".lock")]
+        if not any((lock.parent / (stem + s)).exists() for s in (".tmp", ".old")) and _lock_state(lock.with_suffix(".tmp")) == "free":
+            lock.unlink(missing_ok=True)
+    return removed
 
 
 def _swap_dir_into_place(new: Path, target: Path) -> None:
@@ -118,16 +199,18 @@ def _swap_dir_into_place(new: Path, target: Path) -> None:
         os.replace(new, target)
         fsync_path(target.parent)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old / target.name)
+    old, lock = _new_holder(target, ".old")
     try:
-        os.replace(new, target)
-        fsync_path(target.parent)
-    except BaseException:
-        os.replace(old / target.name, target)
-        raise
+        os.replace(target, old / target.name)
+        try:
+            os.replace(new, target)
+            fsync_path(target.parent)
+        except BaseException:
+            os.replace(old / target.name, target)
+            raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+        _release(old, lock)
 
 
 def restore_interrupted_swap(target: str | os.PathLike) -> bool:
@@ -136,7 +219,8 @@ def restore_interrupted_swap(target: str | os.PathLike) -> bool:
     :func:`_swap_dir_into_place` moves the old folder aside before renaming the new one into place; a
     process killed (``kill -9``, power loss) in between leaves no ``target``, only the complete old
     version inside a hidden ``.old`` sibling. Its writer never reported success, so the old version is
-    the last committed state. Returns whether a folder was restored; an existing ``target`` is left alone.
+    the last committed state. Returns whether a folder was restored; an existing ``target`` is left alone,
+    and so is a holder whose writer is still alive (it is between its two renames right now).
     """
     target = Path(target)
     if target.exists() or not target.parent.is_dir():
@@ -147,12 +231,14 @@ def restore_interrupted_swap(target: str | os.PathLike) -> bool:
         (p for p in target.parent.glob(f".{target.name}.*.old") if (p / target.name).is_dir()),
         key=lambda p: p.stat().st_mtime_ns,
     )
-    if not aside:
+    if not aside or _lock_state(aside[-1]) == "held":
         return False
     os.replace(aside[-1] / target.name, target)
     fsync_path(target.parent)
     for leftover in target.parent.glob(f".{target.name}.*.old"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if _lock_state(leftover) != "held":
+            shutil.rmtree(leftover, ignore_errors=True)
+            _lock_file(leftover).unlink(missing_ok=True)
     return True
 
 
@@ -166,13 +252,17 @@ class StagedDir:
 
     def __init__(self, target: str | os.PathLike) -> None:
         self.target = Path(target)
-        self.path = _make_staging_dir(self.target)
+        self.path, lock = _new_holder(self.target, ".tmp")
+        self._lock: int | None = lock
 
     def __enter__(self) -> StagedDir:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         shutil.rmtree(self.path, ignore_errors=True)  # gone already after a commit
+        if self._lock is not None:
+            _release(self.path, self._lock)
+            self._lock = None
 
     def commit(self) -> Path:
         """fsync the staged folder and swap it into ``target``; returns ``target``."""

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -44,6 +45,12 @@ DEFAULT_DECODE: Decode = "reduced"
 was made with. Reduced is safe as a default: it keeps :data:`DRAFT_MARGIN` times the pixels the fit needs (0.13
 Recall@1 points on 2 MP photos, benchmarks/results/decode_speed.md), export judges it against full decoding and
 falls back to full where it costs more than its limit, and photos too small to scale are read in full anyway."""
+# The formats read: those of runtime.images.IMAGE_EXTENSIONS (Pillow's JPEG reader also opens the MPO files
+# many cameras write). Pillow would open dozens more, some through outside programs (EPS runs Ghostscript).
+READ_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
+# An image whose sides are further apart than this is refused: it holds nothing to search by, and a
+# centre-crop fit would scale its short side up, so a 1x200000 PNG of 469 bytes became 14400x14400000.
+MAX_ASPECT_RATIO = 64
 # A reduced decode keeps at least this many times the pixels the fit needs along each side, so the final
 # resize still averages several decoded pixels into each model pixel (benchmarks/results/decode_speed.md).
 DRAFT_MARGIN = 2
@@ -133,6 +140,39 @@ def describe(src: ImageLike) -> str:
     return f"<{type(src).__name__}>"
 
 
+def check_image_size(size: tuple[int, int], src: ImageLike) -> None:
+    """Refuse (:class:`BadInput`) an image size that is not worth decoding: over Pillow's pixel limit, or absurdly thin.
+
+    Pillow only warns between one and two times ``Image.MAX_IMAGE_PIXELS``; here that is refused too,
+    and so is an aspect ratio beyond :data:`MAX_ASPECT_RATIO`. Called on the header, before any pixel
+    is decoded, so a hostile file costs microseconds.
+    """
+    w, h = size
+    if w < 1 or h < 1:
+        raise BadInput(f"image {describe(src)} is {w}x{h} pixels: it has no pixels", hint="is it a valid image file?")
+    if w * h > Image.MAX_IMAGE_PIXELS:
+        raise BadInput(
+            f"image {describe(src)} is too large to decode safely: {w}x{h} is over {Image.MAX_IMAGE_PIXELS} pixels",
+            hint="downscale it first",
+        )
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise BadInput(
+            f"image {describe(src)} is {w}x{h} pixels: sides more than {MAX_ASPECT_RATIO}:1 apart are refused",
+            hint="crop it to the part worth searching by",
+        )
+
+
+def read_header(src: str | os.PathLike | bytes) -> tuple[str, tuple[int, int]]:
+    """An image file's format (Pillow's name, e.g. ``"PNG"``) and size from its header, nothing decoded.
+
+    The size is checked by :func:`check_image_size`, so a caller can budget the decode before it starts.
+    """
+    with _reading(src), Image.open(io.BytesIO(src) if isinstance(src, bytes) else Path(src), formats=READ_FORMATS) as img:
+        fmt, size = str(img.format), img.size
+    check_image_size(size, src)
+    return fmt, size
+
+
 def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int] | None] | None = None) -> Image.Image:
     """Open any supported image source as an RGB PIL image, EXIF orientation applied.
 
@@ -142,29 +182,41 @@ def load_image(src: ImageLike, draft: Callable[[tuple[int, int]], tuple[int, int
     that size (see :class:`PreprocessSpec`'s ``decode``).
     """
     if isinstance(src, np.ndarray):
+        check_image_size((src.shape[1], src.shape[0]) if src.ndim >= 2 else (0, 0), src)
         return _array_to_pil(src)
-    try:
+    with _reading(src):
         if isinstance(src, Image.Image):
             img = src
         elif isinstance(src, bytes):
-            img = Image.open(io.BytesIO(src))
+            img = Image.open(io.BytesIO(src), formats=READ_FORMATS)
         elif isinstance(src, (str, os.PathLike)):
-            img = Image.open(Path(src))
+            img = Image.open(Path(src), formats=READ_FORMATS)
         else:
             raise BadInput(f"unsupported image type {type(src).__name__}", hint="pass a path, bytes, a PIL image or a uint8 HxWxC array")
+        check_image_size(img.size, src)
         if draft is not None and img.format == "JPEG" and not isinstance(src, Image.Image):
             wanted = draft(img.size)
             if wanted is not None:
                 img.draft(img.mode, wanted)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if isinstance(src, Image.Image):
+            img = ImageOps.exif_transpose(img)  # a copy: the caller's image is left as it was
+        else:
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of an image just decoded: half the peak memory
+    return _to_rgb(img)
+
+
+@contextmanager
+def _reading(src: ImageLike) -> Iterator[None]:
+    """Turn what Pillow raises for a missing, oversized or broken image into one :class:`BadInput` naming ``src``."""
+    try:
+        yield
     except FileNotFoundError as exc:
         raise BadInput(f"image not found: {describe(src)}") from exc
     except Image.DecompressionBombError as exc:
         raise BadInput(f"image {describe(src)} is too large to decode safely: {exc}", hint="downscale it first") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"cannot read image {describe(src)}: {exc.__class__.__name__}", hint="is it a valid image file?") from exc
-    return _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -7,11 +7,17 @@ label and path, per hnswlib label, and the sha256 of ``index.bin``). Both JSON f
 own checksum is their last field), so every byte of a gallery is checked before it answers a search.
 A gallery only makes sense with the model that embedded it, so loading it with another bundle is
 refused. Saves are built in a temporary sibling folder, fsynced, and renamed into place.
+
+A gallery may also hold image files of its own in ``images/`` (the service keeps the images clients
+upload there): an item whose metadata ``path`` is relative names such a file, while an absolute
+``path`` is where ``proxyembed index`` read the image on this machine. Each save carries the held
+files that items still name into the new folder (hard links), so they share the save's atomicity.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +28,20 @@ from .corpus import embed_stream
 from .embeddings import embedding_files, read_embeddings
 from .encoder import Encoder, is_single_image
 from .errors import BadInput, IntegrityError
-from .files import read_json_object, restore_interrupted_swap, sha256_file, staged_dir, write_sealed_json
+from .files import (
+    read_json_object,
+    remove_abandoned_staging,
+    restore_interrupted_swap,
+    sha256_file,
+    staged_dir,
+    write_sealed_json,
+)
 from .index import SIDECAR_FILE, Filter, Hit, Index, ItemId
 from .preprocess import ImageLike
 
 GALLERY_FILE = "gallery.json"
 GALLERY_VERSION = 2  # 2: sealed gallery.json and index.json, recorded recall
+HELD_IMAGES = "images"  # the gallery's own image files; a relative metadata path is one of them
 
 
 @dataclass
@@ -45,6 +59,7 @@ class Retriever:
     def __init__(self, encoder: Encoder, index: Index | None = None) -> None:
         self.encoder = encoder
         self.index = index if index is not None else Index(encoder.dim)
+        self.folder: Path | None = None  # the gallery folder it was loaded from or last saved to (its held images are there)
         if self.index.dim != encoder.dim:
             raise BadInput(f"index dim {self.index.dim} does not match the encoder's dim {encoder.dim}")
 
@@ -140,12 +155,14 @@ class Retriever:
 
     # -- gallery persistence -------------------------------------------------------------------------
 
-    def save(self, folder: str | Path, *, calibrate: bool = True) -> Path:
+    def save(self, folder: str | Path, *, calibrate: bool = True, new_images: Mapping[str, bytes] | None = None) -> Path:
         """Write the gallery to ``folder`` atomically: a temp sibling folder, then a rename.
 
         An existing gallery at ``folder`` is replaced only once the new one is complete; a folder that
         exists but is not a gallery is refused rather than deleted. ``calibrate=False`` keeps the last
         recall measurement and ``ef`` (a service saving after every small change; see :meth:`Index.calibrate`).
+        ``new_images`` maps held-image paths (``images/NAME``, as item metadata names them) to the bytes
+        to store; held images that items still name are carried over from the gallery at ``folder``.
         """
         folder = Path(folder).resolve()
         if folder.exists() and not (folder / GALLERY_FILE).is_file() and (not folder.is_dir() or any(folder.iterdir())):
@@ -154,6 +171,7 @@ class Retriever:
             )
         with staged_dir(folder) as tmp:
             self.index.save(tmp, calibrate=calibrate)
+            self._carry_held_images(self.folder or folder, tmp, new_images or {})
             info = {
                 "format_version": GALLERY_VERSION,
                 "bundle": {**self.encoder.bundle.signature, "path": str(self.encoder.bundle.path)},
@@ -165,7 +183,25 @@ class Retriever:
                 "items_sha256": sha256_file(tmp / SIDECAR_FILE),
             }
             write_sealed_json(tmp / GALLERY_FILE, info)
+        self.folder = folder
         return folder
+
+    def _carry_held_images(self, folder: Path, tmp: Path, new_images: Mapping[str, bytes]) -> None:
+        """Put every held image an item names into the staged folder: new ones written, those in ``folder`` hard-linked."""
+        if not new_images and not (folder / HELD_IMAGES).is_dir():
+            return  # a gallery that holds no images (every one `index` builds): no need to read each item's metadata
+        index = self.index
+        wanted = {p for p in (held_image(index.metadata(i)) for i in index.ids()) if p is not None}
+        for rel in sorted(wanted):
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if rel in new_images:
+                dest.write_bytes(new_images[rel])
+            elif (folder / rel).is_file():
+                try:
+                    os.link(folder / rel, dest)  # held files never change (named by content), so a link is a copy
+                except OSError:
+                    shutil.copyfile(folder / rel, dest)
 
     @classmethod
     def load(
@@ -181,8 +217,7 @@ class Retriever:
         ``encoder_options`` go to :class:`Encoder` (precision, device, threads).
         """
         folder = Path(folder)
-        restore_interrupted_swap(folder)
-        info = read_gallery_info(folder)
+        info = open_gallery_info(folder)
         if bundle is None:
             bundle = info["bundle"].get("path")
             if not bundle:
@@ -204,8 +239,9 @@ class Retriever:
                 f"{folder / SIDECAR_FILE} was altered or truncated (sha256 differs from {GALLERY_FILE})",
                 hint="rebuild the gallery",
             )
-        index = Index.load(folder)
-        return cls(Encoder(bundle, **encoder_options), index)
+        retriever = cls(Encoder(bundle, **encoder_options), Index.load(folder))
+        retriever.folder = folder.resolve()
+        return retriever
 
 
 def open_gallery(
@@ -227,6 +263,32 @@ def open_gallery(
         return Retriever.load(folder, bundle=bundle, **encoder_options)
     encoder = Encoder(bundle, **encoder_options)
     return Retriever(encoder, Index(encoder.dim, capacity=max(expected, 1)))
+
+
+def held_image(metadata: Mapping[str, Any]) -> str | None:
+    """The ``images/NAME`` file a gallery holds for an item (its metadata ``path`` is relative), or None.
+
+    Only a plain name directly inside ``images/`` counts, so no metadata can name a file elsewhere.
+    """
+    raw = metadata.get("path")
+    if not isinstance(raw, str):
+        return None
+    head, _, name = raw.partition("/")
+    if head != HELD_IMAGES or not name or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        return None
+    return raw
+
+
+def open_gallery_info(folder: str | Path) -> dict[str, Any]:
+    """What opening a gallery does first: repair an interrupted save, drop abandoned staging folders, read ``gallery.json``.
+
+    A save killed between its two renames leaves the previous version aside (:func:`restore_interrupted_swap`
+    puts it back); each kill during a save leaves a staging folder (:func:`remove_abandoned_staging` removes
+    those whose writer is gone). :meth:`Retriever.load` and ``proxyembed serve`` both start here.
+    """
+    restore_interrupted_swap(folder)
+    remove_abandoned_staging(folder)
+    return read_gallery_info(folder)
 
 
 def read_gallery_info(folder: str | Path) -> dict[str, Any]:

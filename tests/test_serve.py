@@ -27,7 +27,7 @@ import httpx  # noqa: E402  (after the skip: installed with the serve extra's fa
 from fastapi.testclient import TestClient  # noqa: E402
 
 from helpers.bundles import make_tiny_bundle, pattern_image  # noqa: E402
-from helpers.servers import free_port, live_server, make_gallery, wait_until_up  # noqa: E402
+from helpers.servers import free_port, live_server, make_gallery, serve_process, wait_until_up  # noqa: E402
 from proxyembed.runtime import Retriever  # noqa: E402
 from proxyembed.runtime.files import restore_interrupted_swap  # noqa: E402
 from proxyembed.serve import ServeOptions, create_app  # noqa: E402
@@ -71,7 +71,8 @@ def test_health_ready_and_info(api: TestClient, gallery: Path, bundle: Path) -> 
     assert api.get("/readyz").json() == {"ready": True, "count": 12}
     info = api.get("/info").json()
     assert info["count"] == 12 and info["dim"] == 16 and info["encoder"]["precision"] == "fp32"
-    assert info["bundle"]["path"] == str(bundle.resolve()) and info["preprocess"]["crop"] == 32
+    assert info["bundle"]["name"] == bundle.name and info["gallery"] == gallery.name and info["preprocess"]["crop"] == 32
+    assert str(gallery.parent) not in api.get("/info").text  # names only: no path of the server's leaves it
     assert info["index"]["ef"] >= 1 and info["recall"]["recall@10"] == 1.0 and info["read_only"] is False
     assert "/search" in api.get("/openapi.json").json()["paths"]  # the documented API
 
@@ -91,10 +92,10 @@ def test_search_with_a_metadata_filter(api: TestClient) -> None:
     assert [r["metadata"]["label"] for r in body["results"]] == ["blue"] * 3  # only 3 blue items exist
 
 
-def test_search_by_vector(api: TestClient) -> None:
+def test_search_by_vector(api: TestClient, gallery: Path) -> None:
     vector = api.get("/items/yellow%2Fyellow_0.png/neighbors?k=1")  # any stored item works as a query source
     assert vector.status_code == 200
-    q = Retriever.load(Path(api.get("/info").json()["gallery"])).encoder.encode(pattern_image("yellow", 0))[0]
+    q = Retriever.load(gallery).encoder.encode(pattern_image("yellow", 0))[0]
     body = api.post("/search/vector", json={"vector": (3 * q).tolist(), "k": 2}).json()  # scale does not matter
     assert body["results"][0]["id"] == "yellow/yellow_0.png" and body["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert set(body["timing_ms"]) == {"search"}
@@ -171,17 +172,15 @@ def test_a_decompression_bomb_is_a_bad_request(api: TestClient, monkeypatch: pyt
     assert response.status_code == 400 and "too large to decode" in response.json()["error"]
 
 
-def test_image_files_outside_the_shared_folders_are_not_sent(gallery: Path, tmp_path: Path) -> None:
-    secret = tmp_path / "secret" / "key.png"
-    secret.parent.mkdir()
-    pattern_image("red", 0).save(secret)
-    with client(gallery) as api:
-        meta = json.dumps([{"path": str(secret)}])
-        assert api.post("/items", files={"images": ("a.png", png("red", 5))}, data={"ids": "sneaky", "metadata": meta}).status_code == 200
-        response = api.get("/items/sneaky/image")
+def test_image_files_outside_the_shared_folders_are_not_sent(bundle: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    gallery = make_gallery(bundle, images, tmp_path / "gallery")
+    with client(gallery) as api:  # no --image-root: the files `proxyembed index` recorded are sent
+        assert api.get("/items/red%2Fred_0.png/image").status_code == 200
+    with client(gallery, image_roots=(images / "red",)) as api:  # with roots: only the recorded files inside them
+        assert api.get("/items/red%2Fred_0.png/image").status_code == 200
+        response = api.get("/items/blue%2Fblue_0.png/image")
         assert response.status_code == 404 and "--image-root" in response.json()["error"]
-    with client(gallery, image_roots=(tmp_path / "secret",)) as api:  # the operator shares that folder
-        assert api.get("/items/sneaky/image").content == secret.read_bytes()
 
 
 # -- changing ------------------------------------------------------------------------------------------
@@ -204,7 +203,8 @@ def test_add_search_delete_then_restart_keeps_the_changes(gallery: Path) -> None
         replaced = api.post("/items", files={"images": ("p.png", new)}, data={"ids": "p1", "replace": "true", "metadata": '[{"sku": 18}]'})
         assert replaced.json()["replaced"] == 1
     reopened = Retriever.load(gallery)  # what a restarted server loads
-    assert len(reopened) == 13 and "red/red_0.png" not in reopened.index and reopened.index.metadata("p1") == {"sku": 18}
+    assert len(reopened) == 13 and "red/red_0.png" not in reopened.index
+    assert {k: v for k, v in reopened.index.metadata("p1").items() if k != "path"} == {"sku": 18}  # path: the image the gallery keeps
     with client(gallery) as api:  # a restart: the change is still there
         assert api.get("/info").json()["count"] == 13
         assert api.get("/items/c1").json()["metadata"] == {"label": "cyan"}
@@ -280,17 +280,12 @@ def test_a_real_server_on_loopback(gallery: Path) -> None:
         assert response.json()["results"][0]["id"] == "blue/blue_2.png"
 
 
-def _serve(gallery: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "proxyembed", "serve", str(gallery), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_kill_9_during_adds_leaves_a_gallery_that_loads(gallery: Path) -> None:
     """SIGKILL the server at several moments while a client adds; each time the gallery must load, with every acknowledged add."""
     acknowledged: set[str] = set()
     for round_ in range(3):
         port = free_port()
-        proc = _serve(gallery, port)
+        proc = serve_process(gallery, port)
         try:
             wait_until_up(f"http://127.0.0.1:{port}", alive=lambda p=proc: p.poll() is None)
             stop = time.monotonic() + 0.4 + 0.5 * round_  # kill at a different point of the add / save cycle each round
@@ -356,25 +351,31 @@ def test_concurrent_encodes_share_batches_and_match_single_calls(bundle: Path) -
 
     encoder = Encoder(bundle)
     sizes: list[int] = []
-    gate = threading.Event()
+    busy, gate = threading.Event(), threading.Event()
 
     def encode_batch(batch: np.ndarray) -> np.ndarray:
-        gate.wait(timeout=30)  # hold the first call so that the others queue up behind it
         sizes.append(len(batch))
+        busy.set()
+        gate.wait(timeout=30)  # hold the encoder thread in its first call while the others queue up
         return encoder.encode_batch(batch)
 
     arrays = [encoder.preprocessor(pattern_image(c, v))[0] for c in ("red", "green", "blue") for v in range(4)]
     batcher = EncodeBatcher(encode_batch, max_batch=8)
     try:
-        with ThreadPoolExecutor(12) as pool:
+        with ThreadPoolExecutor(13) as pool:
+            first = pool.submit(batcher.encode, arrays[0][None])
+            assert busy.wait(timeout=30)  # the thread has dequeued the first request alone and is held in its call
             futures = [pool.submit(batcher.encode, a[None]) for a in arrays]
-            time.sleep(0.3)
+            deadline = time.monotonic() + 30
+            while batcher._queue.qsize() < 12 and time.monotonic() < deadline:  # all queued before the next dequeue
+                time.sleep(0.005)
             gate.set()
             got = np.concatenate([f.result(timeout=60) for f in futures])
+            first.result(timeout=60)
     finally:
         batcher.close()
     assert np.allclose(got, encoder.encode_batch(np.stack(arrays)), atol=1e-6)
-    assert sum(sizes) == 12 and max(sizes) == 8 and len(sizes) < 12  # batches formed, capped at max_batch
+    assert sizes == [1, 8, 4]  # the held call, then the 12 queued behind it in batches capped at max_batch
 
 
 def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:

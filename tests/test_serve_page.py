@@ -15,6 +15,8 @@ import pytest
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright: pip install playwright")
 
+import httpx  # noqa: E402
+
 from helpers.bundles import make_tiny_bundle  # noqa: E402
 from helpers.servers import live_server, make_gallery  # noqa: E402
 from proxyembed.serve import ServeOptions, create_app  # noqa: E402
@@ -56,6 +58,14 @@ def test_upload_an_image_and_click_through_results(tmp_path: Path) -> None:
             ids = [page.locator("#results .card").nth(i).get_attribute("data-id") for i in range(page.locator("#results .card").count())]
             assert clicked not in ids and len(ids) == 4
             page.screenshot(path=str(tmp_path / "page.png"))
+
+            # an id with path syntax in it: the page encodes it as the server routes it
+            added = httpx.post(f"{url}/items", files={"images": ("n.png", query.read_bytes())}, data={"ids": "a/neighbors"}, timeout=30)
+            assert added.status_code == 200
+            assert page.evaluate("async () => (await call(`/items/${idSegment('a/neighbors')}`)).id") == "a/neighbors"
+            page.evaluate("searchById('a/neighbors')")
+            page.wait_for_function("document.getElementById('status').textContent.includes('item a/neighbors')")
+            assert page.locator("#results .card").count() == 4 and "error" not in (page.get_attribute("#status", "class") or "")
 
             page.set_input_files("#file", files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image"}])
             page.wait_for_selector("#status.error")

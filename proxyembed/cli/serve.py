@@ -2,18 +2,28 @@
 
 Torch-free like ``search``. The service itself is :mod:`proxyembed.serve`; this command checks the
 options, loads nothing heavy before uvicorn starts, and prints where the server listens.
+
+The token comes from a file or the environment, never the command line (``ps`` shows every process's
+arguments). A server that listens beyond loopback with writes open and no token is refused: anyone who
+reached the port could delete the gallery.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
+from proxyembed.runtime import BadInput
 from proxyembed.runtime.encoder import PrecisionChoice
 
 from ._common import err_console, user_errors
+
+TOKEN_ENV = "PROXYEMBED_TOKEN"
+MIN_TOKEN_CHARS = 16
 
 
 def register(app: typer.Typer) -> None:
@@ -39,8 +49,14 @@ def serve_command(
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per inference call when concurrent requests are batched.")] = 32,
     image_root: Annotated[
         list[Path] | None,
-        typer.Option(help="A folder whose images GET /items/{id}/image may send (repeatable; the gallery's own image folders always may)."),
+        typer.Option(help="Send only the indexed image files inside this folder (repeatable; default: every file `index` recorded here)."),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help=f"File with the token writes need as 'Authorization: Bearer TOKEN' (reads too with --protect-reads); or set {TOKEN_ENV}."),
+    ] = None,
+    protect_reads: Annotated[bool, typer.Option("--protect-reads", help="Reads need the token too (all but /, /docs, /healthz, /readyz).")] = False,
+    max_connections: Annotated[int, typer.Option(min=1, help="Connections served at once; more get 503 (slow clients cannot pile up).")] = 256,
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve GALLERY over HTTP: search by image or vector, browse items, add and delete them, a page at /."""
@@ -49,10 +65,18 @@ def serve_command(
     require_extras("proxyembed serve", "serve")
     import uvicorn
 
-    from proxyembed.runtime.retriever import read_gallery_info
+    from proxyembed.runtime.retriever import open_gallery_info
     from proxyembed.serve import ServeOptions, create_app
 
-    read_gallery_info(gallery)  # a missing or damaged gallery is refused here, before uvicorn starts
+    token = read_token(token_file)
+    if protect_reads and token is None:
+        raise BadInput("--protect-reads needs a token", hint=f"pass --token-file FILE or set {TOKEN_ENV}")
+    if not read_only and token is None and not is_loopback(host):
+        raise BadInput(
+            f"--host {host} would let anyone who reaches the port change the gallery",
+            hint=f"add --read-only, or give a token with --token-file FILE or {TOKEN_ENV}",
+        )
+    open_gallery_info(gallery)  # repairs an interrupted save exactly as loading does; a missing or damaged gallery is refused here
     options = ServeOptions(
         gallery=gallery.resolve(),
         bundle=bundle,
@@ -64,7 +88,40 @@ def serve_command(
         image_roots=tuple(image_root or ()),
         worker_threads=worker_threads,
         max_batch=max_batch,
+        token=token,
+        protect_reads=protect_reads,
     )
     app = create_app(options)
-    err_console.print(f"serving {gallery} on http://{host}:{port} ({'read-only' if read_only else 'read-write'}); Ctrl-C stops", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+    mode = "read-only" if read_only else "read-write" + (", writes need the token" if token else "")
+    err_console.print(f"serving {gallery} on http://{host}:{port} ({mode}); Ctrl-C stops", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug", limit_concurrency=max_connections)
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The service token from ``--token-file`` or ``$PROXYEMBED_TOKEN`` (not both), or None; too short is refused."""
+    from_env = os.environ.get(TOKEN_ENV, "").strip() or None
+    if token_file is not None and from_env is not None:
+        raise BadInput(f"both --token-file and {TOKEN_ENV} give a token", hint="use one of them")
+    if token_file is None:
+        token, where = from_env, TOKEN_ENV
+    else:
+        try:
+            token, where = token_file.read_text(encoding="utf-8").strip(), str(token_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"cannot read --token-file {token_file} ({exc.__class__.__name__})", hint="pass a readable UTF-8 file") from exc
+    if token is not None and (len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token)):
+        raise BadInput(
+            f"the token in {where} is shorter than {MIN_TOKEN_CHARS} characters or holds spaces",
+            hint='make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"',
+        )
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` only listens on this machine (``localhost`` or a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to any interface

@@ -6,7 +6,10 @@ Servers only ever listen on the loopback address, on a free port picked by the O
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -66,3 +69,9 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def serve_process(gallery: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``proxyembed serve GALLERY`` as its own process on 127.0.0.1:``port`` (``env`` added to this one's environment)."""
+    cmd = [sys.executable, "-m", "proxyembed", "serve", str(gallery), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
