@@ -1,18 +1,20 @@
 """Training speed: proxyembed's trainer next to a plain torch loop on preloaded tensors, same model and batch.
 
 Usage: ``python benchmarks/train_speed.py [--data FOLDER|synthetic] [--classes 20 --per-class 16]
-[--backbone resnet18] [--batch 32] [--size 112] [--workers 0,2] [--device auto] [--threads 2]``
+[--backbone resnet18] [--batch 32] [--size 112] [--workers 0,2] [--cache off,auto] [--epochs 3] [--device auto]
+[--threads 2]``
 
-For each device (the CPU; CUDA too when present, with AMP and channels-last) and each DataLoader worker
-count, the real :class:`~proxyembed.training.trainer.Trainer` trains one warm-up epoch and one timed
-epoch; its DataLoader is wrapped so the time spent waiting for the next batch is measured apart from
-the compute. Its evaluation is timed as well (decode, preprocess and embed the held-out images). The
-plain loop then trains the same network, loss, optimizer, gradient clipping and batch on tensors that
-were decoded and augmented beforehand, right after each trainer row (the same machine load), so
-``trainer / plain`` isolates what the input pipeline and the trainer's bookkeeping cost.
-Decode + augmentation is also timed alone, per image, in this process. ``--classes / --per-class``
-take a subset of a class-folder dataset (symlinks in a temp folder). Results go to
-``benchmarks/results/train_speed.{json,md}`` (``--out`` elsewhere).
+For each device (the CPU; CUDA too when present, with AMP and channels-last), each ``--cache`` mode and each
+DataLoader worker count, the real :class:`~proxyembed.training.trainer.Trainer` sets up (building its image
+caches), then trains ``--epochs`` timed epochs; its DataLoader is wrapped so the time spent waiting for the
+next batch is measured per epoch apart from the compute. One more epoch's DataLoader is drained with no
+model: the img/s of the input pipeline alone, which says whether the pipeline or the model is the limit on
+a faster device. Two evaluations are timed (the first of a run and a later one). The plain loop then trains
+the same network, loss, optimizer, gradient clipping and batch on tensors that were decoded and augmented
+beforehand, right after each trainer row (the same machine load), so ``epoch / preloaded`` isolates what the
+input pipeline and the trainer's bookkeeping cost. Decode + augmentation is also timed alone, per image, in
+this process. ``--classes / --per-class`` take a subset of a class-folder dataset (symlinks in a temp
+folder). Results go to ``benchmarks/results/train_speed.{json,md}`` (``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -80,34 +82,70 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def trainer_run(cfg_dict: dict[str, Any], out: Path) -> tuple[Trainer, dict[str, float]]:
-    """A warm-up epoch, then a timed epoch (waiting vs compute) and a timed evaluation, with the real trainer."""
+def pipeline_images_per_s(trainer: Trainer, epoch: int) -> float:
+    """Images/s of the input pipeline alone: one epoch's DataLoader drained with no model (read, augment, collate)."""
+    loader = trainer._loader(epoch)
+    n, t0 = 0, time.perf_counter()
+    for x, _ in loader:
+        n += len(x)
+    return n / (time.perf_counter() - t0)
+
+
+def trainer_run(cfg_dict: dict[str, Any], out: Path, epochs: int) -> tuple[Trainer, dict[str, Any]]:
+    """Set-up (image caches built here), ``epochs`` timed epochs (waiting on data vs compute), the input pipeline
+    alone and a timed evaluation, with the real trainer."""
     trainer = Trainer(resolve_config(cfg_dict), out)
+    t0 = time.perf_counter()
     trainer._setup()
+    setup_s = time.perf_counter() - t0
     timed: list[TimedLoader] = []
     make_loader = trainer._loader
     trainer._loader = lambda epoch: timed.append(TimedLoader(make_loader(epoch))) or timed[-1]  # type: ignore[method-assign]
-    trainer._train_epoch(1)  # warm-up: worker start, allocator, cudnn autotuning
-    sync(trainer.device)
-    t0 = time.perf_counter()
-    trainer._train_epoch(2)
-    sync(trainer.device)
-    epoch_s = time.perf_counter() - t0
-    images = len(timed[-1]) * trainer.cfg.batch_size
-    t0 = time.perf_counter()
-    trainer._evaluate(2)
-    sync(trainer.device)
-    eval_s = time.perf_counter() - t0
+    per_epoch = []
+    for epoch in range(1, epochs + 1):
+        sync(trainer.device)
+        t0 = time.perf_counter()
+        trainer._train_epoch(epoch)
+        sync(trainer.device)
+        epoch_s = time.perf_counter() - t0
+        images = len(timed[-1]) * trainer.cfg.batch_size
+        per_epoch.append({"epoch": epoch, "epoch_s": epoch_s, "train_images_per_s": images / epoch_s, "data_wait_s": timed[-1].wait_s,
+                          "data_wait_share": timed[-1].wait_s / epoch_s})
+    trainer._loader = make_loader  # type: ignore[method-assign]
+    pipeline = pipeline_images_per_s(trainer, epochs + 1)
+    evals = []
+    for epoch in (1, 2):  # the first evaluation of a run, then one with whatever it kept
+        t0 = time.perf_counter()
+        trainer._evaluate(epoch)
+        sync(trainer.device)
+        evals.append(time.perf_counter() - t0)
     eval_images = len(trainer.data.eval) + len(trainer.data.gallery or [])
+    later = per_epoch[1:] or per_epoch
     return trainer, {
-        "train_images_per_s": images / epoch_s,
-        "epoch_s": epoch_s,
+        "setup_s": setup_s,
+        "cache": trainer.caches.info,
+        "loader": trainer.loader_settings,
+        "epochs": per_epoch,
+        "epoch_s": sum(e["epoch_s"] for e in later) / len(later),  # from the second epoch on
+        "train_images_per_s": sum(e["train_images_per_s"] for e in later) / len(later),
+        "data_wait_share": sum(e["data_wait_share"] for e in later) / len(later),
         "steps": len(timed[-1]),
-        "data_wait_s": timed[-1].wait_s,
-        "data_wait_share": timed[-1].wait_s / epoch_s,
-        "eval_images_per_s": eval_images / eval_s,
+        "pipeline_images_per_s": pipeline,
+        "eval_s": evals,
+        "eval_images_per_s": eval_images / evals[-1],
         "eval_images": eval_images,
     }
+
+
+def pipeline_row(cfg_dict: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Set-up and the input pipeline alone (no training step): what one process can feed a faster device."""
+    trainer = Trainer(resolve_config(cfg_dict), out)
+    t0 = time.perf_counter()
+    trainer._setup()
+    setup_s = time.perf_counter() - t0
+    return {"device": cfg_dict["device"], "cache": cfg_dict["cache"], "workers": cfg_dict["workers"], "setup_s": setup_s,
+            "pipeline_images_per_s": pipeline_images_per_s(trainer, 1), "decode_augment_ms_per_image": decode_augment_ms(trainer),
+            "loader": trainer.loader_settings, "cache_info": trainer.caches.info}
 
 
 def plain_loop(trainer: Trainer, steps: int) -> dict[str, float]:
@@ -167,21 +205,31 @@ def devices(choice: str) -> list[str]:
 def measure(args: argparse.Namespace, data: str, work: Path) -> list[dict[str, Any]]:
     rows = []
     for device in devices(args.device):
-        for workers in [int(w) for w in args.workers.split(",")]:
-            cfg = {"data": data, "backbone": args.backbone, "batch_size": args.batch, "image_size": args.size,
-                   "resize": args.resize or round(args.size * 8 / 7), "embedding_dim": 128, "device": device,
-                   "amp": args.amp, "channels_last": True, "workers": workers, "epochs": 2, "schedule": "none"}
-            trainer, row = trainer_run(cfg, work / f"run-{device}-{workers}")
-            plain = plain_loop(trainer, row["steps"])  # right after, so both see the same machine load
-            decode_ms = decode_augment_ms(trainer)
-            row.update(device=device, workers=workers, amp=str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "none",
-                       plain_images_per_s=plain["train_images_per_s"], ratio_vs_plain=row["train_images_per_s"] / plain["train_images_per_s"],
-                       decode_augment_ms_per_image=decode_ms,
-                       decode_augment_share_if_serial=decode_ms * row["steps"] * args.batch / 1000 / row["epoch_s"])
-            rows.append(row)
-            print(f"  {device} workers={workers}: train {row['train_images_per_s']:.1f} img/s "
-                  f"(plain loop {row['plain_images_per_s']:.1f}, ratio {row['ratio_vs_plain']:.2f}), "
-                  f"waiting on data {100 * row['data_wait_share']:.1f}% of the epoch, eval {row['eval_images_per_s']:.1f} img/s", flush=True)
+        for cache in args.cache.split(","):
+            for workers in [int(w) for w in args.workers.split(",")]:
+                cfg = {"data": data, "backbone": args.backbone, "batch_size": args.batch, "image_size": args.size,
+                       "resize": args.resize or round(args.size * 8 / 7), "embedding_dim": 128, "device": device,
+                       "amp": args.amp, "channels_last": True, "workers": workers, "epochs": args.epochs, "schedule": "none",
+                       "cache": cache, "cache_dir": str(work / f"cache-{device}-{cache}-{workers}")}
+                if args.pipeline_only:
+                    rows.append(pipeline_row(cfg, work / f"run-{device}-{cache}-{workers}"))
+                    print(f"  {device} cache={cache} workers={workers}: set-up {rows[-1]['setup_s']:.1f} s, "
+                          f"pipeline alone {rows[-1]['pipeline_images_per_s']:.0f} img/s", flush=True)
+                    continue
+                trainer, row = trainer_run(cfg, work / f"run-{device}-{cache}-{workers}", args.epochs)
+                plain = plain_loop(trainer, row["steps"])  # right after, so both see the same machine load
+                decode_ms = decode_augment_ms(trainer)
+                row.update(device=device, workers=workers, cache=cache,
+                           amp=str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "none",
+                           plain_images_per_s=plain["train_images_per_s"], ratio_vs_plain=row["train_images_per_s"] / plain["train_images_per_s"],
+                           decode_augment_ms_per_image=decode_ms,
+                           decode_augment_share_if_serial=decode_ms * row["steps"] * args.batch / 1000 / row["epoch_s"])
+                rows.append(row)
+                print(f"  {device} cache={cache} workers={workers}: set-up {row['setup_s']:.1f} s; epochs "
+                      + ", ".join(f"{e['epoch_s']:.1f} s ({100 * e['data_wait_share']:.1f}% waiting)" for e in row["epochs"])
+                      + f"; train {row['train_images_per_s']:.1f} img/s (plain loop {row['plain_images_per_s']:.1f}, "
+                      f"epoch / preloaded {1 / row['ratio_vs_plain']:.2f}); pipeline alone {row['pipeline_images_per_s']:.0f} img/s; "
+                      f"evaluations {', '.join(f'{t:.1f}' for t in row['eval_s'])} s", flush=True)
     return rows
 
 
@@ -189,28 +237,38 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Training speed",
         "",
-        f"Machine: {machine_line(meta['machine'])}; torch {meta['torch']} with {meta['threads']} thread(s); {meta['gpu'] or 'no CUDA GPU'}.",
-        f"Data: {meta['data']}. Model: {meta['backbone']} (128-d, Proxy-Anchor), batch {meta['batch']}, "
-        f"{meta['size']} px training crop. One warm-up epoch, then one timed epoch and one timed evaluation.",
         f"Command: `{meta['command']}`",
         "",
-        "| device | AMP | workers | train img/s | plain loop img/s | trainer / plain | waiting on data | eval img/s | "
-        "decode+augment ms/img | decode+augment share if serial |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Machine: {machine_line(meta['machine'])}; torch {meta['torch']} with {meta['threads']} thread(s); {meta['gpu'] or 'no CUDA GPU'}.",
+        f"Data: {meta['data']}. Model: {meta['backbone']} (128-d, Proxy-Anchor), batch {meta['batch']}, "
+        f"{meta['size']} px training crop. Set-up (image caches built there), {meta['epochs']} timed epochs, the input pipeline "
+        "alone for one more epoch, then two timed evaluations.",
+        "",
+        "| device | AMP | cache | workers | set-up s | epoch s (each) | waiting on data (each) | train img/s | preloaded img/s | "
+        "epoch / preloaded | pipeline alone img/s | evaluations s | decode+augment ms/img |",
+        "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|",
     ]
+    if meta.get("pipeline_only"):
+        lines[-4] = lines[-4].split(" Set-up")[0] + " Set-up (image caches built there), then one epoch of the input pipeline alone."
+        lines[-2:] = ["| cache | workers | set-up s (caches built) | pipeline alone img/s | decode+augment ms/img |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['cache']} | {r['workers']} | {r['setup_s']:.1f} | {r['pipeline_images_per_s']:.0f} | "
+                  f"{r['decode_augment_ms_per_image']:.2f} |" for r in rows]
+        rows = []
     for r in rows:
+        epochs = ", ".join(f"{e['epoch_s']:.1f}" for e in r["epochs"])
+        waits = ", ".join(f"{100 * e['data_wait_share']:.1f}%" for e in r["epochs"])
         lines.append(
-            f"| {r['device']} | {r['amp']} | {r['workers']} | {r['train_images_per_s']:.1f} | {r['plain_images_per_s']:.1f} | "
-            f"{r['ratio_vs_plain']:.2f} | {100 * r['data_wait_share']:.1f}% | {r['eval_images_per_s']:.1f} | "
-            f"{r['decode_augment_ms_per_image']:.2f} | {100 * r['decode_augment_share_if_serial']:.1f}% |"
+            f"| {r['device']} | {r['amp']} | {r['cache']} | {r['workers']} | {r['setup_s']:.1f} | {epochs} | {waits} | "
+            f"{r['train_images_per_s']:.1f} | {r['plain_images_per_s']:.1f} | {1 / r['ratio_vs_plain']:.2f} | "
+            f"{r['pipeline_images_per_s']:.0f} | {', '.join(f'{t:.1f}' for t in r['eval_s'])} | {r['decode_augment_ms_per_image']:.2f} |"
         )
     lines += [
         "",
-        "*Waiting on data* is the share of the timed epoch spent in the DataLoader's `next()`; *decode+augment "
-        "share if serial* is what decoding and augmenting would take of that epoch if done in the training "
-        "process with no overlap. *trainer / plain* compares the trainer with a plain loop on preloaded tensors "
-        "(same network, loss, AdamW, gradient clipping and batch): below 1.0 is what the input pipeline and the "
-        "trainer's bookkeeping cost.",
+        "*Waiting on data* is the share of each epoch spent in the DataLoader's `next()`. *train img/s* and *epoch / "
+        "preloaded* are from the second epoch on: the epoch's time over the same forward and backward passes of a plain "
+        "loop on preloaded, already augmented tensors (same network, loss, AdamW, gradient clipping and batch), run right "
+        "after. *pipeline alone* drains one epoch's DataLoader with no model: what the input side can deliver (with 0 "
+        "workers, on one core). *decode+augment ms/img* is one sample read and augmented in this process.",
     ]
     if meta.get("note"):
         lines += ["", meta["note"]]
@@ -227,6 +285,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--resize", type=int, default=None)
     p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    p.add_argument("--cache", default="off,auto", help="comma-separated --cache modes (auto, ram, disk, off)")
+    p.add_argument("--pipeline-only", action="store_true", help="measure set-up and the input pipeline alone, no training")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per row (the first includes worker and allocator warm-up)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
     p.add_argument("--threads", type=int, default=2)
@@ -237,7 +298,8 @@ def main() -> None:
     meta = {
         "machine": machine(), "torch": torch.__version__, "threads": args.threads,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "backbone": args.backbone, "batch": args.batch, "size": args.size, "note": args.note,
+        "backbone": args.backbone, "batch": args.batch, "size": args.size, "note": args.note, "epochs": args.epochs,
+        "pipeline_only": args.pipeline_only,
         "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]),
     }
     print(f"{machine_line(meta['machine'])} | torch {torch.__version__}, {args.threads} thread(s) | {meta['gpu'] or 'no CUDA GPU'}", flush=True)

@@ -151,6 +151,7 @@ class DecodeCheck:
         return {
             "mode": "reduced",
             "passed": self.passed,
+            "fallback": None if self.passed else "full",
             "images": self.images,
             "reduced_images": self.reduced_images,
             "full": self.full,

@@ -18,7 +18,7 @@ from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.files import read_json_object
 from proxyembed.runtime.preprocess import ImageLike
 from proxyembed.training.config import TrainConfig
-from proxyembed.training.run_dir import CONFIG_NAME, Which, checkpoint_name, metrics_of, read_history
+from proxyembed.training.run_dir import CONFIG_NAME, Which, checkpoint_name, config_settings, metrics_of, read_history
 
 if TYPE_CHECKING:
     from proxyembed.models import Embedder
@@ -42,7 +42,7 @@ class Run:
         """The resolved training config, as written by the run."""
         path = self.path / CONFIG_NAME
         raw = read_json_object(path, missing=f"{path} is missing", hint="give a run dir", broken_hint="re-run training", fields={})
-        return TrainConfig.from_dict(raw, source=str(self.path / CONFIG_NAME))
+        return TrainConfig.from_dict(config_settings(raw), source=str(self.path / CONFIG_NAME))
 
     @property
     def history(self) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import numpy as np
 
 from .errors import BadInput, IntegrityError, MissingDependency, require
 from .manifest import ArtifactFormat
+from .system import user_cache_dir
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TRT_EP_MAX_BATCH = 64
@@ -194,7 +194,7 @@ def engine_cache_dir() -> Path | None:
     The provider itself creates only the last path component and, when the parent is missing, fails and
     falls back to CUDA (``trt_engine_cache_path``).
     """
-    cache = Path(os.environ.get("PROXYEMBED_CACHE", Path.home() / ".cache" / "proxyembed")) / "trt-ep"
+    cache = user_cache_dir() / "trt-ep"
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -40,8 +40,11 @@ Chosen on held-out training classes of real photos (docs/defaults.md): it never 
 unlike letterbox, spends every pixel on the image (+1.6 R@1 over letterbox, 4 seeds)."""
 Decode = Literal["full", "reduced"]
 DECODES: tuple[str, ...] = get_args(Decode)
-DEFAULT_DECODE: Decode = "full"
-"""What new runs record (``TrainConfig.decode``); a spec stored without the field reads as ``full``, what it was made with."""
+DEFAULT_DECODE: Decode = "reduced"
+"""What new specs and runs record (``TrainConfig.decode``); a spec stored without the field reads as ``full``, what it
+was made with. Reduced is safe as a default: it keeps :data:`DRAFT_MARGIN` times the pixels the fit needs (0.13
+Recall@1 points on 2 MP photos, benchmarks/results/decode_speed.md), export judges it against full decoding and
+falls back to full where it costs more than its limit, and photos too small to scale are read in full anyway."""
 # The formats read: those of runtime.images.IMAGE_EXTENSIONS (Pillow's JPEG reader also opens the MPO files
 # many cameras write). Pillow would open dozens more, some through outside programs (EPS runs Ghostscript).
 READ_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")

@@ -51,3 +51,18 @@ def _gpu_tests_see_the_machine(request: pytest.FixtureRequest, cpu_only: pytest.
         yield
     finally:
         _pin_to_cpu(cpu_only)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _image_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Training's disk image caches (and anything else under the user's cache dir) go to a temporary folder, never
+    ~/.cache; set in the environment so torchrun workers and other subprocesses inherit it."""
+    import os
+
+    old = os.environ.get("PROXYEMBED_CACHE")
+    os.environ["PROXYEMBED_CACHE"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PROXYEMBED_CACHE", None)
+    else:
+        os.environ["PROXYEMBED_CACHE"] = old

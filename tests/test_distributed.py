@@ -80,6 +80,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_torchrun_writes_one_run_dir(ddp_run: Path) -> None:
     assert {p.name for p in ddp_run.iterdir()} == {"config.json", "metrics.jsonl", "best.pt", "last.pt", "training_curves.png"}
     assert [h["epoch"] for h in metric_lines(ddp_run)] == [0, 1, 2]  # written by rank 0 alone
+    caches = json.loads((ddp_run / "config.json").read_text())["input_pipeline"]["cache"]
+    assert caches["train"]["where"] == caches["eval"]["where"] == "disk"  # --cache auto under torchrun: one file both ranks map
     for name in ("best.pt", "last.pt"):
         data = torch.load(ddp_run / name, weights_only=True)
         assert not [k for k in (*data["model"], *data["loss"]) if k.startswith("module.")]
@@ -100,6 +102,8 @@ def test_sharded_evaluation_matches_the_single_process_one(ddp_run: Path) -> Non
 def test_resume_under_torchrun_continues_as_the_uninterrupted_run(tmp_path: Path, ddp_run: Path) -> None:
     full = tmp_path / "full"
     torchrun(full, "--schedule", "none", epochs=3)
+    caches = json.loads((full / "config.json").read_text())["input_pipeline"]["cache"]
+    assert not caches["train"]["built"] and not caches["eval"]["built"]  # the ranks reuse the files the first run built
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     for name in ("config.json", "metrics.jsonl", "last.pt"):

@@ -52,16 +52,22 @@ def test_reduced_decoding_is_measured_and_recorded(camera_folder: Path, tmp_path
     assert Encoder(tmp_path / "bundle").preprocessor.decode(camera_folder / "class0" / "0.jpg").size == (200, 150)
 
 
-def test_a_reduced_decoding_over_the_limit_writes_no_bundle(camera_folder: Path, tmp_path: Path) -> None:
+def test_a_reduced_decoding_over_the_limit_falls_back_to_full_decoding(camera_folder: Path, tmp_path: Path) -> None:
     run = make_checkpoint(tmp_path / "run", data=str(camera_folder)).parent
     code, output = _export(run, tmp_path / "bundle", "--decode", "reduced", "--max-recall-drop", "decode=-1")
-    assert code == 1 and "reduced JPEG decoding lost" in output and "--decode full" in " ".join(output.split())
-    assert not (tmp_path / "bundle").exists()
+    assert code == 0, output
+    assert "reduced JPEG decoding lost" in output and "records full decoding" in " ".join(output.split())
+    raw = json.loads((tmp_path / "bundle" / MANIFEST_NAME).read_text())
+    assert raw["input"]["decode"] == "full"
+    check = raw["validation"]["decode"]
+    assert not check["passed"] and check["fallback"] == "full"
+    assert raw["validation"]["reference"]["recall@1"] == check["full"]["recall@1"]  # the artifacts judged again, with full decoding
+    assert Encoder(tmp_path / "bundle").preprocessor.decode(camera_folder / "class0" / "0.jpg").size == (400, 300)
 
 
 def test_full_decoding_adds_no_check(camera_folder: Path, tmp_path: Path) -> None:
     run = make_checkpoint(tmp_path / "run", data=str(camera_folder)).parent
-    code, output = _export(run, tmp_path / "bundle")
+    code, output = _export(run, tmp_path / "bundle", "--decode", "full")
     assert code == 0, output
     raw = json.loads((tmp_path / "bundle" / MANIFEST_NAME).read_text())
     assert raw["input"]["decode"] == "full" and "decode" not in raw["validation"]

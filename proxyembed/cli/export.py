@@ -58,7 +58,11 @@ def export(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset to export with.")] = 18,
     decode: Annotated[
         Decode | None,
-        typer.Option("--decode", help="JPEG decoding the bundle records: full, or reduced (validated against full; default: the run's)."),
+        typer.Option(
+            "--decode",
+            help="JPEG decoding the bundle records: full, or reduced (judged against full, and full over --max-recall-drop decode; "
+            "default: the run's).",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
     log: Annotated[

@@ -11,7 +11,7 @@ import typer
 from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, NmiMode
 from proxyembed.runtime.preprocess import DEFAULT_FIT, Decode
 from proxyembed.tracking.base import TrackerName
-from proxyembed.training.config import Amp, Augment, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
+from proxyembed.training.config import Amp, Augment, CacheMode, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
 
 from ._common import console, err_console, given_options, print_json, user_errors
 
@@ -95,7 +95,19 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = _DEFAULTS.seed,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = _DEFAULTS.device,
     amp: Annotated[Amp, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or none.")] = _DEFAULTS.amp,
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = _DEFAULTS.workers,
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loading worker processes (default: chosen for the device, see docs/benchmarks.md).")
+    ] = None,
+    cache: Annotated[
+        CacheMode,
+        typer.Option(help="Decoded-image cache: auto (RAM if it fits, else a file), ram, disk (a file reused by later runs) or off."),
+    ] = _DEFAULTS.cache,
+    cache_dir: Annotated[
+        str | None, typer.Option("--cache-dir", help="Folder of --cache disk files (default: $PROXYEMBED_CACHE or ~/.cache/proxyembed/images).")
+    ] = None,
+    cache_ram_gb: Annotated[
+        float | None, typer.Option("--cache-ram-gb", help="RAM --cache auto may fill, in GiB (default: a quarter of the available memory).")
+    ] = None,
     sync_bn: Annotated[
         bool | None, typer.Option("--sync-bn/--no-sync-bn", help="BatchNorm statistics over all torchrun processes (default: on on CUDA).")
     ] = None,
@@ -141,7 +153,7 @@ def train_cmd(
         augment=augment, crop_scale=crop_scale.split(",") if crop_scale is not None else None, hflip=hflip, eval_fit=eval_fit, resize=resize,
         decode=decode,
         eval_every=eval_every, nmi=nmi, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
-        sync_bn=sync_bn,
+        cache=cache, cache_dir=cache_dir, cache_ram_gb=cache_ram_gb, sync_bn=sync_bn,
     )
     given = given_options(ctx)
     cfg = resolve_config({k: v for k, v in overrides.items() if k not in ctx.params or k in given}, recipe)

@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec, load_image
 
+from .image_cache import ImageCache, as_image
 from .types import Sample
 
 # Training augmentation presets: (random-resized-crop scale or None for the evaluation geometry, flip,
@@ -42,22 +43,34 @@ class _EvalGeometry:
         return self.pre.square(img)
 
 
+def augment_crop_scale(augment: str, crop_scale: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """The random-resized-crop area range training draws from (None: the evaluation geometry, no crop)."""
+    if augment not in AUGMENT_PRESETS:
+        raise BadInput(f"--augment '{augment}' is not one of {list(AUGMENT_PRESETS)}")
+    return crop_scale if crop_scale is not None else AUGMENT_PRESETS[augment][0]
+
+
 def train_transform(
-    spec: PreprocessSpec, augment: str = "standard", *, crop_scale: tuple[float, float] | None = None, hflip: bool | None = None
+    spec: PreprocessSpec,
+    augment: str = "standard",
+    *,
+    crop_scale: tuple[float, float] | None = None,
+    hflip: bool | None = None,
+    squared: bool = False,
 ) -> v2.Compose:
     """The training transform: an augmentation preset (see ``AUGMENT_PRESETS``), then the spec's normalisation.
 
     ``none`` gives the evaluation geometry itself, so training sees exactly the pixels evaluation and the
     runtime will; the crop presets draw a random-resized crop of ``crop_scale`` of the image area.
-    ``crop_scale`` and ``hflip`` override the preset's values.
+    ``crop_scale`` and ``hflip`` override the preset's values. ``squared`` says the images arrive already
+    squared by the evaluation geometry (the image cache's square view), so ``none`` does not square again.
     """
-    if augment not in AUGMENT_PRESETS:
-        raise BadInput(f"--augment '{augment}' is not one of {list(AUGMENT_PRESETS)}")
-    preset_scale, preset_flip, jitter = AUGMENT_PRESETS[augment]
-    scale = crop_scale if crop_scale is not None else preset_scale
+    scale = augment_crop_scale(augment, crop_scale)
+    _, preset_flip, jitter = AUGMENT_PRESETS[augment]
     steps: list[Any] = []
     if scale is None:
-        steps.append(_EvalGeometry(spec))
+        if not squared:
+            steps.append(_EvalGeometry(spec))
     else:
         steps.append(v2.RandomResizedCrop(spec.crop, scale=tuple(scale), interpolation=v2.InterpolationMode.BILINEAR, antialias=True))
     if preset_flip if hflip is None else hflip:
@@ -73,9 +86,11 @@ class TrainDataset(Dataset):
 
     An image that fails to decode mid-epoch (truncated after the up-front scan, removed, ...) is replaced
     by another image of the same class and counted in ``failures``, so one bad file never stops a run.
+    With ``pixels`` (an :class:`~.image_cache.ImageCache` of ``samples``, in order) the transform runs on the
+    cached pixels instead of a fresh decode; an image the cache could not decode fails the same way.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: v2.Compose) -> None:
+    def __init__(self, samples: Sequence[Sample], transform: v2.Compose, pixels: ImageCache | None = None) -> None:
         if not samples:
             raise BadInput("no training images", hint="check --data: the training split is empty")
         self.samples = list(samples)
@@ -83,6 +98,7 @@ class TrainDataset(Dataset):
         self.label_map = {c: i for i, c in enumerate(classes)}
         self.labels = [self.label_map[s.label] for s in self.samples]
         self.transform = transform
+        self.pixels = pixels
         self.failures: list[str] = []
         self._lock = threading.Lock()
         self._by_class: dict[int, list[int]] = defaultdict(list)
@@ -99,7 +115,8 @@ class TrainDataset(Dataset):
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
         for attempt in range(5):
             try:
-                return self.transform(load_image(self.samples[idx].source)), self.labels[idx]
+                img = as_image(self.pixels[idx]) if self.pixels is not None else load_image(self.samples[idx].source)
+                return self.transform(img), self.labels[idx]
             except BadInput as exc:
                 with self._lock:
                     self.failures.append(str(exc))

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from proxyembed.data.image_cache import CacheMode
 from proxyembed.models.config import Pooling as Pool
 from proxyembed.runtime.encoder import DeviceChoice as Device
 from proxyembed.runtime.errors import BadInput
@@ -95,7 +96,14 @@ class TrainConfig:
     device: Device = "auto"
     amp: Amp = "auto"
     channels_last: bool = True
-    workers: int = 0
+    # DataLoader worker processes; None: chosen for the device (proxyembed.training.loaders.loader_settings, measured
+    # in docs/benchmarks.md); config.json's "input_pipeline" records what the run used.
+    workers: int | None = None
+    # Decoded-image cache (proxyembed.data.image_cache): auto | ram | disk | off; its folder (None: the user's cache
+    # dir, runtime.system.user_cache_dir) and the RAM auto may fill (None: a quarter of the available memory).
+    cache: CacheMode = "auto"
+    cache_dir: str | None = None
+    cache_ram_gb: float | None = None
     sync_bn: bool | None = None  # BatchNorm statistics over all processes; None: on for multi-process CUDA runs
 
     def validate(self) -> None:
@@ -131,6 +139,10 @@ class TrainConfig:
             )
         if not 0 <= self.val_fraction < 0.5:
             raise BadInput(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}", hint="e.g. 0.2 holds out a fifth of the training classes")
+        if self.workers is not None and self.workers < 0:
+            raise BadInput(f"--workers must be >= 0, got {self.workers}", hint="0 loads in the training process; omit it to choose for the device")
+        if self.cache_ram_gb is not None and not self.cache_ram_gb >= 0:
+            raise BadInput(f"--cache-ram-gb must be >= 0, got {self.cache_ram_gb}")
         if not (self.sync_bn is None or isinstance(self.sync_bn, bool)):
             raise BadInput(f"sync_bn must be true, false or null (automatic), got {self.sync_bn!r}")
 

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from proxyembed.data.image_cache import ImageCache
 from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.metrics import NmiMode
@@ -228,11 +229,12 @@ def evaluate_sharded(
     autocast_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
     nmi: NmiMode = "auto",
+    cache: ImageCache | None = None,
 ) -> dict[str, float]:
     """:func:`~proxyembed.training.evaluate.evaluate_model`'s metrics with the embedding split over ranks.
 
     ``model`` must be the unwrapped network: its forward runs a different number of batches on each
     rank, which DistributedDataParallel's per-forward collectives would not survive.
     """
-    kw = dict(dim=dim, device=device, autocast_dtype=autocast_dtype, on_batch=on_batch)
+    kw = dict(dim=dim, device=device, autocast_dtype=autocast_dtype, on_batch=on_batch, cache=cache)
     return split_metrics(data, lambda samples: embed_sharded(model, samples, spec, world, **kw), nmi=nmi)

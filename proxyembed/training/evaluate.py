@@ -6,11 +6,12 @@ here are the reference that export validation and ``proxyembed check`` compare a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from proxyembed.data.image_cache import ImageCache
 from proxyembed.data.types import DataSplit, Sample
 from proxyembed.runtime.evaluation import evaluate_split
 from proxyembed.runtime.metrics import NmiMode
@@ -28,19 +29,20 @@ def embed_samples(
     autocast_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
     normalize: bool = True,
+    cache: ImageCache | None = None,
 ) -> np.ndarray:
     """float32 (N, D) embeddings of ``samples``, in order; ``on_batch(n)`` reports progress.
 
     ``normalize=False`` asks ``model`` (an :class:`~proxyembed.models.Embedder`) for its output before the L2
-    normalisation and returns it as is, for fitting the whitening.
+    normalisation and returns it as is, for fitting the whitening. ``cache`` (square view of ``spec``) holds
+    the squared pixels of some or all samples; the others are decoded.
     """
     was_training = model.training
     model.eval()
-    pre = Preprocessor(spec)
     out = []
     device = torch.device(device)
     try:
-        for batch in pre.batches((s.source for s in samples), batch_size):
+        for batch in input_batches(samples, spec, batch_size, cache):
             x = torch.from_numpy(batch).to(device)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 y = model(x) if normalize else model(x, normalize=False)
@@ -53,6 +55,18 @@ def embed_samples(
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def input_batches(samples: Sequence[Sample], spec: PreprocessSpec, batch_size: int, cache: ImageCache | None = None) -> Iterator[np.ndarray]:
+    """NCHW float32 batches of ``samples`` under ``spec``: normalised from ``cache`` where it holds them, else decoded
+    (the same pixels: the cache keeps ``Preprocessor.square`` of ``Preprocessor.decode``)."""
+    pre = Preprocessor(spec)
+    if cache is None:
+        yield from pre.batches((s.source for s in samples), batch_size)
+        return
+    for lo in range(0, len(samples), batch_size):
+        chunk = [(s, cache.lookup(s)) for s in samples[lo : lo + batch_size]]
+        yield np.stack([pre.image(s.source) if px is None else pre.normalise(px) for s, px in chunk])
+
+
 def evaluate_model(
     model: torch.nn.Module,
     data: DataSplit,
@@ -63,9 +77,10 @@ def evaluate_model(
     batch_size: int = 128,
     autocast_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
+    cache: ImageCache | None = None,
 ) -> dict[str, float]:
     """Recall@K (the data's Ks), MAP@R, R-Precision and NMI (``nmi``: auto skips it for large splits) on the evaluation classes."""
-    kw = dict(device=device, batch_size=batch_size, autocast_dtype=autocast_dtype, on_batch=on_batch)
+    kw = dict(device=device, batch_size=batch_size, autocast_dtype=autocast_dtype, on_batch=on_batch, cache=cache)
     return split_metrics(data, lambda samples: embed_samples(model, samples, spec, **kw), nmi=nmi)
 
 

@@ -6,6 +6,7 @@ resumed run draws the batches the uninterrupted run would have.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -43,10 +44,36 @@ def hold_out_validation(data: DataSplit, val_fraction: float) -> DataSplit | Non
     return DataSplit(name=f"{data.name} validation classes", train=[], eval=val, ks=data.ks)
 
 
-def train_loader(dataset: TrainDataset, cfg: TrainConfig, world: World, epoch: int, *, pin_memory: bool) -> DataLoader:
-    """The batches of ``epoch`` for this process: the balanced sampler, a shard of a shuffle under torchrun,
-    or a plain seeded shuffle; refuses a batch larger than the data."""
-    kw: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": pin_memory, "persistent_workers": False}
+MAX_AUTO_WORKERS = 8
+
+
+def loader_settings(cfg: TrainConfig, device: torch.device, world: World) -> dict[str, Any]:
+    """The DataLoader settings of a run (written to config.json): ``cfg.workers``, else a choice for the device.
+
+    - workers: none on a CPU, where the training step already keeps every core busy and a worker only takes
+      cores from it (measured with the image cache, docs/benchmarks.md); on a GPU, this process's share of the
+      cores less one for the training loop, at most :data:`MAX_AUTO_WORKERS`.
+    - pinned memory on CUDA only (it speeds host-to-device copies, and nothing else);
+    - no persistent workers: each epoch's loader is new so its workers are seeded from that epoch's seed, which
+      keeps a resumed run's augmentations those of the uninterrupted run; with cached pixels a worker starts
+      in milliseconds (fork, no decoding state to rebuild);
+    - prefetch 2 batches a worker (PyTorch's default): cached batches take about the same time each.
+    """
+    workers = cfg.workers
+    if workers is None:
+        if device.type == "cpu":
+            workers = 0
+        else:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size if world.distributed else 1))
+            workers = max(1, min(MAX_AUTO_WORKERS, cores // max(local, 1) - 1))
+    return {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": False, "prefetch_factor": 2 if workers else None}
+
+
+def train_loader(dataset: TrainDataset, cfg: TrainConfig, world: World, epoch: int, *, settings: dict[str, Any]) -> DataLoader:
+    """The batches of ``epoch`` for this process with :func:`loader_settings`: the balanced sampler, a shard of a
+    shuffle under torchrun, or a plain seeded shuffle; refuses a batch larger than the data."""
+    kw = dict(settings)
     if cfg.sampler == "balanced":
         sampler = BalancedSampler(dataset.labels, cfg.batch_size, cfg.samples_per_class, cfg.seed, num_replicas=world.size, rank=world.rank)
         sampler.set_epoch(epoch)

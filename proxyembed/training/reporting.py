@@ -57,7 +57,7 @@ class RichReporter(Reporter):
     def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)
-        label = f"epoch {epoch} {phase}" if epoch else "untrained eval"
+        label = f"epoch {epoch} {phase}" if epoch else ("untrained eval" if phase == "eval" else phase)
         self.task = self.progress.add_task(label, total=steps, stats="")
 
     def advance(self, n: int, **fields: float) -> None:

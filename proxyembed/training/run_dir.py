@@ -90,9 +90,19 @@ def checkpoint_name(which: Which) -> str:
     return BEST if which == "best" else LAST
 
 
-def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """Write the resolved training config to ``config.json`` atomically."""
-    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+PIPELINE_KEY = "input_pipeline"
+"""config.json's record of how this run read its images (DataLoader settings, image caches): a report, not a setting."""
+
+
+def write_config(run_dir: Path, config: dict[str, Any], pipeline: dict[str, Any] | None = None) -> None:
+    """Write the resolved training config to ``config.json`` atomically, with the input pipeline it ran with."""
+    payload = {**config, PIPELINE_KEY: pipeline} if pipeline is not None else config
+    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(payload, indent=2) + "\n")
+
+
+def config_settings(raw: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a config.json object (what :meth:`TrainConfig.from_dict` takes): without the pipeline report."""
+    return {k: v for k, v in raw.items() if k != PIPELINE_KEY}
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -21,7 +21,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,10 +59,11 @@ from .distributed import (
 )
 from .eval_preprocess import eval_spec
 from .evaluate import embed_samples, evaluate_model
-from .loaders import hold_out_validation, train_loader
+from .loaders import hold_out_validation, loader_settings, train_loader
 from .optim import WeightAverage, build_optimizer, build_scheduler
 from .plots import plot_curves
 from .reporting import Reporter
+from .run_caches import RunCaches, eval_samples, open_run_caches
 from .run_dir import (
     BEST,
     CURVES_NAME,
@@ -143,10 +144,13 @@ class Trainer:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = eval_spec(cfg, self.data.preprocess)
         self.val = hold_out_validation(self.data, cfg.val_fraction)
-        transform = train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip)
+        evaluated = eval_samples(self.data, self.val, whitening_images(self.data.train) if cfg.whiten else [])
+        self.caches: RunCaches = open_run_caches(cfg, self.data.train, evaluated, self.spec, shared=self.world.distributed, phase=self._phase)
+        transform = train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip, squared=self.caches.train is not None)
+        self.loader_settings = loader_settings(cfg, self.device, self.world)
         if self.data.stream is None:
-            self.dataset: TrainDataset | ShardDataset = TrainDataset(self.data.train, transform)
-        else:  # tar shards, streamed (proxyembed.data.shard_dataset)
+            self.dataset: TrainDataset | ShardDataset = TrainDataset(self.data.train, transform, self.caches.train)
+        else:  # tar shards, streamed (proxyembed.data.shard_dataset): read in order, so not cached
             self.dataset = ShardDataset(self.data.stream, transform, seed=cfg.seed, rank=self.world.rank, world=self.world.size)
         self.model_config = ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)
         with warnings.catch_warnings(record=True) as caught:
@@ -194,12 +198,25 @@ class Trainer:
         # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
         self.train_model = wrap_model(self.model, self.world, self.device, find_unused=cfg.warmup_epochs > 0)
 
+    def _phase(self, label: str, n: int) -> Callable[[int], None]:
+        """A progress display for ``n`` units of ``label`` work, started by its first ``advance`` (none when nothing is done)."""
+        started: list[bool] = []
+
+        def advance(k: int) -> None:
+            if not started:
+                started.append(True)
+                self.reporter.epoch_start(0, n, label)
+            self.reporter.advance(k)
+
+        return advance
+
     def _loader(self, epoch: int) -> DataLoader | EpochStream:
         """This process's batches of ``epoch`` (:func:`.loaders.train_loader`, or :func:`~proxyembed.data.shard_dataset.shard_loader`)."""
+        settings = self.loader_settings
         if isinstance(self.dataset, ShardDataset):
             cfg = self.cfg
-            return shard_loader(self.dataset, cfg.batch_size, cfg.sampler, epoch, workers=cfg.workers, pin_memory=self.device.type == "cuda")
-        return train_loader(self.dataset, self.cfg, self.world, epoch, pin_memory=self.device.type == "cuda")
+            return shard_loader(self.dataset, cfg.batch_size, cfg.sampler, epoch, workers=settings["num_workers"], pin_memory=settings["pin_memory"])
+        return train_loader(self.dataset, self.cfg, self.world, epoch, settings=settings)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -227,7 +244,7 @@ class Trainer:
         out: dict[str, float] = {}
         for prefix, split in splits:
             # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
-            kw: dict[str, Any] = dict(device=self.device, nmi=self.cfg.nmi, on_batch=lambda k: self.reporter.advance(k))
+            kw: dict[str, Any] = dict(device=self.device, nmi=self.cfg.nmi, on_batch=lambda k: self.reporter.advance(k), cache=self.caches.eval)
             if self.world.distributed:
                 metrics = evaluate_sharded(model, split, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
             else:
@@ -238,7 +255,7 @@ class Trainer:
     def _whitened(self, images: Sequence[Sample]) -> tuple[torch.nn.Module, Whitening | None]:
         """``eval_model`` with ``--whiten``'s within-class whitening fitted on ``images`` now (:func:`.whitening.whitened`),
         embedding them on one process or split over the ranks."""
-        kw: dict[str, Any] = dict(device=self.device, on_batch=lambda k: self.reporter.advance(k), normalize=False)
+        kw: dict[str, Any] = dict(device=self.device, on_batch=lambda k: self.reporter.advance(k), normalize=False, cache=self.caches.eval)
 
         def embed(module: torch.nn.Module, samples: Sequence[Sample]) -> np.ndarray:
             if self.world.distributed:
@@ -337,9 +354,10 @@ class Trainer:
         barrier(self.world)  # every rank has checked --out and --resume before rank 0 writes into it
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_config(self.out, self.cfg.to_dict())
+            write_config(self.out, self.cfg.to_dict(), {"loader": self.loader_settings, "cache": self.caches.info})
             self.tracking.start(self.out, self.cfg.to_dict())
         self.reporter.log(self.data.describe())
+        self.reporter.log(_describe_pipeline(self.loader_settings, self.caches))
         amp = f", autocast {self.amp_dtype}" if self.amp_dtype else ""
         self.reporter.log(f"device {self.device}{amp}, {torch.get_num_threads()} threads")
         if self.data.gallery is None and self.cfg.nmi == "auto" and not nmi_wanted(len(self.data.eval), "auto"):
@@ -383,6 +401,19 @@ class Trainer:
         self.tracking.log_artifact(self.out / BEST, "checkpoints")
         best_rec = max((h for h in self.history if metric in h and h["epoch"] > 0), key=lambda h: h[metric], default=self.history[-1])
         return TrainResult(self.out, initial, metrics_of(self.history[-1]), metrics_of(best_rec), best_rec["epoch"])
+
+
+def _describe_pipeline(settings: dict[str, Any], caches: RunCaches) -> str:
+    """One log line: the DataLoader workers and where each image cache is."""
+    parts = [f"{settings['num_workers']} loader worker(s)"]
+    for name in ("train", "eval"):
+        info = caches.info.get(name)
+        if info:
+            done = f"built in {info['seconds']:.1f}s" if info["built"] else "reused"
+            parts.append(f"{name} images cached in {info['where']} ({info['nbytes'] / 2**20:.1f} MiB, {done})")
+    if caches.info.get("mode") == "off":
+        parts.append("no image cache")
+    return "input: " + ", ".join(parts)
 
 
 def train(
