@@ -24,7 +24,7 @@ from helpers.servers import free_port
 from proxyembed.cli import app
 from proxyembed.tracking import RECORD_NAME, Tracking, read_record
 from proxyembed.training.reporting import Reporter
-from proxyembed.training.run_dir import read_history
+from proxyembed.training.run_dir import config_settings, read_history
 from proxyembed.training.trainer import train
 
 TINY = "synthetic:train_classes=12,eval_classes=10,per_class=8,size=40"
@@ -206,7 +206,7 @@ def test_mlflow_run_holds_params_metrics_plots_checkpoint_export_and_check(tmp_p
     client = MlflowClient(mlflow_server)
     got = client.get_run(record["run_id"])
     assert got.info.status == "FINISHED" and got.info.run_name == "run"
-    config = json.loads((run / "config.json").read_text())
+    config = config_settings(json.loads((run / "config.json").read_text()))  # the settings, not the input-pipeline report
     assert got.data.params["epochs"] == "2" and got.data.params["data"] == TINY and set(got.data.params) == set(config)
     history = read_history(run)
     recall = client.get_metric_history(record["run_id"], "recall_at_1")
