@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,20 @@ from .index import Hit
 from .preprocess import load_image
 
 
-def draw_grid(paths: Sequence[Path], hits: Sequence[Sequence[Hit]], out: Path, thumb: int = 128) -> None:
+def draw_grid(
+    paths: Sequence[Path],
+    hits: Sequence[Sequence[Hit]],
+    out: Path,
+    thumb: int = 128,
+    *,
+    image_of: Callable[[Mapping[str, Any]], Path | None] | None = None,
+) -> None:
     """Write a PNG to ``out``, one row per query: the query (blue frame), then its hits with label and score underneath.
 
     A hit whose label equals the query's parent folder name (the class-folder convention) gets a green
-    frame, any other labelled hit a red one; unlabelled hits are framed grey.
+    frame, any other labelled hit a red one; unlabelled hits are framed grey. ``image_of`` finds a hit's image
+    from its metadata (:meth:`Retriever.image_path`, which knows the gallery's own images); by default its
+    ``path``. A hit without a readable image is a grey tile.
     """
     pad, text_h = 6, 30
     cols = 1 + max((len(row) for row in hits), default=0)
@@ -43,8 +52,7 @@ def draw_grid(paths: Sequence[Path], hits: Sequence[Sequence[Hit]], out: Path, t
         for c, hit in enumerate(row, 1):
             label = hit.metadata.get("label")
             frame = "grey" if label is None else ("green" if str(label) == truth else "red")
-            cell(
-                c, r, hit.metadata.get("path", ""), frame, f"{label if label is not None else hit.id}\n{hit.score:.3f}"
-            )
+            src = image_of(hit.metadata) if image_of is not None else hit.metadata.get("path")
+            cell(c, r, src or "", frame, f"{label if label is not None else hit.id}\n{hit.score:.3f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)

@@ -178,6 +178,15 @@ class Retriever:
 
     # -- gallery persistence -------------------------------------------------------------------------
 
+    def image_path(self, metadata: Mapping[str, Any]) -> Path | None:
+        """Where an item's image is on this machine, for showing it (a result grid): a held ``images/NAME`` in
+        the gallery folder, else the path ``index`` recorded; None when neither is known."""
+        held = held_image(metadata)
+        if held is not None:
+            return self.folder / held if self.folder is not None else None
+        raw = metadata.get("path")
+        return Path(raw) if isinstance(raw, str) and raw else None
+
     def save(self, folder: str | Path, *, calibrate: bool = True, new_images: Mapping[str, bytes] | None = None) -> Path:
         """Write the gallery to ``folder`` atomically: a temp sibling folder, then a rename.
 

@@ -178,3 +178,23 @@ def test_index_refuses_a_quantized_gallery_below_the_recall_target(
     assert not (tmp_path / "gal").exists()
     res = _index(bundle_dir, images, tmp_path / "f32")  # float32 galleries are reported, not refused
     assert res.exit_code == 0 and "below 1.01" in res.output
+
+
+def test_grid_shows_images_the_gallery_holds(bundle_dir: Path, images: Path, tmp_path: Path) -> None:
+    """An item added over HTTP names its image relative to the gallery (``images/NAME``): the grid finds it there."""
+    from proxyembed.runtime import Retriever
+
+    gal = tmp_path / "gal"
+    assert _index(bundle_dir, images / "red", gal).exit_code == 0
+    blue = images / "blue" / "blue_0.png"
+    retriever = Retriever.load(gal)
+    held = "images/blue.png"
+    retriever.add([blue], ids=["held-blue"], metadata=[{"label": "blue", "path": held}])
+    retriever.save(gal, new_images={held: blue.read_bytes()})
+    assert retriever.image_path({"path": held}) == gal.resolve() / held
+    grid = tmp_path / "grid.png"
+    res = runner.invoke(app, ["search", str(gal), str(blue), "-k", "1", "--grid", str(grid)])
+    assert res.exit_code == 0, res.output
+    with Image.open(grid) as img, Image.open(blue) as want:
+        hit_tile = img.convert("RGB").getpixel((140 + 6 + 64, 6 + 64))  # centre of the first hit's thumbnail
+        assert hit_tile == want.convert("RGB").getpixel((want.width // 2, want.height // 2))  # the held image, not a grey tile

@@ -186,7 +186,7 @@ def search_command(
     if grid is not None:
         from proxyembed.runtime.grid import draw_grid
 
-        draw_grid(paths, hits, grid)
+        draw_grid(paths, hits, grid, image_of=retriever.image_path)
         err_console.print(f"grid written to {grid}", highlight=False)
 
 
