@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,20 @@ def _image_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> I
         os.environ.pop("PROXYEMBED_CACHE", None)
     else:
         os.environ["PROXYEMBED_CACHE"] = old
+
+
+# The serve tests' bundle and gallery (tests/test_serve*.py); a module that needs others defines its own, which wins.
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fp32 bundle (no int8) for one test module."""
+    from helpers.bundles import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle", with_int8=False)
+
+
+@pytest.fixture
+def gallery(bundle: Path, tmp_path: Path) -> Path:
+    """A gallery of a few class images indexed with ``bundle``, in this test's temporary folder."""
+    from helpers.servers import make_gallery
+
+    return make_gallery(bundle, tmp_path / "images", tmp_path / "gallery")

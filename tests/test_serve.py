@@ -26,21 +26,11 @@ pytest.importorskip("uvicorn", reason="needs the serve extra: pip install -e '.[
 import httpx  # noqa: E402  (after the skip: installed with the serve extra's fastapi)
 from fastapi.testclient import TestClient  # noqa: E402
 
-from helpers.bundles import make_tiny_bundle, pattern_image  # noqa: E402
+from helpers.bundles import pattern_image  # noqa: E402
 from helpers.servers import free_port, live_server, make_gallery, serve_process, wait_until_up  # noqa: E402
 from proxyembed.runtime import Retriever  # noqa: E402
 from proxyembed.runtime.files import restore_interrupted_swap  # noqa: E402
 from proxyembed.serve import ServeOptions, create_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle", with_int8=False)
-
-
-@pytest.fixture
-def gallery(bundle: Path, tmp_path: Path) -> Path:
-    return make_gallery(bundle, tmp_path / "images", tmp_path / "gallery")
 
 
 def client(gallery: Path, **options: object) -> TestClient:

@@ -35,7 +35,7 @@ import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers.bundles import make_tiny_bundle, pattern_image  # noqa: E402
+from helpers.bundles import pattern_image  # noqa: E402
 from helpers.servers import free_port, live_server, make_gallery, serve_process, wait_until_up  # noqa: E402
 from proxyembed.runtime import Retriever  # noqa: E402
 from proxyembed.serve import ServeOptions, create_app  # noqa: E402
@@ -46,16 +46,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarn
 
 TOKEN = "s3cret-token-for-the-tests-0123456789"
 FAST_S = 3.0  # a hostile upload is answered within this (on a busy 2-core machine); a bomb took 13-16 s before
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_bundle(tmp_path_factory.mktemp("security") / "bundle", with_int8=False)
-
-
-@pytest.fixture
-def gallery(bundle: Path, tmp_path: Path) -> Path:
-    return make_gallery(bundle, tmp_path / "images", tmp_path / "gallery")
 
 
 @pytest.fixture(params=["testclient", "uvicorn"])

@@ -22,16 +22,11 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from helpers.bundles import make_tiny_bundle, pattern_image  # noqa: E402
+from helpers.bundles import pattern_image  # noqa: E402
 from helpers.servers import free_port, make_gallery, wait_until_up  # noqa: E402
 from proxyembed.runtime import Retriever  # noqa: E402
 from proxyembed.runtime.retriever import read_gallery_info  # noqa: E402
 from proxyembed.serve import ServeOptions, create_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_bundle(tmp_path_factory.mktemp("serve-storage") / "bundle", with_int8=False)
 
 
 @pytest.fixture(params=["f32", "f16", "i8"])
