@@ -45,9 +45,11 @@ DEFAULT_DECODE: Decode = "reduced"
 was made with. Reduced is safe as a default: it keeps :data:`DRAFT_MARGIN` times the pixels the fit needs (0.13
 Recall@1 points on 2 MP photos, benchmarks/results/decode_speed.md), export judges it against full decoding and
 falls back to full where it costs more than its limit, and photos too small to scale are read in full anyway."""
-# The formats read: those of runtime.images.IMAGE_EXTENSIONS (Pillow's JPEG reader also opens the MPO files
-# many cameras write). Pillow would open dozens more, some through outside programs (EPS runs Ghostscript).
-READ_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
+# The formats read, with the file suffix each is kept under: those of runtime.images.IMAGE_EXTENSIONS (Pillow's
+# JPEG reader also opens the MPO files many cameras write, and reports them as MPO). Pillow would open dozens
+# more, some through outside programs (EPS runs Ghostscript).
+FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+READ_FORMATS = tuple(f for f in FORMAT_SUFFIX if f != "MPO")
 # An image whose sides are further apart than this is refused: it holds nothing to search by, and a
 # centre-crop fit would scale its short side up, so a 1x200000 PNG of 469 bytes became 14400x14400000.
 MAX_ASPECT_RATIO = 64

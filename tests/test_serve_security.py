@@ -589,3 +589,22 @@ def test_memory_goes_back_down_after_large_uploads(gallery: Path) -> None:
         proc.wait(timeout=30)
     assert (after - base) < 150 * 1024, f"RSS stayed {(after - base) / 1024:.0f} MiB above the loaded gallery"
     assert (peak - base) < 1024 * 1024, f"peak {(peak - base) / 1024:.0f} MiB above the loaded gallery"
+
+
+def test_a_search_filter_on_path_is_refused(http: Any, gallery: Path) -> None:
+    """Filtering on ``path`` would answer whether a guessed server path is in the gallery: the key is the server's."""
+    known = next(p for p in (gallery.parent / "images").rglob("*.png")).resolve()
+    response = search(http, png(), filter=json.dumps({"path": str(known)}))
+    assert response.status_code == 400 and "'path'" in response.json()["error"]
+    assert search(http, png(), filter=json.dumps({"label": "red"})).status_code == 200
+
+
+def test_a_camera_mpo_upload_is_kept_as_a_jpeg(serve: Any, gallery: Path) -> None:
+    """Pillow reports a camera's MPO file as MPO; the gallery keeps it as .jpg so it is served as an image."""
+    buf = io.BytesIO()
+    pattern_image("red", 2).convert("RGB").save(buf, format="MPO", save_all=True, append_images=[pattern_image("red", 3).convert("RGB")])
+    http = serve()
+    response = add(http, "camera", buf.getvalue())
+    assert response.status_code == 200, response.text
+    image = http.get("/items/camera/image")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -50,7 +50,6 @@ from proxyembed.runtime.system import available_memory, user_cache_dir
 from .types import Sample
 
 CacheMode = Literal["auto", "ram", "disk", "off"]
-CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 RAM_FRACTION = 0.25
 """``auto`` keeps a cache in RAM when its estimate fits this share of the memory available at start (MemAvailable):
 the model, the optimizer, DataLoader workers and the page cache need the rest."""

@@ -37,7 +37,7 @@ from proxyembed.runtime import BadInput, Retriever
 from proxyembed.runtime.encoder import PrecisionChoice
 from proxyembed.runtime.images import IMAGE_EXTENSIONS
 from proxyembed.runtime.index import Hit, ItemId
-from proxyembed.runtime.preprocess import describe, read_header
+from proxyembed.runtime.preprocess import FORMAT_SUFFIX, describe, read_header
 from proxyembed.runtime.retriever import HELD_IMAGES, held_image
 
 from .batching import EncodeBatcher
@@ -53,7 +53,6 @@ RECALIBRATE_CHANGE = 0.1
 # a few large uploads left the server at 3 GiB).
 TRIM_AFTER_PIXELS = 4_000_000
 _INT_ID = re.compile(r"-?\d+")
-_HELD_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 
 
 class ServiceError(Exception):
@@ -179,6 +178,8 @@ class GalleryService:
             raise ServiceError(400, f"vector has {v.size} values; this gallery's model has dim {dim}")
         if not np.isfinite(v).all() or not np.any(v):
             raise ServiceError(400, "vector must be finite and not all zero")
+        if filter and "path" in filter:  # matching on it would confirm guesses at the server's file paths
+            raise ServiceError(400, "metadata key 'path' is the server's: it cannot be filtered on")
         with self._stage(timings, "search"):
             return self.retriever.index.search(v[None], self._check_k(k), filter=filter)[0]
 
@@ -289,7 +290,7 @@ class GalleryService:
         for (name, data), meta in zip(uploads, metas, strict=True):
             fmt, vector = self._embed(data, name, timings)
             # The gallery keeps the upload itself (named by its content), so GET /items/{id}/image sends it back.
-            meta["path"] = f"{HELD_IMAGES}/{hashlib.sha256(data).hexdigest()}{_HELD_SUFFIX.get(fmt, '.img')}"
+            meta["path"] = f"{HELD_IMAGES}/{hashlib.sha256(data).hexdigest()}{FORMAT_SUFFIX[fmt]}"
             held[meta["path"]] = data
             vectors.append(vector)
         with self._write_lock:
