@@ -81,7 +81,6 @@ class QuantizedGraph:
         self.space, self.dim, self.vectors = space, dim, vectors
         self._usearch = _import_usearch()
         self._graph = None
-        self._threads = 0  # usearch: 0 is every core, as hnswlib's default
 
     def init_index(self, max_elements: int, ef_construction: int, M: int, allow_replace_deleted: bool = True) -> None:
         self._graph = self._usearch.Index(
@@ -101,9 +100,6 @@ class QuantizedGraph:
         if graph is None or graph.ndim != self.dim or str(graph.dtype).rsplit(".", 1)[-1].lower() != self.vectors:
             raise IntegrityError(f"{path} does not hold a graph of {self.vectors} vectors of dim {self.dim}")
         self._graph = graph
-
-    def set_num_threads(self, threads: int) -> None:
-        self._threads = max(threads, 0)
 
     def set_ef(self, ef: int) -> None:
         self._graph.expansion_search = ef
@@ -130,7 +126,7 @@ class QuantizedGraph:
         return quantize_i8(x) if self.vectors == "i8" else x
 
     def add_items(self, vectors: np.ndarray, labels: np.ndarray, replace_deleted: bool = True) -> None:
-        self._graph.add(np.asarray(labels, dtype=np.uint64), self._code(vectors), threads=self._threads)
+        self._graph.add(np.asarray(labels, dtype=np.uint64), self._code(vectors), threads=0)  # usearch: 0 is every core, as hnswlib's default
 
     def mark_deleted(self, label: int) -> None:
         self._graph.remove(int(label))
@@ -150,7 +146,7 @@ class QuantizedGraph:
         """(labels, distances), each (N, k); raises RuntimeError when fewer than k are found, as hnswlib does."""
         wanted = k * (_FILTER_OVERSAMPLE if filter is not None else 1) * (_I8_RERANK if self.vectors == "i8" else 1)
         count = min(wanted, len(self._graph))
-        found = self._graph.search(self._code(queries), count, threads=num_threads if num_threads > 0 else self._threads)
+        found = self._graph.search(self._code(queries), count, threads=max(num_threads, 0))
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         dists = np.asarray(found.distances, dtype=np.float32).reshape(len(queries), -1)
         # one query row comes back as a Matches (no counts), several as BatchMatches
@@ -160,8 +156,6 @@ class QuantizedGraph:
         if self.vectors == "i8":
             keys, dists = self._rescore(queries, keys, counts)
         if filter is None:
-            if (counts < k).any():
-                raise RuntimeError("fewer than k items found")
             return keys[:, :k], dists[:, :k]
         labels = np.empty((len(queries), k), np.int64)
         out = np.empty((len(queries), k), np.float32)

@@ -20,11 +20,11 @@ from proxyembed.check.evaluation import ArtifactChoice
 from proxyembed.runtime.encoder import DeviceChoice
 
 from ._common import console, err_console, print_json, user_errors
+from ._tracking import reopened_tracking
 
 if TYPE_CHECKING:
     from proxyembed.check import CheckReport, MetricRow
     from proxyembed.runtime.errors import ProxyEmbedError
-    from proxyembed.tracking import Tracking
 
 _STATUS_STYLE = {"pass": "green", "improved": "bold green", "fail": "bold red", "accepted": "yellow", "new": "cyan"}
 _STATUS_TEXT = {"pass": "PASS", "improved": "IMPROVED", "fail": "FAIL", "accepted": "accepted", "new": "new"}
@@ -65,7 +65,7 @@ def check_command(
 
     human = err_console if as_json else console
     try:
-        with _tracking(log, human) as session, _progress() as advance:
+        with reopened_tracking(log, human) as session, _progress() as advance:
             report = run_check(
                 bundle, data, baseline, against=against, artifact=artifact, max_drop=max_drop or [], min_value=min_value or [],
                 write_baseline=write_baseline, allow_data_change=allow_data_change, threads=threads, batch_size=batch_size, device=device,
@@ -84,20 +84,6 @@ def check_command(
     verdict = report.verdict()
     human.print(verdict, style="bold green" if report.passed else "bold red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if report.passed else 1)
-
-
-@contextmanager
-def _tracking(run_dir: Path | None, out: Console) -> Iterator[Tracking]:
-    """The tracker runs of ``--log RUN`` reopened (nothing tracked without it)."""
-    from rich.markup import escape
-
-    from proxyembed.tracking import Tracking, reopen
-
-    if run_dir is None:
-        yield Tracking()
-        return
-    with reopen(run_dir, warn=lambda msg: out.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)) as session:
-        yield session
 
 
 def _tracker_rows(report: CheckReport) -> tuple[list[dict[str, Any]], dict[str, float]]:

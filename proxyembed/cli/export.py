@@ -7,22 +7,17 @@ refused artifact into exit 1 (bad input is exit 2 through :func:`user_errors`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from proxyembed.export.choices import CalibrationMethod
 from proxyembed.runtime.preprocess import Decode
 
 from ._common import console, err_console, print_json, user_errors
-
-if TYPE_CHECKING:
-    from proxyembed.tracking import Tracking
+from ._tracking import reopened_tracking
 
 
 def register(app: typer.Typer) -> None:
@@ -96,7 +91,7 @@ def export(
         decode=decode,
     )
     out_console = err_console if as_json else console
-    with _tracking(run if run.is_dir() else run.parent, log, out_console) as session:
+    with reopened_tracking((run if run.is_dir() else run.parent) if log else None, out_console) as session:
         result = run_export(opts, ConsoleReporter(out_console))
         rows, numbers = validation_rows(result.report)
         verdict = "passed" if not (result.refused or result.failed) else f"refused {len(result.refused) + len(result.failed)} artifact(s)"
@@ -110,15 +105,3 @@ def export(
         print_json(result.summary())
     result.raise_if_refused()
     out_console.print(f"[bold green]bundle written:[/] {escape(str(result.bundle))}", highlight=False)
-
-
-@contextmanager
-def _tracking(run_dir: Path, log: bool, out: Console) -> Iterator[Tracking]:
-    """The run's tracker runs reopened for ``--log`` (nothing tracked without it)."""
-    from proxyembed.tracking import Tracking, reopen
-
-    if not log:
-        yield Tracking()
-        return
-    with reopen(run_dir, warn=lambda msg: out.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)) as session:
-        yield session

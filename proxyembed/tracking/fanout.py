@@ -124,7 +124,7 @@ def tracking(names: Sequence[TrackerName], *, warn: Callable[[str], None], mlflo
 
 
 @contextmanager
-def reopen(run_dir: Path, *, warn: Callable[[str], None], mlflow_uri: str | None = None) -> Iterator[Tracking]:
+def reopen(run_dir: Path, *, warn: Callable[[str], None]) -> Iterator[Tracking]:
     """The tracker runs ``run_dir`` records (``export --log``, ``check --log``); :class:`BadInput` when it records none."""
     if not Path(run_dir).is_dir():
         raise BadInput(f"--log: '{run_dir}' is not a run dir", hint="give the run dir written by `proxyembed train --log ...`")
@@ -132,7 +132,7 @@ def reopen(run_dir: Path, *, warn: Callable[[str], None], mlflow_uri: str | None
     if not record:
         raise BadInput(f"--log: '{run_dir}' was not trained with --log, so it has no tracker run to add to",
                        hint="train with --log tensorboard|mlflow|wandb, or leave out --log")
-    uri = mlflow_uri or record.get("mlflow", {}).get("tracking_uri")
+    uri = record.get("mlflow", {}).get("tracking_uri")
     session = Tracking([connect(n, mlflow_uri=uri) for n in record], warn)
     try:
         session.start(run_dir, {})
