@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import BadInput, IntegrityError
+from .schema import Schema, validate
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -311,14 +312,14 @@ def read_json_object(
     missing: str,
     hint: str,
     broken_hint: str,
-    fields: dict[str, type | tuple[type, ...]],
+    fields: Schema,
     sealed: bool = False,
 ) -> dict[str, Any]:
-    """A JSON object from ``path`` holding ``fields`` with their types.
+    """A JSON object from ``path`` holding ``fields`` (a :mod:`.schema` table: field -> type, nested table or Field).
 
     :class:`BadInput` (``missing``, ``hint``) if the file is absent; :class:`IntegrityError`
-    (``broken_hint``) if it is not valid JSON, not an object, lacks a field, or (``sealed``) does not
-    match its own checksum. The returned dict has no ``checksum`` key.
+    (``broken_hint``) if it is not valid JSON, not an object, lacks a field or holds a wrong one, or
+    (``sealed``) does not match its own checksum. The returned dict has no ``checksum`` key.
     """
     try:
         raw = path.read_bytes()
@@ -335,7 +336,5 @@ def read_json_object(
     if not isinstance(data, dict):
         raise IntegrityError(f"{path} is not a JSON object with the fields {', '.join(fields)}", hint=broken_hint)
     data.pop(SEAL_KEY, None)
-    for key, typ in fields.items():
-        if not isinstance(data.get(key), typ) or (typ is int and isinstance(data.get(key), bool)):
-            raise IntegrityError(f"{path}: field '{key}' is missing or has the wrong type", hint=broken_hint)
+    validate(data, fields, where=str(path), error=IntegrityError, hint=broken_hint)
     return data

@@ -1,19 +1,21 @@
 """The bundle manifest: the single source of truth about an exported model (docs/architecture.md, "Bundle").
 
 Written by ``proxyembed export``, read by the runtime, ``index``, ``search`` and ``check``. Parsing is
-strict: a missing field, a wrong type or an artifact path leaving the bundle folder is a
-:class:`~proxyembed.runtime.errors.BadInput` naming the field, never a KeyError later.
+strict (:data:`MANIFEST_SCHEMA`, checked by :mod:`.schema`): a missing field, a wrong type or an artifact
+path leaving the bundle folder is a :class:`~proxyembed.runtime.errors.BadInput` naming the field, never
+a KeyError later.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_type_hints
 
 from .errors import BadInput
 from .files import sealed_json
 from .preprocess import PreprocessSpec
+from .schema import Field, validate
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -99,83 +101,91 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = MANIFEST_NAME) -> Manifest:
-        """Validate and parse a manifest; ``source`` names the file in errors."""
-        where = source
-
-        def need(obj: Any, key: str, typ: type | tuple[type, ...], ctx: str) -> Any:
-            if not isinstance(obj, dict) or key not in obj:
-                raise BadInput(f"{where}: missing field '{ctx}{key}'", hint="re-export the bundle with `proxyembed export`")
-            val = obj[key]
-            if not isinstance(val, typ) or (isinstance(val, bool) and typ is int):
-                raise BadInput(f"{where}: field '{ctx}{key}' has the wrong type ({type(val).__name__})")
-            return val
-
-        version = need(d, "format_version", int, "")
-        if version != FORMAT_VERSION:
+        """Validate (:data:`MANIFEST_SCHEMA`) and parse a manifest; ``source`` names the file in errors."""
+        validate(d, {"format_version": int}, where=source, hint=_REEXPORT)
+        if d["format_version"] != FORMAT_VERSION:
             raise BadInput(
-                f"{where}: bundle format_version {version} is not supported (this proxyembed reads {FORMAT_VERSION})",
+                f"{source}: bundle format_version {d['format_version']} is not supported (this proxyembed reads {FORMAT_VERSION})",
                 hint="re-export the bundle with this version of proxyembed, or upgrade proxyembed",
             )
-        emb = need(d, "embedding", dict, "")
-        dim = need(emb, "dim", int, "embedding.")
-        if dim <= 0:
-            raise BadInput(f"{where}: embedding.dim must be positive, got {dim}")
-        metric = need(emb, "metric", str, "embedding.")
-        if metric != "cosine":
-            raise BadInput(f"{where}: embedding.metric '{metric}' is not supported (only 'cosine')")
-        inp = dict(need(d, "input", dict, ""))
-        input_name = need(inp, "name", str, "input.")
-        inp.pop("name")
+        validate(d, MANIFEST_SCHEMA, where=source, hint=_REEXPORT)
+        emb, inp = d["embedding"], dict(d["input"])
+        input_name = inp.pop("name")
         try:
             spec = PreprocessSpec.from_dict(inp)
         except TypeError as exc:
-            raise BadInput(f"{where}: bad 'input' section: {exc}") from exc
-        out = need(d, "output", dict, "")
-        arts_raw = need(d, "artifacts", list, "")
-        if not arts_raw:
-            raise BadInput(f"{where}: the bundle lists no artifacts", hint="re-export the bundle")
-        artifacts = []
-        for i, a in enumerate(arts_raw):
-            ctx = f"artifacts[{i}]."
-            fmt = need(a, "format", str, ctx)
-            prec = need(a, "precision", str, ctx)
-            if fmt not in FORMATS:
-                raise BadInput(f"{where}: {ctx}format '{fmt}' is unknown (expected one of {list(FORMATS)})")
-            if prec not in PRECISIONS:
-                raise BadInput(f"{where}: {ctx}precision '{prec}' is unknown (expected one of {list(PRECISIONS)})")
-            data_files = a.get("data_files") or {}
-            for name in [need(a, "file", str, ctx), *data_files]:
-                _check_inside(name, where, ctx)
-            artifacts.append(
-                Artifact(
-                    file=a["file"],
-                    format=fmt,  # type: ignore[arg-type]
-                    precision=prec,  # type: ignore[arg-type]
-                    sha256=need(a, "sha256", str, ctx),
-                    target=a.get("target", "any"),
-                    device=a.get("device"),
-                    data_files=dict(data_files),
-                    validation=dict(a.get("validation") or {}),
-                    details=dict(a.get("details") or {}),
-                )
+            raise BadInput(f"{source}: bad 'input' section: {exc}") from exc
+        artifacts = [
+            Artifact(
+                file=a["file"],
+                format=a["format"],
+                precision=a["precision"],
+                sha256=a["sha256"],
+                target=a.get("target", "any"),
+                device=a.get("device"),
+                data_files=dict(a.get("data_files") or {}),
+                validation=dict(a.get("validation") or {}),
+                details=dict(a.get("details") or {}),
             )
+            for a in d["artifacts"]
+        ]
         return cls(
-            embedding_dim=dim,
+            embedding_dim=emb["dim"],
             preprocess=spec,
             artifacts=artifacts,
             input_name=input_name,
-            output_name=need(out, "name", str, "output."),
-            metric="cosine",
-            normalized=bool(emb.get("normalized", True)),
-            format_version=version,
-            proxyembed_version=str(d.get("proxyembed_version", "")),
-            created=str(d.get("created", "")),
+            output_name=d["output"]["name"],
+            metric=emb["metric"],
+            normalized=emb.get("normalized", True),
+            format_version=d["format_version"],
+            proxyembed_version=d.get("proxyembed_version", ""),
+            created=d.get("created", ""),
             source=dict(d.get("source") or {}),
             validation=dict(d.get("validation") or {}),
         )
 
 
-def _check_inside(name: str, where: str, ctx: str) -> None:
+def _inside_bundle(name: str) -> str | None:
+    """Why an artifact path leaves the bundle folder (absolute, ``..``, a backslash, empty), or None."""
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or "\\" in name or not name:
-        raise BadInput(f"{where}: {ctx}file '{name}' points outside the bundle folder", hint="artifact paths must be plain relative names")
+        return f"'{name}' points outside the bundle folder (artifact paths must be plain relative names)"
+    return None
+
+
+def _data_files_inside(files: dict[str, Any] | None) -> str | None:
+    return next((why for why in map(_inside_bundle, files or {}) if why), None)
+
+
+_REEXPORT = "re-export the bundle with `proxyembed export`"
+_ARTIFACT_TYPES = get_type_hints(Artifact)
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "format_version": int,
+    "embedding": {
+        "dim": Field(int, rule=lambda dim: None if dim > 0 else f"must be positive, got {dim}"),
+        "metric": get_type_hints(Manifest)["metric"],
+        "normalized": Field(bool, required=False),
+    },
+    "input": {"name": str},
+    "output": {"name": str},
+    "artifacts": Field(
+        list,
+        items={
+            "file": Field(str, rule=_inside_bundle),
+            "format": _ARTIFACT_TYPES["format"],
+            "precision": _ARTIFACT_TYPES["precision"],
+            "sha256": str,
+            "target": Field(_ARTIFACT_TYPES["target"], required=False),
+            "device": Field((dict, None), required=False),
+            "data_files": Field((dict, None), required=False, items=str, rule=_data_files_inside),
+            "validation": Field((dict, None), required=False),
+            "details": Field((dict, None), required=False),
+        },
+        rule=lambda arts: None if arts else "is empty: the bundle lists no artifacts",
+    ),
+    "proxyembed_version": Field(str, required=False),
+    "created": Field(str, required=False),
+    "source": Field((dict, None), required=False),
+    "validation": Field((dict, None), required=False),
+}
+"""What :meth:`Manifest.from_dict` accepts: every field a consumer reads, with its type and rules."""

@@ -38,6 +38,11 @@ def nmi_wanted(n_items: int, mode: NmiMode | bool) -> bool:
     return mode in (True, "always")
 
 
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length as float32 (all-zero rows stay zero): what makes a dot product a cosine."""
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32, copy=False)
+
+
 def knn(
     queries: np.ndarray,
     gallery: np.ndarray,

@@ -39,8 +39,7 @@ from .files import (
     staged_dir,
     write_sealed_json,
 )
-from .index import CALIBRATION_QUERIES, SIDECAR_FILE, Filter, Hit, Index, ItemId
-from .index_usearch import VectorStorage
+from .index import CALIBRATION_QUERIES, SIDECAR_FILE, Filter, Hit, Index, ItemId, VectorStorage
 from .preprocess import ImageLike
 
 GALLERY_FILE = "gallery.json"
@@ -161,20 +160,29 @@ class Retriever:
             report.skipped += [(item_id, f"unreadable when embedded into {part.path}") for item_id in skipped_items]
         return report
 
-    def search(
-        self,
-        image_or_images: ImageLike | Sequence[ImageLike],
-        k: int = 5,
-        *,
-        ef: int | None = None,
-        filter: Filter | None = None,
-    ) -> list[Hit] | list[list[Hit]]:
-        """Top-``k`` hits for one image (a list of hits) or for several (one list per image)."""
-        single = is_single_image(image_or_images)
-        images = [image_or_images] if single else list(image_or_images)  # type: ignore[arg-type]
-        vectors = self.encoder.encode(images)
-        hits = self.index.search(vectors, k, ef=ef, filter=filter)
-        return hits[0] if single else hits
+    def search(self, image: ImageLike, k: int = 5, *, ef: int | None = None, filter: Filter | None = None) -> list[Hit]:
+        """Top-``k`` hits for one image, best first (fewer when fewer items qualify)."""
+        if not is_single_image(image):
+            raise BadInput(f"search takes one image, got {type(image).__name__}", hint="use search_batch for several")
+        return self.search_batch([image], k, ef=ef, filter=filter)[0]
+
+    def search_batch(
+        self, images: Sequence[ImageLike], k: int = 5, *, ef: int | None = None, filter: Filter | None = None
+    ) -> list[list[Hit]]:
+        """Top-``k`` hits for each of ``images``: one list per image, in order, embedded in batches."""
+        if is_single_image(images):
+            raise BadInput("search_batch takes a sequence of images", hint="use search for one")
+        return self.index.search(self.encoder.encode(list(images)), k, ef=ef, filter=filter)
+
+    def calibrate(self) -> dict[str, Any]:
+        """Measure the index's recall and raise ef, then M, until it reaches the target (:meth:`Index.calibrate`)."""
+        return self.index.calibrate()
+
+    def storage(self) -> dict[str, Any]:
+        """How the gallery stores its vectors: the storage, bytes per item against float32, and bytes saved in all."""
+        per_item, full = self.index.vector_bytes(), 4 * self.index.dim
+        return {"vectors": self.index.vectors, "bytes_per_item": per_item, "float32_bytes_per_item": full,
+                "saved_bytes": len(self.index) * (full - per_item), "M": self.index.M}  # fmt: skip
 
     # -- gallery persistence -------------------------------------------------------------------------
 

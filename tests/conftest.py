@@ -26,7 +26,7 @@ def _pin_to_cpu(mp: pytest.MonkeyPatch) -> None:
 
     mp.setattr(torch.cuda, "is_available", lambda: False)
     mp.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    mp.setattr(backends, "_cudart", lambda: None)  # no cuda-python: gpu_info() is None
+    mp.setattr(backends.cuda, "cudart", lambda: None)  # no cuda-python: gpu_info() is None
     mp.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
 
 

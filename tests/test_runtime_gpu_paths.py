@@ -45,7 +45,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tensorrt_provider_keeps_file_types_and_has_a_batch_profile(fake_gpu_build: list[str], tmp_path: Path) -> None:
     providers = backends.ort_gpu_providers("images", 32)
-    assert [backends._provider_name(p) for p in providers] == GPU_BUILD
+    assert [backends.ort._provider_name(p) for p in providers] == GPU_BUILD
     options = providers[0][1]
     assert not {"trt_fp16_enable", "trt_int8_enable"} & set(options)  # weakly typed builds would follow
     assert options["trt_profile_min_shapes"] == "images:1x3x32x32"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from proxyembed.runtime import BadInput, Index, IntegrityError
-from proxyembed.runtime import index as index_mod
 from proxyembed.runtime.files import sealed_json
 from proxyembed.runtime.index import INDEX_FILE, SIDECAR_FILE
+from proxyembed.runtime.index import recall as index_recall
 from proxyembed.runtime.metrics import knn
 
 DIM = 32
@@ -333,8 +333,8 @@ def test_save_calibrates_on_held_out_items(tmp_path: Path, storage: str) -> None
     rec = idx.recall()
     assert len(idx) == 5000 and idx.search(x[4700], 1)[0][0].id == 4700
     assert rec["method"] == "held-out" and rec["queries"] == 500 and rec["count"] == 5000 and rec["truth"] == "float32"
-    assert rec["ef"] > 2 and idx.ef == rec["ef"] and rec["target"] == index_mod.TARGET_RECALL
-    assert rec["recall@10"] >= min(rec["target"], rec["ceiling@10"] - index_mod.CEILING_SLACK)
+    assert rec["ef"] > 2 and idx.ef == rec["ef"] and rec["target"] == index_recall.TARGET_RECALL
+    assert rec["recall@10"] >= min(rec["target"], rec["ceiling@10"] - index_recall.CEILING_SLACK)
     assert rec["gap"] == pytest.approx(max(0.0, rec["stored_recall@10"] - rec["recall@10"]), abs=1e-4)
     # new queries agree with the held-out measurement (it was made on queries the graph had not seen)
     assert _recall_at_10(idx, x[5000:], x[:5000]) >= rec["recall@10"] - 0.02
@@ -364,7 +364,7 @@ def test_calibration_raises_m_when_ef_alone_cannot(storage: str, tmp_path: Path)
     assert hit.id == 123 and hit.metadata == {"n": 123} and len(idx) == 5000
     saved = build()
     saved.save(tmp_path / "ix")  # a save (what a live service does) raises ef only: no rebuild under its lock
-    assert saved.M == 3 and saved.recall()["ef"] == index_mod.MAX_EF
+    assert saved.M == 3 and saved.recall()["ef"] == index_recall.MAX_EF
 
 
 def test_expected_size_picks_m(storage: str) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from helpers.bundles import COLOURS, make_tiny_bundle, pattern_image
 from proxyembed.runtime import BadInput, Encoder, Index, IntegrityError, Retriever
-from proxyembed.runtime import index as index_mod
 from proxyembed.runtime.files import sealed_json
+from proxyembed.runtime.index import persist as index_files
 from proxyembed.runtime.retriever import GALLERY_FILE, read_gallery_info
 
 
@@ -40,8 +40,13 @@ def retriever(bundle_dir: Path, storage: str) -> Retriever:
 def test_search_finds_same_class(retriever: Retriever) -> None:
     hits = retriever.search(pattern_image("green", 7), k=3)
     assert [h.metadata["label"] for h in hits] == ["green"] * 3
-    many = retriever.search([pattern_image("red", 8), pattern_image("cyan", 9)], k=2)
+    many = retriever.search_batch([pattern_image("red", 8), pattern_image("cyan", 9)], k=2)
     assert [[h.metadata["label"] for h in row] for row in many] == [["red", "red"], ["cyan", "cyan"]]
+    assert retriever.search_batch([pattern_image("green", 7)], k=3) == [hits]  # one image: the same hits, in a list
+    with pytest.raises(BadInput, match="search takes one image"):
+        retriever.search([pattern_image("red", 8)], k=2)  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match="search_batch takes a sequence"):
+        retriever.search_batch(pattern_image("red", 8), k=2)  # type: ignore[arg-type]
 
 
 def test_gallery_round_trip(retriever: Retriever, bundle_dir: Path, tmp_path: Path) -> None:
@@ -96,7 +101,7 @@ def test_atomic_overwrite_keeps_old_gallery_on_failure(
     def crash(*args: object, **kwargs: object) -> str:
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_mod, "sha256_file", crash)  # fails in the middle of writing the index
+    monkeypatch.setattr(index_files, "sha256_file", crash)  # fails in the middle of writing the index
     with pytest.raises(OSError, match="disk full"):
         retriever.save(out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

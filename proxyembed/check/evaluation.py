@@ -23,6 +23,7 @@ from proxyembed.runtime.encoder import Encoder
 from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError
 from proxyembed.runtime.evaluation import evaluate_split
 from proxyembed.runtime.manifest import PRECISIONS, Precision
+from proxyembed.runtime.schema import Field, validate
 from proxyembed.runtime.system import cpu_name
 
 ArtifactChoice = Literal["auto", Precision, "all"]
@@ -59,26 +60,36 @@ class ArtifactRun:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> ArtifactRun:
-        redo = "re-create the baseline with --write-baseline"
-        if not isinstance(d, dict) or not isinstance(d.get("metrics"), dict):
-            raise BadInput(f"{where}: artifact entry has no 'metrics' object", hint=redo)
-        metrics = d["metrics"]
-        bad = [k for k, v in metrics.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1]
-        if bad:
-            raise BadInput(f"{where}: metric(s) {bad} are not fractions between 0 and 1", hint=redo)
-        try:
-            return cls(
-                precision=str(d["precision"]),
-                file=str(d.get("file", "")),
-                sha256=str(d.get("sha256", "")),
-                provider=str(d.get("provider", "")),
-                threads=d.get("threads"),
-                batch_size=int(d.get("batch_size", 0)),
-                metrics={str(k): float(v) for k, v in metrics.items()},
-                validated=bool(d.get("validated", True)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadInput(f"{where}: malformed artifact entry ({exc})", hint=redo) from None
+        """Parse a baseline's artifact entry, checked against :data:`ARTIFACT_RUN_SCHEMA`; ``where`` names it in errors."""
+        validate(d, ARTIFACT_RUN_SCHEMA, where=where, hint="re-create the baseline with --write-baseline")
+        return cls(
+            precision=d["precision"],
+            file=d.get("file", ""),
+            sha256=d.get("sha256", ""),
+            provider=d.get("provider", ""),
+            threads=d.get("threads"),
+            batch_size=d.get("batch_size", 0),
+            metrics={k: float(v) for k, v in d["metrics"].items()},
+            validated=d.get("validated", True),
+        )
+
+
+def _fractions(metrics: dict[str, float]) -> str | None:
+    bad = [k for k, v in metrics.items() if not 0 <= v <= 1]
+    return f"holds metric(s) {bad} that are not fractions between 0 and 1" if bad else None
+
+
+ARTIFACT_RUN_SCHEMA: dict[str, Any] = {
+    "precision": str,
+    "metrics": Field(dict, items=float, rule=_fractions),
+    "file": Field(str, required=False),
+    "sha256": Field(str, required=False),
+    "provider": Field(str, required=False),
+    "threads": Field(int | None, required=False),
+    "batch_size": Field(int, required=False),
+    "validated": Field(bool, required=False),
+}
+"""What one artifact entry of a baseline file holds (:meth:`ArtifactRun.from_dict`)."""
 
 
 @dataclass

@@ -88,21 +88,21 @@ def index_command(
     from proxyembed.runtime.progress import progress_bar
 
     with progress_bar("calibrating the index (recall@10 against exact search)", None, console=err_console):
-        rec = retriever.index.calibrate()
-    storage = _storage_line(retriever.index, len(retriever))
-    if retriever.index.vectors != "f32" and rec["recall@10"] < rec["target"]:
+        rec = retriever.calibrate()
+    store = retriever.storage()
+    storage = _storage_line(store)
+    if store["vectors"] != "f32" and rec["recall@10"] < rec["target"]:
         raise CheckFailed(
             f"{storage}, but recall@10 {rec['recall@10']:.4f} against exact float32 search is below the target {rec['target']} "
             f"(exact search on the stored vectors reaches {rec['ceiling@10']:.4f}); no gallery written",
-            hint="use --vectors f16 (or f32)" if retriever.index.vectors == "i8" else "use --vectors f32",
+            hint="use --vectors f16 (or f32)" if store["vectors"] == "i8" else "use --vectors f32",
         )
     retriever.save(out, calibrate=False)
-    M = retriever.index.M
+    M = store["M"]
     if as_json:
         skipped = [{"id": item_id, "reason": why} for item_id, why in report.skipped]
         summary = {"gallery": str(out), "added": report.added, "replaced": report.replaced, "skipped": skipped, "count": len(retriever)}
-        saved = len(retriever) * (4 * retriever.index.dim - retriever.index.vector_bytes())
-        print_json({**summary, "index": {**rec, "vectors": retriever.index.vectors, "memory_saved_bytes": saved}})
+        print_json({**summary, "index": {**rec, "vectors": store["vectors"], "memory_saved_bytes": store["saved_bytes"]}})
         return
     replaced = f", {report.replaced} replaced" if report.replaced else ""
     console.print(
@@ -121,12 +121,13 @@ def index_command(
     console.print(storage, highlight=False)
 
 
-def _storage_line(index: Any, count: int) -> str:
-    """What the vector storage costs and saves, e.g. 'i8 vectors: 128 B per item instead of 512 B (float32), 12.2 MiB saved'."""
-    full, now = 4 * index.dim, index.vector_bytes()
+def _storage_line(store: dict[str, Any]) -> str:
+    """What the vector storage costs and saves (:meth:`Retriever.storage`), e.g. 'i8 vectors: 128 B per item instead of 512 B
+    (float32), 12.2 MiB saved'."""
+    full, now = store["float32_bytes_per_item"], store["bytes_per_item"]
     if now == full:
         return f"f32 vectors: {full} B per item"
-    return f"{index.vectors} vectors: {now} B per item instead of {full} B (float32), {count * (full - now) / 2**20:.1f} MiB saved"
+    return f"{store['vectors']} vectors: {now} B per item instead of {full} B (float32), {store['saved_bytes'] / 2**20:.1f} MiB saved"
 
 
 def _embed_images(retriever: Any, items: Sequence[dict[str, Any]], batch_size: int, append: bool, hold_out: int) -> Any:
@@ -174,7 +175,7 @@ def search_command(
     paths = [p for q in queries for p in ([it["path"] for it in list_images(q)] if q.is_dir() else [q])]
     with stdout_to_stderr(as_json):
         retriever = Retriever.load(gallery, bundle=bundle, precision=precision)
-        hits = retriever.index.search(retriever.encoder.encode(paths), k, ef=ef)
+        hits = retriever.search_batch(paths, k, ef=ef)
     if as_json:
         payload = [
             {"query": str(p), "results": [{"rank": r, **h.to_dict()} for r, h in enumerate(row, 1)]}

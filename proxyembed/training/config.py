@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from proxyembed.data.image_cache import CacheMode
 from proxyembed.models.config import Pooling as Pool
@@ -23,6 +22,7 @@ from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.metrics import NmiMode
 from proxyembed.runtime.preprocess import DEFAULT_DECODE, Decode
 from proxyembed.runtime.preprocess import Fit as EvalFit
+from proxyembed.runtime.schema import Field, validate
 
 from .recipes import load_recipe
 
@@ -165,42 +165,10 @@ class TrainConfig:
                     f"{source}: crop_scale must be two numbers, got {d['crop_scale']!r}", hint='e.g. --crop-scale 0.5,1 or "crop_scale": [0.5, 1]'
                 ) from exc
             d["crop_scale"] = (lo, hi)
-        hints = get_type_hints(cls)
-        for key, value in d.items():
-            if not _has_type(value, hints[key]):
-                raise BadInput(
-                    f'{source}: "{key}": {json.dumps(value)} is not {_describe(hints[key])}',
-                    hint=f'write it as JSON of that type, e.g. "{key}": {json.dumps(getattr(cls(), key))}',
-                )
+        hints, defaults = get_type_hints(cls), cls()
+        example = 'write it as JSON of that type, e.g. "{}": {}'
+        validate(d, {key: Field(hints[key], hint=example.format(key, json.dumps(getattr(defaults, key)))) for key in d}, where=source)
         return cls(**d)
-
-
-def _has_type(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a field's annotation (an int is a valid float; a bool is never a number)."""
-    origin = get_origin(hint)
-    if origin is Literal:
-        return value in get_args(hint)
-    if origin in (Union, UnionType):
-        return any(_has_type(value, arg) for arg in get_args(hint))
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint)
-
-
-def _describe(hint: Any) -> str:
-    origin = get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(json.dumps(a) for a in get_args(hint))
-    if origin in (Union, UnionType):
-        return " or ".join(_describe(a) for a in get_args(hint))
-    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null", dict: "an object"}
-    return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
 def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:

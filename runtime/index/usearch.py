@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from .errors import BadInput, IntegrityError, require
+from ..errors import BadInput, IntegrityError, require
+from .storage import Space, VectorStorage, check_storage, in_space
 
-VectorStorage = Literal["f32", "f16", "i8"]
-VECTOR_STORAGE: tuple[VectorStorage, ...] = ("f32", "f16", "i8")
-BYTES_PER_VALUE: dict[str, int] = {"f32": 4, "f16": 2, "i8": 1}
 _I8_MAX = 127
 # An int8 search asks usearch for this many times k candidates on the coded query, then orders them by the
 # float query against their codes: on 50k clustered 128-d vectors recall@10 went from 0.9914 to 0.9934
@@ -52,14 +50,6 @@ def _import_usearch() -> Any:
     return require("usearch.index", "quantized")
 
 
-def check_storage(vectors: str, space: str) -> None:
-    """Refuse an unknown storage choice, and int8 for inner products (see the module docstring)."""
-    if vectors not in VECTOR_STORAGE:
-        raise BadInput(f"unknown vector storage {vectors!r}", hint=f"use one of {', '.join(VECTOR_STORAGE)}")
-    if vectors == "i8" and space != "cosine":
-        raise BadInput("int8 vector storage needs space='cosine'", hint="use --vectors f16 for inner-product galleries")
-
-
 def quantize_i8(x: np.ndarray) -> np.ndarray:
     """int8 codes of the rows of ``x``: each row scaled so its largest absolute component is 127, then rounded."""
     peak = np.abs(x).max(axis=1, keepdims=True)
@@ -74,7 +64,7 @@ class QuantizedGraph:
     ``space="cosine"``), which is what exact search and a rebuild read.
     """
 
-    def __init__(self, space: Literal["cosine", "ip"], dim: int, vectors: VectorStorage) -> None:
+    def __init__(self, space: Space, dim: int, vectors: VectorStorage) -> None:
         check_storage(vectors, space)
         if vectors == "f32":
             raise BadInput("QuantizedGraph stores f16 or i8 vectors; f32 galleries use hnswlib")
@@ -120,9 +110,7 @@ class QuantizedGraph:
         """usearch grows by itself on add; nothing to do (kept so :class:`Index` treats both graphs alike)."""
 
     def _code(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if self.space == "cosine":
-            x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        x = in_space(np.asarray(x, dtype=np.float32), self.space)
         return quantize_i8(x) if self.vectors == "i8" else x
 
     def add_items(self, vectors: np.ndarray, labels: np.ndarray, replace_deleted: bool = True) -> None:
@@ -135,10 +123,7 @@ class QuantizedGraph:
         labels = np.asarray(labels, dtype=np.uint64)
         if not len(labels):
             return np.zeros((0, self.dim), np.float32)
-        x = np.asarray(self._graph.get(labels), dtype=np.float32).reshape(len(labels), self.dim)
-        if self.space == "cosine":
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-        return x
+        return in_space(np.asarray(self._graph.get(labels), dtype=np.float32).reshape(len(labels), self.dim), self.space)
 
     def knn_query(
         self, queries: np.ndarray, k: int = 1, num_threads: int = -1, filter: Callable[[int], bool] | None = None
@@ -175,12 +160,11 @@ class QuantizedGraph:
             x = np.asarray(queries, dtype=np.float32)
         else:
             x = self._code(queries).astype(np.float16).astype(np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True) if self.space == "cosine" else x
+        return in_space(x, self.space)
 
     def _rescore(self, queries: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Order int8 candidates by the float query against their decoded codes (asymmetric: only the gallery side is rounded)."""
-        q = np.asarray(queries, dtype=np.float32)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        q = in_space(np.asarray(queries, dtype=np.float32), "cosine")  # int8 storage is cosine only
         valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
         safe = np.where(valid, keys, keys[:, :1])
         stored = self.get_items(safe.reshape(-1)).reshape(*keys.shape, self.dim)

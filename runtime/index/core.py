@@ -1,55 +1,26 @@
-"""A nearest-neighbour index over embeddings: hnswlib with the checks hnswlib leaves to its caller.
+"""The :class:`Index`: ids, metadata, checks and locks around an HNSW graph, and the search that picks exact or approximate.
 
-What this adds to hnswlib 0.8, whose saved file holds neither space, dim nor a checksum and whose
-knn_query raises below k hits: ids of the caller's choosing (strings or ints) and
-JSON metadata per item; capacity that grows by itself; dimension, k and finiteness checks before any
-call into C++; fewer than k hits instead of an exception when the live items (or those passing a
-filter) run short; exact numpy search for small galleries and for measuring recall; ``ef`` and the
-space/dim stored beside the index file, with its sha256 checked before hnswlib ever reads it; and a
-readers-writer lock, so searches run in parallel while add / remove wait for exclusive access.
-
-Duplicate ids: adding an id that is already live raises :class:`BadInput` unless ``replace=True``, in
-which case the old vector is removed and the new one added (an id occurs once in any result).
-
-Growth without decay: a removed item's slot is reused by the next add (hnswlib ``replace_deleted``), so
-a gallery whose items are replaced over and over keeps its size; hnswlib labels are never reused (a
-reused label would leave a stale entry in hnswlib's label table).
-
-Vector storage: ``vectors="f32"`` (the default) is hnswlib; ``"f16"`` and ``"i8"`` keep the graph's
-vectors quantized in usearch (:mod:`.index_usearch`, the ``quantized`` extra), behind the same calls.
-
-Calibration (:meth:`Index.calibrate`): recall@10 against exact float32 search, ``ef`` doubled and then
-``M`` doubled (a rebuild) until it reaches :data:`TARGET_RECALL`; a save calibrates ``ef`` only. Stored items are easier
-queries than new images (they are linked into the graph), so a build measures on held-out items: rows
-added with ``held_out=True`` stay out of the graph until the calibration has used them as queries
-(``proxyembed index`` holds out a random sample). That calibration also measures the same ef with stored
-items as queries; the difference (the gap) is recorded, and a later calibration without held-out items
-(``serve`` after the gallery has grown) asks stored items for the target plus that gap.
+The package docstring (:mod:`proxyembed.runtime.index`) says what this adds to hnswlib; calibration is
+:mod:`.recall`, files :mod:`.persist`, storage choices :mod:`.storage`, result types and exact search
+:mod:`.search`.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from .errors import BadInput, IntegrityError
-from .files import atomic_write, read_json_object, sha256_file, write_sealed_json
-from .index_usearch import BYTES_PER_VALUE, VECTOR_STORAGE, QuantizedGraph, VectorStorage, check_storage
-from .metrics import knn
-from .rwlock import RWLock
-
-ItemId = str | int
-Filter = Callable[[dict[str, Any]], bool] | Mapping[str, Any]
-
-INDEX_FILE = "index.bin"
-SIDECAR_FILE = "index.json"
-FORMAT_VERSION = 2  # 2: sealed sidecar, live items only with their labels, recorded recall
+from ..errors import BadInput, IntegrityError
+from ..rwlock import RWLock
+from . import persist, recall
+from .recall import CALIBRATION_QUERIES, MAX_EF, MAX_M, TARGET_RECALL
+from .search import Filter, Hit, ItemId, exact_search, make_filter
+from .storage import BYTES_PER_VALUE, Space, VectorStorage, check_storage, in_space, new_graph
 
 # Chosen from benchmarks/index_speed.py (results/index_speed.md): the smallest ef with recall@10 >= 0.99
 # against exact search on clustered unit vectors, dim 128, M=16, ef_construction=200 — at 100k items
@@ -60,36 +31,10 @@ DEFAULT_EF = 64
 # M=16 reaches 0.99 at 100k; at 1M it stalls below it (0.974 at ef=256), so larger galleries get M=32.
 # M is fixed when the graph is built: pass the expected size as ``capacity`` so the choice is right.
 LARGE_GALLERY = 250_000
-# What save() calibrates to reach: recall@10 of held-out queries against exact float32 search, on up to
-# CALIBRATION_QUERIES queries; ef doubles up to MAX_EF, then M doubles (a rebuild) up to MAX_M.
-TARGET_RECALL = 0.99
-# Stored vectors are easier queries than new images (they are linked into the graph): at 100k the
-# self-measured recall@10 was 0.9986 where held-out queries gave 0.9938. A calibration on stored items
-# adds the gap its gallery last measured, or this one when it never measured it.
-DEFAULT_GAP = 0.005
-RECALL_K = 10
-CALIBRATION_QUERIES = 1000
-MAX_EF = 1024
-MAX_M = 64
-# A quantized index cannot beat exact search on its own stored vectors; when that ceiling is below the
-# target, calibration stops raising ef and M once the graph is this close to it (the gate then refuses).
-CEILING_SLACK = 0.002
 # Below this many live items search is exact: a numpy pass costs well under a millisecond per query at
 # this size (same benchmark), so hnswlib's approximation would buy nothing worth a missed neighbour.
 EXACT_BELOW = 2000
 _INITIAL_CAPACITY = 1024
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: the caller's id, the similarity (cosine for space='cosine'), the item's metadata."""
-
-    id: ItemId
-    score: float
-    metadata: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "metadata": self.metadata}
 
 
 class Index:
@@ -107,7 +52,7 @@ class Index:
     def __init__(
         self,
         dim: int,
-        space: Literal["cosine", "ip"] = "cosine",
+        space: Space = "cosine",
         *,
         M: int | None = None,
         ef_construction: int = 200,
@@ -121,8 +66,6 @@ class Index:
             M = 32 if capacity >= LARGE_GALLERY else 16
         if not isinstance(dim, int) or dim <= 0:
             raise BadInput(f"index dim must be a positive integer, got {dim!r}")
-        if space not in ("cosine", "ip"):
-            raise BadInput(f"unknown index space '{space}'", hint="use 'cosine' or 'ip'")
         check_storage(vectors, space)
         for name, value in (("M", M), ("ef_construction", ef_construction), ("ef", ef)):
             if not isinstance(value, int) or value <= 0:
@@ -151,16 +94,8 @@ class Index:
         self._matrix: tuple[np.ndarray, np.ndarray] | None = None  # (labels, vectors) of live items, for exact search
 
     def _new_graph(self, capacity: int, M: int, *, init: bool = True) -> Any:
-        """A graph of this index's storage (hnswlib for float32, usearch for f16 / i8); empty with ``init``, else for load_index."""
-        if self.vectors == "f32":
-            import hnswlib
-
-            graph = hnswlib.Index(space=self.space, dim=self.dim)
-        else:
-            graph = QuantizedGraph(self.space, self.dim, self.vectors)
-        if init:
-            graph.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=M, allow_replace_deleted=True)
-        return graph
+        """A graph of this index's space and storage: empty with ``init``, else for ``load_index``."""
+        return new_graph(self.space, self.dim, self.vectors, capacity=capacity, M=M, ef_construction=self.ef_construction, init=init)
 
     # -- properties ----------------------------------------------------------------------------------
 
@@ -329,7 +264,7 @@ class Index:
             raise BadInput(f"k must be a positive integer, got {k!r}")
         if ef is not None and (not isinstance(ef, int) or ef <= 0):
             raise BadInput(f"ef must be a positive integer, got {ef!r}")
-        accept = _make_filter(filter)
+        accept = make_filter(filter)
         lock = self._lock.write() if ef is not None and ef != self._ef else self._lock.read()
         with lock:
             allowed = None
@@ -380,13 +315,7 @@ class Index:
 
     def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         labels, vectors = self._live_matrix()
-        if allowed is not None:
-            keep = np.isin(labels, allowed)
-            labels, vectors = labels[keep], vectors[keep]
-        if self.space == "cosine":
-            queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-        idx, sims = knn(queries, vectors, k)
-        return labels[idx], sims
+        return exact_search(queries, labels, vectors, k, self.space, allowed)
 
     def _live_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """Live labels and their stored vectors (normalised by hnswlib for cosine), cached until a change."""
@@ -427,109 +356,16 @@ class Index:
         all are inserted afterwards; the same ef is also measured with stored items as queries, and the
         difference is recorded as the gallery's ``gap``. Without held-out items up to ``queries`` stored
         vectors are the queries (each excluding itself from both answers) and must reach ``target`` plus
-        the recorded gap (:data:`DEFAULT_GAP` if none). A quantized index also measures exact search on
+        the recorded gap (:data:`.recall.DEFAULT_GAP` if none). A quantized index also measures exact search on
         its stored vectors (``ceiling``): no ef or M can beat it, so below the target they are raised only
-        until the graph comes within :data:`CEILING_SLACK` of it.
+        until the graph comes within :data:`.recall.CEILING_SLACK` of it.
         ``ef`` and ``M`` are never lowered. Searches wait while it runs. The result is recorded
         (:meth:`recall`) and returned.
         """
-        with self._lock.write():
-            held = self._held
-            self._held = []
-            n = len(self._labels)
-            ef = self._ef
-            result: dict[str, Any] = {"queries": 0, "method": "held-out" if held else "stored"}
-            if n <= RECALL_K + 1:  # every live item is in every answer
-                measured, ceiling = 1.0, 1.0
-                goal = target
-            else:
-                had_matrix = self._matrix is not None
-                gap = float(self._recall.get("gap", DEFAULT_GAP))
-                if held:
-                    probe = np.concatenate([v for v, _, _ in held])[:queries]
-                    if self.space == "cosine":
-                        probe = probe / np.linalg.norm(probe, axis=1, keepdims=True)
-                    own, goal = None, target
-                else:
-                    probe, own = self._stored_probe(queries, seed)
-                    goal = min(target + gap, 1.0)
-                truth, ceiling = self._truth(probe, own)
-                # below the ceiling's reach, ef and M only need to come close to the stored vectors' exact answer
-                reach = min(goal, ceiling - CEILING_SLACK)
-                while True:
-                    measured = self._graph_recall(probe, own, truth, ef)
-                    if measured >= reach:
-                        break
-                    if ef < max_ef:
-                        ef = min(2 * ef, max_ef)
-                    elif self.M < max_M:
-                        self._rebuild(min(2 * self.M, max_M))
-                        ef = self._ef
-                    else:
-                        break
-                if held:
-                    stored_probe, stored_own = self._stored_probe(queries, seed)
-                    stored_truth, _ = self._truth(stored_probe, stored_own)
-                    stored = self._graph_recall(stored_probe, stored_own, stored_truth, ef)
-                    result["gap"] = round(max(0.0, stored - measured), 4)
-                    result[f"stored_recall@{RECALL_K}"] = round(stored, 4)
-                elif "gap" in self._recall:
-                    result["gap"] = self._recall["gap"]
-                result["queries"] = len(probe)
-                if not had_matrix:
-                    self._matrix = None  # do not keep an N x dim copy alive for a save
-                self._ef = ef
-            self._hnsw.set_ef(ef)
-            for vectors, ids, metas in held:
-                self._insert(vectors, ids, metas)
-            truth_kind = "float32" if self.vectors == "f32" or self._reference is not None else "stored vectors"
-            self._recall = {
-                f"recall@{RECALL_K}": round(measured, 4),
-                "ef": ef,
-                "M": self.M,
-                **result,
-                "count": len(self._labels),
-                "target": round(goal, 4),
-                "truth": truth_kind,
-                f"ceiling@{RECALL_K}": round(ceiling, 4),
-            }
-            return dict(self._recall)
+        return recall.calibrate(self, target=target, queries=queries, max_ef=max_ef, max_M=max_M, seed=seed)
 
-    def _stored_probe(self, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``queries`` stored items as queries (float32 where the index kept it) and their labels."""
-        live, stored = self._live_matrix()
-        pick = np.sort(np.random.default_rng(seed).choice(len(live), min(queries, len(live)), replace=False))
-        source = self._reference if self._reference is not None else stored
-        rows = live[pick] if self._reference is not None else pick
-        return source[rows], live[pick]
-
-    def _truth(self, probe: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, float]:
-        """Exact top labels of ``probe`` on float32 vectors where kept, and the recall of the graph's exact search on the stored ones."""
-        live, stored = self._live_matrix()
-        reference = self._reference[live] if self._reference is not None else stored
-        k = RECALL_K + (own is not None)
-        truth = live[knn(probe, reference, k)[0]]
-        if own is not None:
-            truth = _drop_self(truth, own)
-        if reference is stored:
-            return truth, 1.0
-        found = live[knn(self._hnsw.as_stored(probe), stored, k)[0]]
-        return truth, _overlap(found if own is None else _drop_self(found, own), truth)
-
-    def _graph_recall(self, queries: np.ndarray, own: np.ndarray | None, truth: np.ndarray, ef: int) -> float:
-        k = RECALL_K + (own is not None)
-        self._hnsw.set_ef(max(ef, k))
-        try:
-            found, _ = self._hnsw.knn_query(queries, k=k)
-        except RuntimeError:  # the walk found too few live items (heavy deletions): count it as a miss
-            return 0.0
-        found = found.astype(np.int64)
-        return _overlap(found if own is None else _drop_self(found, own), truth)
-
-    def _rebuild(self, M: int) -> None:
-        """Build the graph again with ``M`` links per node from the live items (same labels; under the write lock)."""
-        live, stored = self._live_matrix()
-        vectors = self._reference[live] if self._reference is not None else stored
+    def _rebuild(self, M: int, live: np.ndarray, vectors: np.ndarray) -> None:
+        """Build the graph again with ``M`` links per node from the ``live`` labels' ``vectors`` (under the write lock)."""
         graph = self._new_graph(max(len(live), 1), M)
         if len(live):
             graph.add_items(vectors, live, replace_deleted=True)
@@ -544,9 +380,7 @@ class Index:
             grown = np.zeros((max(end, 2 * len(self._reference)), self.dim), np.float32)
             grown[: len(self._reference)] = self._reference
             self._reference = grown
-        if self.space == "cosine":
-            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        self._reference[start:end] = vectors
+        self._reference[start:end] = in_space(vectors, self.space)
 
     # -- persistence ---------------------------------------------------------------------------------
 
@@ -565,122 +399,9 @@ class Index:
         if calibrate or self._held:
             self.calibrate(max_M=self.M)
         with self._lock.read():
-            digest = ""
-
-            def write_index(tmp: Path) -> None:
-                nonlocal digest
-                self._hnsw.save_index(str(tmp))
-                digest = sha256_file(tmp)
-
-            atomic_write(folder / INDEX_FILE, write_index)
-            sidecar = {
-                "format_version": FORMAT_VERSION,
-                **self.params(),
-                "count": len(self._labels),
-                "capacity": self._hnsw.get_max_elements(),
-                "index_file": INDEX_FILE,
-                "index_sha256": digest,
-                "recall": self._recall,
-                "next_label": self._next_label,
-                "labels": list(self._ids),
-                "ids": list(self._ids.values()),
-                "metadata": list(self._meta.values()),
-            }
-            write_sealed_json(folder / SIDECAR_FILE, sidecar, indent=1)
+            persist.write(self, folder)
 
     @classmethod
     def load(cls, folder: str | Path, *, exact_below: int = EXACT_BELOW) -> Index:
         """Read an index written by :meth:`save`; an altered or truncated file raises :class:`IntegrityError`."""
-        folder = Path(folder)
-        side = _read_sidecar(folder / SIDECAR_FILE)
-        index_file = folder / INDEX_FILE
-        if not index_file.is_file():
-            raise IntegrityError(f"index file missing: {index_file}")
-        if sha256_file(index_file) != side["index_sha256"]:
-            raise IntegrityError(
-                f"index file altered or truncated: {index_file} does not match {SIDECAR_FILE}",
-                hint="rebuild the gallery",
-            )
-        index = cls(
-            side["dim"],
-            side["space"],
-            M=side["M"],
-            ef_construction=side["ef_construction"],
-            ef=side["ef"],
-            exact_below=exact_below,
-            capacity=side["capacity"],
-            vectors=side.get("vectors", "f32"),
-            _load_from=index_file,
-        )
-        labels, ids, meta = side["labels"], side["ids"], side["metadata"]
-        where = folder / SIDECAR_FILE
-        if not (len(labels) == len(ids) == len(meta) == side["count"]) or index._hnsw.element_count < len(ids):
-            raise IntegrityError(f"{where} lists {len(ids)} items, {index_file} holds {index._hnsw.element_count}")
-        if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < side["next_label"] for x in labels):
-            raise IntegrityError(f"{where}: labels must be integers below next_label {side['next_label']}")
-        index._ids = dict(zip(labels, ids, strict=True))
-        index._meta = dict(zip(labels, meta, strict=True))
-        index._labels = {item_id: label for label, item_id in index._ids.items()}
-        if not (len(index._ids) == len(index._labels) == len(ids)):
-            raise IntegrityError(f"{where}: a label or an id occurs twice")
-        index._next_label, index._recall = side["next_label"], side["recall"]
-        return index
-
-
-def _drop_self(rows: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """The first ``RECALL_K`` labels of each row of ``RECALL_K + 1`` without the row's own label."""
-    keep = rows != own[:, None]
-    keep[keep.all(axis=1), -1] = False  # the query was not among them: drop the last instead
-    return rows[keep].reshape(len(rows), RECALL_K)
-
-
-def _overlap(found: np.ndarray, truth: np.ndarray) -> float:
-    """Share of the ``truth`` labels (rows of RECALL_K) that ``found`` also holds: recall@K."""
-    return float((found[:, :, None] == truth[:, None, :]).any(axis=2).sum() / truth.size)
-
-
-def _make_filter(filter: Filter | None) -> Callable[[dict[str, Any]], bool] | None:
-    if filter is None or callable(filter):
-        return filter
-    if isinstance(filter, Mapping):
-        wanted = dict(filter)
-        return lambda meta: all(key in meta and meta[key] == value for key, value in wanted.items())
-    raise BadInput(f"filter must be a callable or a dict of metadata values, got {type(filter).__name__}")
-
-
-_SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "format_version": int,
-    "dim": int,
-    "space": str,
-    "M": int,
-    "ef_construction": int,
-    "ef": int,
-    "count": int,
-    "capacity": int,
-    "index_sha256": str,
-    "recall": dict,
-    "next_label": int,
-    "labels": list,
-    "ids": list,
-    "metadata": list,
-}
-
-
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    side = read_json_object(
-        path,
-        missing=f"index sidecar missing: {path}",
-        hint="is this a folder written by Index.save or `proxyembed index`?",
-        broken_hint="rebuild the gallery",
-        fields=_SIDECAR_FIELDS,
-        sealed=True,
-    )
-    if side["format_version"] != FORMAT_VERSION:
-        raise BadInput(
-            f"{path}: index format_version {side['format_version']} is not supported (expected {FORMAT_VERSION})"
-        )
-    if side["space"] not in ("cosine", "ip"):
-        raise IntegrityError(f"{path}: unknown space {side['space']!r}")
-    if side.get("vectors", "f32") not in VECTOR_STORAGE:  # galleries from before quantized storage hold float32
-        raise IntegrityError(f"{path}: unknown vector storage {side['vectors']!r}")
-    return side
+        return persist.read(cls, Path(folder), exact_below=exact_below)

@@ -1,0 +1,122 @@
+"""An :class:`~.core.Index` on disk: ``index.bin`` (the graph) and the sealed ``index.json`` sidecar beside it.
+
+hnswlib's file holds neither space, dim nor a checksum, so the sidecar records the parameters, the live
+items (label, id, metadata), the recall measured and the sha256 of ``index.bin``; it is written last, so
+a crash in between is detected at load, and the graph file is hashed before any library reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BadInput, IntegrityError
+from ..files import atomic_write, read_json_object, sha256_file, write_sealed_json
+from ..schema import Field, validate
+from .storage import Space, VectorStorage
+
+if TYPE_CHECKING:
+    from .core import Index
+
+INDEX_FILE = "index.bin"
+SIDECAR_FILE = "index.json"
+FORMAT_VERSION = 2  # 2: sealed sidecar, live items only with their labels, recorded recall
+
+SIDECAR_SCHEMA: dict[str, Any] = {
+    "format_version": int,
+    "dim": int,
+    "space": Space,
+    "vectors": Field(VectorStorage, required=False),  # galleries from before quantized storage hold float32
+    "M": int,
+    "ef_construction": int,
+    "ef": int,
+    "count": int,
+    "capacity": int,
+    "index_sha256": str,
+    "recall": dict,
+    "next_label": int,
+    "labels": list,
+    "ids": list,
+    "metadata": list,
+}
+"""What ``index.json`` must hold (see :func:`write`)."""
+
+
+def write(index: Index, folder: Path) -> None:
+    """Write the graph and then the sidecar naming its hash into ``folder`` (the caller holds the index's read lock)."""
+    digest = ""
+
+    def write_graph(tmp: Path) -> None:
+        nonlocal digest
+        index._hnsw.save_index(str(tmp))
+        digest = sha256_file(tmp)
+
+    atomic_write(folder / INDEX_FILE, write_graph)
+    sidecar = {
+        "format_version": FORMAT_VERSION,
+        **index.params(),
+        "count": len(index),
+        "capacity": index._hnsw.get_max_elements(),
+        "index_file": INDEX_FILE,
+        "index_sha256": digest,
+        "recall": index._recall,
+        "next_label": index._next_label,
+        "labels": list(index._ids),
+        "ids": list(index._ids.values()),
+        "metadata": list(index._meta.values()),
+    }
+    write_sealed_json(folder / SIDECAR_FILE, sidecar, indent=1)
+
+
+def read(cls: type[Index], folder: Path, *, exact_below: int) -> Index:
+    """The index saved in ``folder``: sidecar and graph checked against each other before anything is trusted."""
+    side = _read_sidecar(folder / SIDECAR_FILE)
+    index_file = folder / INDEX_FILE
+    if not index_file.is_file():
+        raise IntegrityError(f"index file missing: {index_file}")
+    if sha256_file(index_file) != side["index_sha256"]:
+        raise IntegrityError(
+            f"index file altered or truncated: {index_file} does not match {SIDECAR_FILE}",
+            hint="rebuild the gallery",
+        )
+    index = cls(
+        side["dim"],
+        side["space"],
+        M=side["M"],
+        ef_construction=side["ef_construction"],
+        ef=side["ef"],
+        exact_below=exact_below,
+        capacity=side["capacity"],
+        vectors=side.get("vectors", "f32"),
+        _load_from=index_file,
+    )
+    labels, ids, meta = side["labels"], side["ids"], side["metadata"]
+    where = folder / SIDECAR_FILE
+    if not (len(labels) == len(ids) == len(meta) == side["count"]) or index._hnsw.element_count < len(ids):
+        raise IntegrityError(f"{where} lists {len(ids)} items, {index_file} holds {index._hnsw.element_count}")
+    if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < side["next_label"] for x in labels):
+        raise IntegrityError(f"{where}: labels must be integers below next_label {side['next_label']}")
+    index._ids = dict(zip(labels, ids, strict=True))
+    index._meta = dict(zip(labels, meta, strict=True))
+    index._labels = {item_id: label for label, item_id in index._ids.items()}
+    if not (len(index._ids) == len(index._labels) == len(ids)):
+        raise IntegrityError(f"{where}: a label or an id occurs twice")
+    index._next_label, index._recall = side["next_label"], side["recall"]
+    return index
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    side = read_json_object(
+        path,
+        missing=f"index sidecar missing: {path}",
+        hint="is this a folder written by Index.save or `proxyembed index`?",
+        broken_hint="rebuild the gallery",
+        fields={"format_version": int},
+        sealed=True,
+    )
+    if side["format_version"] != FORMAT_VERSION:
+        raise BadInput(
+            f"{path}: index format_version {side['format_version']} is not supported (expected {FORMAT_VERSION})"
+        )
+    validate(side, SIDECAR_SCHEMA, where=str(path), error=IntegrityError, hint="rebuild the gallery")
+    return side
