@@ -65,6 +65,24 @@ def test_missing_field_is_named(bundle_dir: Path) -> None:
         Bundle.load(bundle_dir)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["embedding"].update(dim=0), "embedding.dim must be positive, got 0"),
+        (lambda d: d["embedding"].update(metric="l2"), '"embedding.metric": "l2" is not one of "cosine"'),
+        (lambda d: d["artifacts"][0].update(format="tflite"), '"artifacts[0].format": "tflite" is not one of "onnx", "tensorrt"'),
+        (lambda d: d["artifacts"][0].update(target="tpu"), '"artifacts[0].target": "tpu" is not one of "any", "cpu", "gpu"'),
+        (lambda d: d["artifacts"][0].update(sha256=None), '"artifacts[0].sha256": null is not a string'),
+        (lambda d: d.update(artifacts=[]), "artifacts is empty: the bundle lists no artifacts"),
+    ],
+)
+def test_wrong_manifest_fields_name_the_field_and_the_value(bundle_dir: Path, edit, message: str) -> None:
+    _edit_manifest(bundle_dir, edit)
+    with pytest.raises(BadInput) as err:
+        Bundle.load(bundle_dir)
+    assert err.value.message == f"{bundle_dir / MANIFEST_NAME}: {message}"
+
+
 @pytest.mark.parametrize("bad", ["../model.onnx", "/etc/passwd", "sub\\..\\x.onnx"])
 def test_artifact_path_escaping_the_folder(bundle_dir: Path, bad: str) -> None:
     _edit_manifest(bundle_dir, lambda d: d["artifacts"][0].update(file=bad))
