@@ -50,7 +50,7 @@ def runtime_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_ships_recipes_and_type_marker(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"proxyembed/py.typed", "proxyembed/recipes/cub200.json", "proxyembed/recipes/sop_nir.json"} <= names
-    assert "proxyembed/runtime/index.py" in names and "proxyembed/export/pipeline.py" in names
+    assert {"proxyembed/runtime/index/core.py", "proxyembed/runtime/backends/ort.py", "proxyembed/export/pipeline.py"} <= names
 
 
 def test_runtime_install_has_no_torch_and_loads_recipes(runtime_venv: Path, tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ reused label would leave a stale entry in hnswlib's label table).
 
 One concern a module:
 
-- :mod:`.core`: :class:`Index` — the item table (ids, metadata, labels), add / remove, and search.
+- :mod:`.core`: :class:`Index` — checks, locks, add / remove, and search picking exact or approximate.
+- :mod:`.items`: the item table (caller ids, graph labels, metadata).
 - :mod:`.search`: :class:`Hit`, metadata filters, exact search.
 - :mod:`.storage`: the metric space and the vector storage, and the graph that holds them.
 - :mod:`.usearch`: float16 / int8 storage in usearch behind hnswlib's calls (the ``quantized`` extra).

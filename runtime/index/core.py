@@ -1,8 +1,8 @@
-"""The :class:`Index`: ids, metadata, checks and locks around an HNSW graph, and the search that picks exact or approximate.
+"""The :class:`Index`: checks and locks around an HNSW graph and its item table, and the search that picks exact or approximate.
 
-The package docstring (:mod:`proxyembed.runtime.index`) says what this adds to hnswlib; calibration is
-:mod:`.recall`, files :mod:`.persist`, storage choices :mod:`.storage`, result types and exact search
-:mod:`.search`.
+The package docstring (:mod:`proxyembed.runtime.index`) says what this adds to hnswlib; the item table is
+:mod:`.items`, calibration :mod:`.recall`, files :mod:`.persist`, storage choices :mod:`.storage`, result
+types and exact search :mod:`.search`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import BadInput, IntegrityError
 from ..rwlock import RWLock
 from . import persist, recall
+from .items import ItemTable
 from .recall import CALIBRATION_QUERIES, MAX_EF, MAX_M, TARGET_RECALL
 from .search import Filter, Hit, ItemId, exact_search, make_filter
 from .storage import BYTES_PER_VALUE, Space, VectorStorage, check_storage, in_space, new_graph
@@ -81,10 +82,7 @@ class Index:
             except RuntimeError as exc:
                 raise IntegrityError(f"hnswlib cannot read {_load_from}: {exc}") from exc
         self._hnsw.set_ef(ef)
-        self._ids: dict[int, ItemId] = {}  # live label -> id, in insertion order
-        self._meta: dict[int, dict[str, Any]] = {}  # live label -> metadata
-        self._labels: dict[ItemId, int] = {}  # live id -> label
-        self._next_label = 0
+        self._items = ItemTable()
         self._recall: dict[str, Any] = {}
         # float32 rows by label for a quantized index built here (the calibration's exact reference)
         self._reference: np.ndarray | None = np.zeros((0, dim), np.float32) if vectors != "f32" and _load_from is None else None
@@ -101,10 +99,10 @@ class Index:
 
     def __len__(self) -> int:
         """Number of live (not removed) items."""
-        return len(self._labels)
+        return len(self._items)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._labels
+        return item_id in self._items
 
     @property
     def ef(self) -> int:
@@ -121,7 +119,7 @@ class Index:
     def ids(self) -> list[ItemId]:
         """Live ids in insertion order (a replaced id counts as inserted when it was replaced)."""
         with self._lock.read():
-            return list(self._ids.values())
+            return self._items.ids()
 
     def recall(self) -> dict[str, Any]:
         """The last recall measurement (:meth:`calibrate`): recall@10 vs exact search, ef, queries; {} if none."""
@@ -129,16 +127,12 @@ class Index:
 
     def metadata(self, item_id: ItemId) -> dict[str, Any]:
         with self._lock.read():
-            if item_id not in self._labels:
-                raise BadInput(f"id {item_id!r} is not in the index")
-            return dict(self._meta[self._labels[item_id]])
+            return self._items.metadata(item_id)
 
     def vector(self, item_id: ItemId) -> np.ndarray:
         """The stored vector of ``item_id`` (normalised for ``space="cosine"``), e.g. to search by an indexed item."""
         with self._lock.read():
-            if item_id not in self._labels:
-                raise BadInput(f"id {item_id!r} is not in the index")
-            return np.asarray(self._hnsw.get_items([self._labels[item_id]]), dtype=np.float32).reshape(self.dim)
+            return np.asarray(self._hnsw.get_items([self._items.label(item_id)]), dtype=np.float32).reshape(self.dim)
 
     def params(self) -> dict[str, Any]:
         """The construction and search parameters (what a gallery records)."""
@@ -196,7 +190,7 @@ class Index:
             held = {i for _, held_ids, _ in self._held for i in held_ids}
             if any(i in held for i in ids):
                 raise BadInput(f"id {next(i for i in ids if i in held)!r} is already held out for calibration", hint="save the index first")
-            dupes = [i for i in ids if i in self._labels]
+            dupes = [i for i in ids if i in self._items]
             if dupes and not replace:
                 raise BadInput(
                     f"{len(dupes)} id(s) already in the index, e.g. {dupes[0]!r}",
@@ -209,37 +203,28 @@ class Index:
 
     def _insert(self, vectors: np.ndarray, ids: list[ItemId], metas: list[dict[str, Any]]) -> None:
         """Put checked items into the graph, replacing live ones of the same id (under the write lock)."""
-        dupes = [i for i in ids if i in self._labels]
-        for item_id in dupes:
-            self._delete_label(self._labels.pop(item_id))
+        for item_id in [i for i in ids if i in self._items]:
+            self._hnsw.mark_deleted(self._items.pop(item_id))
         # replace_deleted puts new items into removed items' slots first; only the rest need room
-        slots = self._hnsw.element_count + max(0, len(ids) - (self._hnsw.element_count - len(self._labels)))
+        slots = self._hnsw.element_count + max(0, len(ids) - (self._hnsw.element_count - len(self._items)))
         if slots > self._hnsw.get_max_elements():
             self._hnsw.resize_index(max(slots, 2 * self._hnsw.get_max_elements()))
-        start = self._next_label
+        start = self._items.next_label
         self._hnsw.add_items(vectors, np.arange(start, start + len(ids), dtype=np.int64), replace_deleted=True)
         self._remember(start, vectors)
-        for offset, (item_id, meta) in enumerate(zip(ids, metas, strict=True)):
-            self._ids[start + offset] = item_id
-            self._meta[start + offset] = meta
-            self._labels[item_id] = start + offset
-        self._next_label = start + len(ids)
+        self._items.append(ids, metas)
         self._matrix = None
 
     def remove(self, ids: Sequence[ItemId]) -> None:
         """Remove items by id; an unknown id is an error (and nothing is removed)."""
         ids = list(ids)
         with self._lock.write():
-            missing = [i for i in ids if i not in self._labels]
+            missing = [i for i in ids if i not in self._items]
             if missing:
                 raise BadInput(f"cannot remove {len(missing)} unknown id(s), e.g. {missing[0]!r}")
             for item_id in ids:
-                self._delete_label(self._labels.pop(item_id))
+                self._hnsw.mark_deleted(self._items.pop(item_id))
             self._matrix = None
-
-    def _delete_label(self, label: int) -> None:
-        self._hnsw.mark_deleted(label)
-        del self._ids[label], self._meta[label]
 
     # -- search --------------------------------------------------------------------------------------
 
@@ -267,13 +252,8 @@ class Index:
         accept = make_filter(filter)
         lock = self._lock.write() if ef is not None and ef != self._ef else self._lock.read()
         with lock:
-            allowed = None
-            n_live = len(self._labels)
-            if accept is not None:
-                allowed = np.array(
-                    [label for label in self._labels.values() if accept(self._meta[label])], np.int64
-                )
-                n_live = len(allowed)
+            allowed = None if accept is None else self._items.labels(accept)
+            n_live = len(self._items) if allowed is None else len(allowed)
             k = min(int(k), n_live)
             if k == 0 or len(queries) == 0:
                 return [[] for _ in queries]
@@ -283,11 +263,7 @@ class Index:
             else:
                 labels, scores = self._approximate(queries, k, ef, allowed)
             return [
-                [
-                    Hit(self._ids[lab], float(s), dict(self._meta[lab]))
-                    for lab, s in zip(row_l, row_s, strict=True)
-                    if lab >= 0
-                ]
+                [self._items.hit(lab, float(s)) for lab, s in zip(row_l, row_s, strict=True) if lab >= 0]
                 for row_l, row_s in zip(labels, scores, strict=True)
             ]
 
@@ -300,7 +276,7 @@ class Index:
             if allowed is None:
                 labels, dists = self._hnsw.knn_query(queries, k=k)
             else:
-                mask = np.zeros(self._next_label, bool)
+                mask = np.zeros(self._items.next_label, bool)
                 mask[allowed] = True
                 # The Python callback runs under the GIL, so extra hnswlib threads would only contend.
                 labels, dists = self._hnsw.knn_query(queries, k=k, num_threads=1, filter=lambda lab: bool(mask[lab]))
@@ -321,7 +297,7 @@ class Index:
         """Live labels and their stored vectors (normalised by hnswlib for cosine), cached until a change."""
         with self._matrix_lock:
             if self._matrix is None:
-                labels = np.array(sorted(self._labels.values()), np.int64)
+                labels = self._items.labels()
                 # get_items returns lists in every hnswlib build we install (chroma-hnswlib 0.7 has no return_type)
                 vectors = np.asarray(self._hnsw.get_items(labels) if len(labels) else [], dtype=np.float32).reshape(-1, self.dim)
                 self._matrix = (labels, np.ascontiguousarray(vectors))

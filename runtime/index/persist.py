@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BadInput, IntegrityError
 from ..files import atomic_write, read_json_object, sha256_file, write_sealed_json
 from ..schema import Field, validate
+from .items import ItemTable
 from .storage import Space, VectorStorage
 
 if TYPE_CHECKING:
@@ -60,10 +61,7 @@ def write(index: Index, folder: Path) -> None:
         "index_file": INDEX_FILE,
         "index_sha256": digest,
         "recall": index._recall,
-        "next_label": index._next_label,
-        "labels": list(index._ids),
-        "ids": list(index._ids.values()),
-        "metadata": list(index._meta.values()),
+        **index._items.to_json(),
     }
     write_sealed_json(folder / SIDECAR_FILE, sidecar, indent=1)
 
@@ -90,18 +88,10 @@ def read(cls: type[Index], folder: Path, *, exact_below: int) -> Index:
         vectors=side.get("vectors", "f32"),
         _load_from=index_file,
     )
-    labels, ids, meta = side["labels"], side["ids"], side["metadata"]
-    where = folder / SIDECAR_FILE
-    if not (len(labels) == len(ids) == len(meta) == side["count"]) or index._hnsw.element_count < len(ids):
+    ids, where = side["ids"], folder / SIDECAR_FILE
+    if not (len(side["labels"]) == len(ids) == len(side["metadata"]) == side["count"]) or index._hnsw.element_count < len(ids):
         raise IntegrityError(f"{where} lists {len(ids)} items, {index_file} holds {index._hnsw.element_count}")
-    if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < side["next_label"] for x in labels):
-        raise IntegrityError(f"{where}: labels must be integers below next_label {side['next_label']}")
-    index._ids = dict(zip(labels, ids, strict=True))
-    index._meta = dict(zip(labels, meta, strict=True))
-    index._labels = {item_id: label for label, item_id in index._ids.items()}
-    if not (len(index._ids) == len(index._labels) == len(ids)):
-        raise IntegrityError(f"{where}: a label or an id occurs twice")
-    index._next_label, index._recall = side["next_label"], side["recall"]
+    index._items, index._recall = ItemTable.from_json(side, where), side["recall"]
     return index
 
 
