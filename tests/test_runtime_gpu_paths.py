@@ -167,3 +167,52 @@ def test_missing_onnxruntime_names_both_extras(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingDependency, match=r'onnxruntime is not installed \(pip install "proxyembed\[cpu\]", or "proxyembed\[gpu\]"'):
         Encoder(bundle_dir, device="cpu")
+
+
+class _FakeCudart:
+    """The few cuda-python runtime calls the native backend and gpu_info make, on a pretend device."""
+
+    def __init__(self, props: object | None = None) -> None:
+        self.live: dict[int, int] = {}  # pointer -> bytes
+        self.props, self._next = props, 0x1000
+
+    def cudaMalloc(self, nbytes: int) -> tuple[int, int]:
+        self._next += 0x1000
+        self.live[self._next] = nbytes
+        return 0, self._next
+
+    def cudaFree(self, ptr: int) -> tuple[int]:
+        del self.live[ptr]
+        return (0,)
+
+    def cudaGetDeviceCount(self) -> tuple[int, int]:
+        return (0, 1) if self.props is not None else (100, 0)  # 100: cudaErrorNoDevice
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, object]:
+        return 0, self.props
+
+
+def test_device_buffers_grow_to_the_largest_request_and_free_everything() -> None:
+    cudart = _FakeCudart()
+    buffers = backends.cuda.DeviceBuffers(cudart)
+    first = buffers.get("images", 1024)
+    assert buffers.get("images", 512) == first and cudart.live == {first: 1024}  # smaller: reused
+    grown = buffers.get("images", 4096)
+    out = buffers.get("embeddings", 64)
+    assert grown != first and cudart.live == {grown: 4096, out: 64}  # the old allocation was freed on growth
+    buffers.free()
+    assert cudart.live == {}
+
+
+def test_a_failed_cuda_call_raises_naming_the_call() -> None:
+    assert backends.cuda.cuda_call((0, 42), "cudaMalloc") == 42
+    with pytest.raises(RuntimeError, match="CUDA call cudaMalloc failed with error 2"):
+        backends.cuda.cuda_call((2, 0), "cudaMalloc")
+
+
+def test_gpu_info_reads_device_zero_through_the_bindings(monkeypatch: pytest.MonkeyPatch) -> None:
+    props = type("Props", (), {"name": b"NVIDIA H100 80GB HBM3\x00\x00", "major": 9, "minor": 0})()
+    monkeypatch.setattr(backends.cuda, "cudart", lambda: _FakeCudart(props))
+    assert backends.gpu_info() == {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    monkeypatch.setattr(backends.cuda, "cudart", lambda: _FakeCudart(None))
+    assert backends.gpu_info() is None  # the driver reports no device
