@@ -200,7 +200,9 @@ def test_save_load_round_trip(index: Index, data: tuple[np.ndarray, np.ndarray],
     index.ef = 100
     index.save(tmp_path / "ix")
     loaded = Index.load(tmp_path / "ix", exact_below=0)
-    assert len(loaded) == len(index) and loaded.ef == 100 and loaded.params() == index.params()
+    # the save's calibration never lowers ef, and may raise it: usearch's multi-threaded build is not
+    # deterministic, and about one int8 graph in 16 here misses the recall target at ef=100 (main did too)
+    assert len(loaded) == len(index) and loaded.ef == index.ef >= 100 and loaded.params() == index.params()
     a, b = index.search(queries, 10), loaded.search(queries, 10)
     assert [[(h.id, h.metadata) for h in r] for r in a] == [[(h.id, h.metadata) for h in r] for r in b]
     assert "item3" not in loaded
