@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from proxyembed.runtime.errors import CheckFailed
-
-from .validate import Runner
+from proxyembed.runtime.evaluation import EncodeBatch
 
 MAX_ABS_DIFF = 1e-4
 
@@ -35,8 +34,8 @@ class ParityResult:
 
 
 def check_parity(
-    reference: Runner,
-    candidate: Runner,
+    reference: EncodeBatch,
+    candidate: EncodeBatch,
     real: np.ndarray,
     *,
     batch_sizes: tuple[int, ...] = (1, 8),

@@ -14,20 +14,23 @@ from pathlib import Path
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.encoder import DEVICES, DeviceChoice
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.options import parse_key_values
+from proxyembed.runtime.progress import ProgressCallback
 
-from .evaluation import ArtifactChoice, CheckOptions, Progress
 from .gate import check_against_baseline, check_against_bundle
+from .measure import ArtifactChoice, CheckOptions
 from .report import CheckReport
-from .tolerances import parse_tolerances
+from .tolerances import tolerances
 
 Limits = Mapping[str, float] | Sequence[str]
 
 
-def _as_items(limits: Limits) -> list[str]:
-    return [f"{k}={v}" for k, v in limits.items()] if isinstance(limits, Mapping) else list(limits)
+def _limits(limits: Limits, option: str, example: str) -> Mapping[str, float]:
+    """A mapping as given (the Python API), or ``METRIC=NUMBER`` strings parsed (the command line's form)."""
+    return limits if isinstance(limits, Mapping) else parse_key_values(limits, option, example=example)
 
 
-def run_check(
+def check_bundle(
     bundle: str | Path | Bundle,
     data: str,
     baseline: str | Path | None = None,
@@ -41,7 +44,7 @@ def run_check(
     threads: int | None = None,
     batch_size: int = 32,
     device: DeviceChoice = "auto",
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CheckReport:
     """Check ``bundle`` (a folder or a loaded :class:`Bundle`) on ``data`` against a ``baseline`` file (or an older bundle, ``against``).
 
@@ -57,7 +60,7 @@ def run_check(
     if device not in DEVICES:
         raise BadInput(f"--device '{device}' is unknown", hint=f"use one of {', '.join(DEVICES)}")
     bundle, against = (b.path if isinstance(b, Bundle) else b for b in (bundle, against))
-    tol = parse_tolerances(_as_items(max_drop), _as_items(min_value))
+    tol = tolerances(_limits(max_drop, "--max-drop", "recall@1=1.0,map@r=2"), _limits(min_value, "--min", "recall@1=0.80"))
     opts = CheckOptions(artifact=artifact, device=device, threads=threads, batch_size=batch_size)
     split = resolve_eval_data(data)
     if baseline is None:
