@@ -42,11 +42,13 @@ def parse_key_values(
     convert: Callable[[str], T] = number,  # type: ignore[assignment]
     keys: Collection[str] | None = None,
     commas: bool = True,
+    form: str = "KEY=VALUE",
 ) -> dict[str, T]:
     """``["a=1,b=2", "c=3"]`` -> ``{"a": 1.0, "b": 2.0, "c": 3.0}``, keys stripped, values through ``convert``.
 
     ``keys`` limits the keys allowed; ``commas=False`` keeps each value whole (for values that hold commas,
-    such as a JSON list). ``convert`` raises ``ValueError`` for a value it refuses.
+    such as a JSON list). ``convert`` raises ``ValueError`` for a value it refuses. ``form`` names the
+    expected shape in messages (``METRIC=NUMBER``).
     """
     out: dict[str, T] = {}
     items = (part for value in values for part in (value.split(",") if commas else [value]))
@@ -54,11 +56,11 @@ def parse_key_values(
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise BadInput(f"{option} '{item}' is not KEY=VALUE", hint=f"e.g. {option} {example}")
+            raise BadInput(f"{option} '{item}' is not {form}", hint=f"e.g. {option} {example}")
         if keys is not None and key not in keys:
             raise BadInput(f"{option} '{item}': unknown key '{key}'", hint=f"keys: {', '.join(keys)}; e.g. {option} {example}")
         try:
             out[key] = convert(raw.strip())
         except ValueError:
-            raise BadInput(f"{option} '{item}': '{raw.strip()}' is not a valid value", hint=f"e.g. {option} {example}") from None
+            raise BadInput(f"{option} '{item}' is not {form}: cannot read '{raw.strip()}'", hint=f"e.g. {option} {example}") from None
     return out

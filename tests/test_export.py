@@ -23,15 +23,17 @@ from proxyembed.data import Sample, resolve_data
 from proxyembed.export.graph import float_tail
 from proxyembed.export.int8 import Int8Options, calibration_batch, calibration_samples, quantize_int8
 from proxyembed.export.onnx_export import export_onnx, unexportable_op
-from proxyembed.export.parity import check_parity
 from proxyembed.export.options import MAX_DROP_EXAMPLE, PRECISION_MAX_DROP, max_drop_limits
+from proxyembed.export.parity import check_parity
 from proxyembed.export.validate import served
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.files import sha256_file
 from proxyembed.runtime.manifest import MANIFEST_NAME, Manifest
+from proxyembed.runtime.options import parse_key_values
 from proxyembed.runtime.preprocess import Preprocessor
 from proxyembed.training.checkpoint import load_checkpoint
+from proxyembed.training.inference import torch_encode_batch
 
 DATA = "synthetic:train_classes=4,eval_classes=6,per_class=8"
 INT8_LIMIT = 10.0  # points: under five queries of 48

@@ -8,26 +8,17 @@ mapping), validates them, resolves the data and dispatches to :mod:`.gate`. Retu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.encoder import DEVICES, DeviceChoice
 from proxyembed.runtime.errors import BadInput
-from proxyembed.runtime.options import parse_key_values
 from proxyembed.runtime.progress import ProgressCallback
 
 from .gate import check_against_baseline, check_against_bundle
 from .measure import ArtifactChoice, CheckOptions
 from .report import CheckReport
-from .tolerances import tolerances
-
-Limits = Mapping[str, float] | Sequence[str]
-
-
-def _limits(limits: Limits, option: str, example: str) -> Mapping[str, float]:
-    """A mapping as given (the Python API), or ``METRIC=NUMBER`` strings parsed (the command line's form)."""
-    return limits if isinstance(limits, Mapping) else parse_key_values(limits, option, example=example)
+from .tolerances import Limits, parse_tolerances
 
 
 def check_bundle(
@@ -60,7 +51,7 @@ def check_bundle(
     if device not in DEVICES:
         raise BadInput(f"--device '{device}' is unknown", hint=f"use one of {', '.join(DEVICES)}")
     bundle, against = (b.path if isinstance(b, Bundle) else b for b in (bundle, against))
-    tol = tolerances(_limits(max_drop, "--max-drop", "recall@1=1.0,map@r=2"), _limits(min_value, "--min", "recall@1=0.80"))
+    tol = parse_tolerances(max_drop, min_value)
     opts = CheckOptions(artifact=artifact, device=device, threads=threads, batch_size=batch_size)
     split = resolve_eval_data(data)
     if baseline is None:

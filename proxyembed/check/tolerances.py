@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.metrics import GATE_METRIC
@@ -45,11 +46,21 @@ class Tolerances:
                 raise BadInput(f"{option}: unknown metric(s) {unknown} for this data", hint=f"valid: {', '.join(metrics)} (or all=, for --max-drop)")
 
 
-def parse_tolerances(max_drop: Sequence[str] = (), floors: Sequence[str] = ()) -> Tolerances:
-    """``["recall@1=0.5,map@r=1"]`` drops in points and ``["recall@1=0.80"]`` floors as fractions (``--max-drop``, ``--min``)."""
-    drops = parse_key_values(max_drop, "--max-drop", example="recall@1=1.0,map@r=2")
-    mins = parse_key_values(floors, "--min", example="recall@1=0.80")
-    return tolerances(drops, mins)
+Limits = Mapping[str, float] | Sequence[str]
+"""Limits as the Python API gives them (``{"recall@1": 0.5}``) or as the command line does (``["recall@1=0.5,map@r=2"]``)."""
+_EXAMPLES = {"--max-drop": "recall@1=1.0,map@r=2", "--min": "recall@1=0.80"}
+
+
+def limits(values: Limits, option: Literal["--max-drop", "--min"]) -> Mapping[str, float]:
+    """A mapping as given, or ``METRIC=NUMBER`` strings (comma-separated and/or repeated) parsed."""
+    if isinstance(values, Mapping):
+        return values
+    return parse_key_values(values, option, example=_EXAMPLES[option], form="METRIC=NUMBER")
+
+
+def parse_tolerances(max_drop: Limits = (), floors: Limits = ()) -> Tolerances:
+    """Drops in points (``--max-drop``) and floors as fractions (``--min``), each a mapping or ``METRIC=NUMBER`` strings."""
+    return tolerances(limits(max_drop, "--max-drop"), limits(floors, "--min"))
 
 
 def tolerances(max_drop: Mapping[str, float] | None = None, floors: Mapping[str, float] | None = None) -> Tolerances:

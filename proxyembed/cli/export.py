@@ -93,7 +93,8 @@ def export(
         calibration_size=calibration_size,
         int8_options=Int8Options(method=calibration_method, float_first_conv=int8_float_first_conv, reduce_range=int8_reduce_range),
         max_drop=max_drop_limits(
-            parse_key_values(max_recall_drop or [], "--max-recall-drop", example=MAX_DROP_EXAMPLE, keys=PRECISION_MAX_DROP)
+            parse_key_values(max_recall_drop or [], "--max-recall-drop", example=MAX_DROP_EXAMPLE, keys=PRECISION_MAX_DROP,
+                             form="PRECISION=POINTS")
         ),
         profile=BatchProfile(trt_min_batch, trt_opt_batch, trt_max_batch),
         force=force,
