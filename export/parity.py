@@ -1,6 +1,6 @@
 """Numerical parity of the fp32 ONNX file with the PyTorch model, before any retrieval metric.
 
-Compare at batch 1, a typical and a large batch, on real images
+Compare at batch 1 and batch 8 (``batch_sizes``), on real images
 and random ones. Real images catch preprocessing-range effects, random ones cover inputs outside the
 data; batch 1 and batch > 1 together prove the batch axis is dynamic and batch-independent.
 """
