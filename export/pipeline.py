@@ -16,6 +16,10 @@ model is not worth shipping.
 Reduced JPEG decoding is judged like an artifact (:func:`.validate.check_decode`), but failing its limit
 refuses nothing: the bundle falls back to full decoding, its artifacts are validated again with it, and
 a note (and ``validation.decode.fallback`` in the manifest) says so.
+
+This module orchestrates only: its settings are :class:`~.options.ExportOptions`, its progress goes to
+the runtime's :class:`~proxyembed.runtime.progress.Reporter` (silent unless the caller passes a drawing
+one), its scores come from :mod:`.validate` and its words (table, advice) from :mod:`.report`.
 """
 
 from __future__ import annotations

@@ -145,6 +145,7 @@ def test_every_pytorch_caller_encodes_through_one_function(tmp_path: Path) -> No
     from proxyembed.training.inference import checkpoint_model, torch_encode_batch
 
     make_checkpoint(tmp_path / "run", data="synthetic:train_classes=4,eval_classes=6,per_class=6")
+    (tmp_path / "run" / "config.json").write_text("{}")  # marks a run dir for Run; embedding reads only best.pt
     model = checkpoint_model(tmp_path / "run")
     images = [np.full((40, 40, 3), v, np.uint8) for v in (0, 90, 200)]
     batch = Preprocessor(model.spec)(images)
