@@ -33,7 +33,7 @@ from proxyembed.data import resolve_data
 from proxyembed.export.int8 import Int8Options, calibration_batch, quantize_int8
 from proxyembed.export.onnx_export import export_onnx
 from proxyembed.export.options import ExportOptions
-from proxyembed.export.pipeline import run_export
+from proxyembed.export.pipeline import export_run
 from proxyembed.export.validate import served
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.preprocess import PreprocessSpec
@@ -148,7 +148,7 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
         })
     opts = ExportOptions(run=run, out=work / "bundle", fp16=True, int8=True, calibration_size=args.calibration_size,
                          max_drop={"fp32": 100.0, "fp16": 100.0, "int8": 100.0})  # report, never refuse, here
-    result = run_export(opts)
+    result = export_run(opts)
     return {
         "source": str(args.run) if args.run else f"random-init {args.backbone} (no --run given)",
         "data": result.report.data,

@@ -37,7 +37,7 @@ def export(run: str | os.PathLike[str] | Run, out: str | Path, *, progress: bool
     from proxyembed.runtime.progress import Reporter, RichReporter
 
     from .options import ExportOptions, max_drop_limits
-    from .pipeline import run_export
+    from .pipeline import export_run
 
     known = {f.name for f in fields(ExportOptions)} - {"run", "out"}
     unknown = sorted(set(options) - known)
@@ -47,7 +47,7 @@ def export(run: str | os.PathLike[str] | Run, out: str | Path, *, progress: bool
         options["max_drop"] = max_drop_limits(options["max_drop"])
     source = Path(getattr(run, "path", run))  # a Run, without importing proxyembed.run: export sits above it
     with RichReporter(Console(stderr=True)) if progress else contextlib.nullcontext(Reporter()) as reporter:
-        result = run_export(ExportOptions(run=source, out=Path(out), **options), reporter)
+        result = export_run(ExportOptions(run=source, out=Path(out), **options), reporter)
     result.raise_if_refused()
     assert result.bundle is not None  # no refusal means fp32 passed, so the bundle was written
     return Bundle.load(result.bundle)

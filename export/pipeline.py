@@ -102,7 +102,7 @@ class ExportResult:
         raise CheckFailed(f"refused {'; '.join(parts)}; {where}", hint=refusal_advice({s.precision for s in self.refused}, bool(self.failed)))
 
 
-def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
+def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
     """Export, validate and write the bundle (see the module docstring for the failure semantics)."""
     from proxyembed.training.checkpoint import load_checkpoint
     from proxyembed.training.inference import checkpoint_data, torch_encode_batch

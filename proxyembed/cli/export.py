@@ -78,7 +78,7 @@ def export(
 
     require_extras("proxyembed export", "train", "export")
     from proxyembed.export.options import BatchProfile, Int8Options, max_drop_limits
-    from proxyembed.export.pipeline import run_export
+    from proxyembed.export.pipeline import export_run
     from proxyembed.export.report import validation_rows, validation_table
     from proxyembed.runtime.options import parse_key_values
     from proxyembed.runtime.progress import RichReporter
@@ -104,7 +104,7 @@ def export(
     out_console = err_console if as_json else console
     with reopened_tracking((run if run.is_dir() else run.parent) if log else None, out_console) as session:
         with RichReporter(out_console) as reporter:
-            result = run_export(opts, reporter)
+            result = export_run(opts, reporter)
         rows, numbers = validation_rows(result.report)
         verdict = "passed" if not (result.refused or result.failed) else f"refused {len(result.refused) + len(result.failed)} artifact(s)"
         session.log_report("export", rows, numbers, verdict)
