@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
 
 from proxyembed.training.config import resolve_config  # noqa: E402
-from proxyembed.training.reporting import Reporter  # noqa: E402
+from proxyembed.training.reporting import TrainingReporter  # noqa: E402
 from proxyembed.training.trainer import train  # noqa: E402
 
 CALTECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "caltech101"
@@ -56,10 +56,11 @@ LOSSES: dict[str, dict[str, Any]] = {
 }
 
 
-class _PhaseClock(Reporter):
+class _PhaseClock(TrainingReporter):
     """Collects the seconds each epoch spends in its training phase (evaluation excluded)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.train_s: dict[int, float] = {}
         self._started: tuple[int, float] | None = None
 

@@ -32,12 +32,14 @@ import torch
 from proxyembed.data import resolve_data
 from proxyembed.export.int8 import Int8Options, calibration_batch, quantize_int8
 from proxyembed.export.onnx_export import export_onnx
-from proxyembed.export.pipeline import ExportOptions, run_export
-from proxyembed.export.validate import served, torch_reference
+from proxyembed.export.options import ExportOptions
+from proxyembed.export.pipeline import export_run
+from proxyembed.export.validate import served
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.preprocess import PreprocessSpec
 from proxyembed.runtime.system import cpu_name
 from proxyembed.training.checkpoint import save_checkpoint
+from proxyembed.training.inference import torch_encode_batch
 from proxyembed.training.run_dir import BEST
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,7 +106,7 @@ def speed(args: argparse.Namespace, work: Path) -> list[dict]:
     for target in ("cpu", "gpu"):
         quantize_int8(work / "fp32.onnx", work / f"int8_{target}.onnx", calib, target, Int8Options())
     runners = {
-        "PyTorch eager fp32": torch_reference(model),
+        "PyTorch eager fp32": torch_encode_batch(model),
         "ORT fp32": served(work / "fp32.onnx", threads=args.threads),
         "ORT int8 (cpu: U8S8 QDQ)": served(work / "int8_cpu.onnx", threads=args.threads),
         "ORT int8 (gpu: S8S8 QDQ, run on CPU)": served(work / "int8_gpu.onnx", threads=args.threads),
@@ -146,7 +148,7 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
         })
     opts = ExportOptions(run=run, out=work / "bundle", fp16=True, int8=True, calibration_size=args.calibration_size,
                          max_drop={"fp32": 100.0, "fp16": 100.0, "int8": 100.0})  # report, never refuse, here
-    result = run_export(opts)
+    result = export_run(opts)
     return {
         "source": str(args.run) if args.run else f"random-init {args.backbone} (no --run given)",
         "data": result.report.data,

@@ -23,43 +23,21 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from proxyembed.data.types import Sample
 from proxyembed.runtime.errors import BadInput, require
+from proxyembed.runtime.manifest import Target
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
-from .choices import CalibrationMethod
 from .graph import first_conv, float_tail, name_nodes
 from .onnx_export import INPUT_NAME
+from .options import Int8Options
 
-Target = Literal["cpu", "gpu"]
 CALIBRATION_BATCH = 16
-
-
-@dataclass(frozen=True)
-class Int8Options:
-    """How to quantize: calibration method, whether the first conv stays float, 7-bit weights on CPU."""
-
-    method: CalibrationMethod = "minmax"
-    float_first_conv: bool = False
-    reduce_range: bool = False
-
-    def details(self, target: Target) -> dict[str, object]:
-        """The settings as recorded in the manifest artifact's ``details``."""
-        sym = target == "gpu"
-        return {
-            "format": "QDQ",
-            "activations": "int8 symmetric" if sym else "uint8 asymmetric",
-            "weights": "int8 symmetric per-channel" + (" (7-bit reduce_range)" if self.reduce_range and not sym else ""),
-            "calibration_method": self.method,
-            "float_first_conv": self.float_first_conv,
-        }
 
 
 def calibration_samples(samples: Sequence[Sample], size: int, *, seed: int = 0) -> list[Sample]:

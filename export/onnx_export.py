@@ -15,7 +15,8 @@ from pathlib import Path
 
 from proxyembed.runtime.errors import BadInput, require
 
-DEFAULT_OPSET = 18
+from .options import DEFAULT_OPSET
+
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
 TRACE_BATCH = 2  # >= 2: a batch of 1 specialises the batch axis (see the module docstring)
 _PROTOBUF_LIMIT = 2 * 1024**3

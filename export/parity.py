@@ -1,6 +1,6 @@
 """Numerical parity of the fp32 ONNX file with the PyTorch model, before any retrieval metric.
 
-Compare at batch 1, a typical and a large batch, on real images
+Compare at batch 1 and batch 8 (``batch_sizes``), on real images
 and random ones. Real images catch preprocessing-range effects, random ones cover inputs outside the
 data; batch 1 and batch > 1 together prove the batch axis is dynamic and batch-independent.
 """
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from proxyembed.runtime.errors import CheckFailed
-
-from .validate import Runner
+from proxyembed.runtime.evaluation import EncodeBatch
 
 MAX_ABS_DIFF = 1e-4
 
@@ -35,8 +34,8 @@ class ParityResult:
 
 
 def check_parity(
-    reference: Runner,
-    candidate: Runner,
+    reference: EncodeBatch,
+    candidate: EncodeBatch,
     real: np.ndarray,
     *,
     batch_sizes: tuple[int, ...] = (1, 8),

@@ -4,7 +4,7 @@ Order matters for "fail loudly, lose nothing": every cheap check on user input (
 checkpoint, the data, the calibration images) runs before the first artifact is written, and all
 artifacts are written into the bundle writer's temp folder, which only a commit moves to ``--out``.
 
-Exit-1 semantics (a decision the issue leaves open): artifacts over their Recall@1 limit are refused,
+Exit-1 semantics: artifacts over their Recall@1 limit are refused,
 i.e. deleted from the temp folder and listed under ``validation.refused`` in the manifest with their
 numbers; the bundle is still written with the artifacts that passed, because each of them was validated
 on its own and the bundle stays consistent. A TensorRT engine that fails to build (or to load) is refused
@@ -16,110 +16,43 @@ model is not worth shipping.
 Reduced JPEG decoding is judged like an artifact (:func:`.validate.check_decode`), but failing its limit
 refuses nothing: the bundle falls back to full decoding, its artifacts are validated again with it, and
 a note (and ``validation.decode.fallback`` in the manifest) says so.
+
+This module orchestrates only: its settings are :class:`~.options.ExportOptions`, its progress goes to
+the runtime's :class:`~proxyembed.runtime.progress.Reporter` (silent unless the caller passes a drawing
+one), its scores come from :mod:`.validate` and its words (table, advice) from :mod:`.report`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from proxyembed._version import __version__
 from proxyembed.data.types import DataSplit
 from proxyembed.runtime.errors import BadInput, CheckFailed
+from proxyembed.runtime.evaluation import EncodeBatch
 from proxyembed.runtime.files import sha256_file
 from proxyembed.runtime.manifest import Artifact, Manifest
-from proxyembed.runtime.preprocess import Decode, Preprocessor, PreprocessSpec
+from proxyembed.runtime.metrics import GATE_METRIC
+from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
+from proxyembed.runtime.progress import Reporter
 
-from .bundle import BundleWriter, check_out_path
-from .int8 import Int8Options, calibration_batch
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+from .bundle_writer import BundleWriter, check_out_path
+from .int8 import calibration_batch
+from .onnx_export import INPUT_NAME, OUTPUT_NAME
+from .options import ExportOptions
 from .parity import ParityResult
-from .tensorrt import BatchProfile
-from .validate import (
-    DEFAULT_MAX_DROP,
-    Candidate,
-    DecodeCheck,
-    Runner,
-    Score,
-    ValidationReport,
-    check_decode,
-    served,
-    torch_reference,
-    validate,
-)
-
-if TYPE_CHECKING:
-    from rich.console import Console
+from .report import refusal_advice
+from .validate import Candidate, DecodeCheck, Score, ValidationReport, check_decode, served, validate
 
 FP32, FP16 = "model.onnx", "model_fp16.onnx"
 INT8 = {"cpu": "model_int8_cpu.onnx", "gpu": "model_int8_gpu.onnx"}
 ENGINE = "engine_{precision}.plan"
 PARITY_IMAGES = 8
-
-
-@dataclass
-class ExportOptions:
-    """Everything ``proxyembed export`` can be told (CLI options map one to one)."""
-
-    run: Path
-    out: Path
-    fp16: bool = False
-    int8: bool = False
-    tensorrt: bool = False
-    data: str | None = None
-    calibration_size: int = 256
-    int8_options: Int8Options = field(default_factory=Int8Options)
-    max_drop: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_DROP))
-    profile: BatchProfile = field(default_factory=BatchProfile)
-    force: bool = False
-    opset: int = DEFAULT_OPSET
-    batch_size: int = 64
-    decode: Decode | None = None  # None: the run's own preprocessing choice
-
-
-class Reporter:
-    """Where progress goes; the default says nothing (library use), the CLI prints with rich."""
-
-    def step(self, text: str) -> None:
-        """A stage begins (e.g. "int8 (cpu): calibrating on 256 training images")."""
-
-    def note(self, text: str) -> None:
-        """A one-line fact worth showing (a skipped stage, a CPU caveat)."""
-
-    @contextlib.contextmanager
-    def embedding(self, total: int) -> Iterator[Callable[[int], None]]:
-        """Track validation's embedding of ``total`` images; yields the per-batch callback."""
-        yield lambda n: None
-
-
-class ConsoleReporter(Reporter):
-    """Steps and notes as lines on a rich console (stderr for ``export(progress=True)``), validation as a bar."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def step(self, text: str) -> None:
-        from rich.markup import escape
-
-        self.console.print(f"[bold cyan]>[/] {escape(text)}", highlight=False)
-
-    def note(self, text: str) -> None:
-        from rich.markup import escape
-
-        self.console.print(f"  [yellow]note:[/] {escape(text)}", highlight=False)
-
-    @contextlib.contextmanager
-    def embedding(self, total: int) -> Iterator[Callable[[int], None]]:
-        from proxyembed.runtime.progress import progress_bar
-
-        with progress_bar("  validating", total, console=self.console) as advance:
-            yield advance
 
 
 @dataclass(frozen=True)
@@ -163,29 +96,16 @@ class ExportResult:
         """Raise :class:`CheckFailed` (exit 1) naming every refused artifact, its drop or failure, and what to try."""
         if not self.refused and not self.failed:
             return
-        parts = [f"{s.file} ({s.precision}) lost {s.drop['recall@1']:.2f} points of Recall@1 (limit {s.threshold:g})" for s in self.refused]
+        parts = [f"{s.file} ({s.precision}) lost {s.drop[GATE_METRIC]:.2f} points of {GATE_METRIC} (limit {s.threshold:g})" for s in self.refused]
         parts += [f"{f.file} ({f.precision}) did not build: {f.reason}" for f in self.failed]
         where = f"bundle written to {self.bundle} without it" if self.bundle else "no bundle written"
-        raise CheckFailed(f"refused {'; '.join(parts)}; {where}", hint=_advice(self.refused, self.failed))
+        raise CheckFailed(f"refused {'; '.join(parts)}; {where}", hint=refusal_advice({s.precision for s in self.refused}, bool(self.failed)))
 
 
-def _advice(refused: list[Score], failed: list[BuildFailure]) -> str:
-    precisions = {s.precision for s in refused}
-    tips = ["TensorRT: check the engine's reason above; the ONNX artifacts run on ONNX Runtime's TensorRT provider"] if failed else []
-    if "int8" in precisions:
-        tips.append("int8: more --calibration-size images, another --calibration-method (minmax/percentile/entropy), "
-                    "--int8-float-first-conv or --int8-reduce-range to keep more in float")
-    if "fp16" in precisions:
-        tips.append("fp16: ship fp32 or int8 instead, or raise --max-recall-drop fp16=... if the drop is acceptable")
-    if "fp32" in precisions:
-        tips.append("fp32: the exported graph disagrees with PyTorch; try another --opset")
-    return "; ".join(tips)
-
-
-def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
+def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
     """Export, validate and write the bundle (see the module docstring for the failure semantics)."""
-    from proxyembed.data import resolve_data
     from proxyembed.training.checkpoint import load_checkpoint
+    from proxyembed.training.inference import checkpoint_data, torch_encode_batch
 
     from . import tensorrt
 
@@ -196,38 +116,35 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
     trt_skip = tensorrt.unavailable_reason() if opts.tensorrt else None
     if trt_skip:
         notes.append(f"TensorRT: skipped, {trt_skip}; the ONNX artifacts are exported")
-        rep.note(notes[-1])
+        rep.log(notes[-1], kind="note")
 
     ckpt = load_checkpoint(opts.run)
-    data_spec = opts.data or ckpt.config.get("data")
-    if not data_spec:
-        raise BadInput(f"checkpoint '{ckpt.path}' records no training data", hint="pass --data SPEC")
-    rep.step(f"data: {data_spec}")
-    data = resolve_data(data_spec, eval_data=None if opts.data else ckpt.config.get("eval_data"))
+    data = checkpoint_data(ckpt, opts.data)
+    rep.log(f"data: {data.name}", kind="step")
     spec = ckpt.preprocess if opts.decode is None else replace(ckpt.preprocess, decode=opts.decode)
     calibration = None
     if opts.int8:
-        rep.step(f"int8: preparing {opts.calibration_size} calibration images from the training classes")
+        rep.log(f"int8: preparing {opts.calibration_size} calibration images from the training classes", kind="step")
         calibration = calibration_batch(data.train, spec, opts.calibration_size)
     model = ckpt.build_model()
     mc = ckpt.model_config
-    reference = torch_reference(model)
+    reference = torch_encode_batch(model)
 
     with BundleWriter(opts.out, force=opts.force) as writer:
         parity, candidates, artifacts, failed = _write_artifacts(
             opts, writer.dir, _Inputs(model, mc.backbone, spec, data, calibration, reference), rep, export_engines=opts.tensorrt and not trt_skip
         )
-        rep.step(f"validating {len(candidates)} artifact(s) on {len(data.eval) + len(data.gallery or [])} evaluation images")
-        with rep.embedding(len(data.eval) + len(data.gallery or [])) as on_batch:
-            report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=on_batch)
+        rep.log(f"validating {len(candidates)} artifact(s) on {len(data.eval) + len(data.gallery or [])} evaluation images", kind="step")
+        rep.phase("validating", len(data.eval) + len(data.gallery or []))
+        report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=rep.advance)
         decode = _check_decode(opts, data, spec, reference, report, rep)
         if decode is not None and not decode.passed:
             spec = replace(spec, decode="full")
-            notes.append(f"reduced JPEG decoding lost {decode.drop['recall@1']:.2f} points of Recall@1 against full decoding "
+            notes.append(f"reduced JPEG decoding lost {decode.drop[GATE_METRIC]:.2f} points of {GATE_METRIC} against full decoding "
                          f"(limit {decode.threshold:g}): the bundle records full decoding, its artifacts validated again with it")
-            rep.note(notes[-1])
-            with rep.embedding(len(data.eval) + len(data.gallery or [])) as on_batch:
-                report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=on_batch)
+            rep.log(notes[-1], kind="note")
+            rep.phase("validating", len(data.eval) + len(data.gallery or []))
+            report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=rep.advance)
         refused = [s for s in report.scores if not s.passed]
         kept: list[Artifact] = []
         for score in report.scores:
@@ -258,16 +175,16 @@ def run_export(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
                         decode=decode)
 
 
-def _check_decode(opts: ExportOptions, data: DataSplit, spec: PreprocessSpec, reference: Runner, report: ValidationReport,
+def _check_decode(opts: ExportOptions, data: DataSplit, spec: PreprocessSpec, reference: EncodeBatch, report: ValidationReport,
                   rep: Reporter) -> DecodeCheck | None:
     """With reduced decoding, the reference's Recall@1 drop against full decoding (None with full decoding)."""
     if spec.decode != "reduced":
         return None
-    rep.step("decoding: reduced JPEG decoding against full decoding, with the PyTorch model")
-    with rep.embedding(len(data.eval) + len(data.gallery or [])) as on_batch:
-        decode = check_decode(data, spec, reference, report.reference, opts.max_drop["decode"], batch_size=opts.batch_size, on_batch=on_batch)
-    rep.note(f"reduced decoding: {decode.reduced_images} of {decode.images} evaluation images read smaller, "
-             f"Recall@1 drop {decode.drop['recall@1']:.2f} points (limit {decode.threshold:g})")
+    rep.log("decoding: reduced JPEG decoding against full decoding, with the PyTorch model", kind="step")
+    rep.phase("decoding", len(data.eval) + len(data.gallery or []))
+    decode = check_decode(data, spec, reference, report.reference, opts.max_drop["decode"], batch_size=opts.batch_size, on_batch=rep.advance)
+    rep.log(f"reduced decoding: {decode.reduced_images} of {decode.images} evaluation images read smaller, "
+            f"Recall@1 drop {decode.drop[GATE_METRIC]:.2f} points (limit {decode.threshold:g})", kind="note")
     return decode
 
 
@@ -280,7 +197,7 @@ class _Inputs:
     spec: PreprocessSpec
     data: DataSplit
     calibration: np.ndarray | None
-    reference: Runner
+    reference: EncodeBatch
 
 
 def _write_artifacts(
@@ -293,24 +210,24 @@ def _write_artifacts(
     from .onnx_export import export_onnx
     from .parity import check_parity, require_parity
 
-    rep.step(f"ONNX fp32: exporting {src.backbone} (opset {opts.opset}, dynamic batch)")
+    rep.log(f"ONNX fp32: exporting {src.backbone} (opset {opts.opset}, dynamic batch)", kind="step")
     export_onnx(src.model, out_dir / FP32, crop=src.spec.crop, backbone=src.backbone, opset=opts.opset)
     real = Preprocessor(src.spec)([s.source for s in src.data.eval[:PARITY_IMAGES]])
     parity = check_parity(src.reference, served(out_dir / FP32), real)
     require_parity(parity, f"{FP32} on ONNX Runtime")
-    rep.note(f"parity with PyTorch: max |diff| {parity.max_abs_diff:.1e} at batch 1 and 8, real and random images")
+    rep.log(f"parity with PyTorch: max |diff| {parity.max_abs_diff:.1e} at batch 1 and 8, real and random images", kind="note")
     artifacts = {FP32: Artifact(FP32, "onnx", "fp32", "", details={"opset": opts.opset, "parity_max_abs_diff": parity.diffs})}
     onnx_for = {"fp32": FP32}
     if opts.fp16:
-        rep.step("fp16: converting (inputs/outputs and head + L2 normalisation kept fp32)")
+        rep.log("fp16: converting (inputs/outputs and head + L2 normalisation kept fp32)", kind="step")
         kept = convert_fp16(out_dir / FP32, out_dir / FP16)
         artifacts[FP16] = Artifact(FP16, "onnx", "fp16", "", details={"fp32_nodes": kept})
         onnx_for["fp16"] = FP16
-        rep.note("fp16 is for GPUs (ONNX Runtime CUDA / TensorRT): on a CPU it is validated here but runs slower than fp32")
+        rep.log("fp16 is for GPUs (ONNX Runtime CUDA / TensorRT): on a CPU it is validated here but runs slower than fp32", kind="note")
     if src.calibration is not None:
         for target in ("cpu", "gpu"):
             what = "uint8 activations, fast on x86 CPUs" if target == "cpu" else "symmetric int8, for TensorRT"
-            rep.step(f"int8 ({target}): {opts.int8_options.method} calibration on {len(src.calibration)} training images, {what}")
+            rep.log(f"int8 ({target}): {opts.int8_options.method} calibration on {len(src.calibration)} training images, {what}", kind="step")
             kept = quantize_int8(out_dir / FP32, out_dir / INT8[target], src.calibration, target, opts.int8_options)
             details = {**opts.int8_options.details(target), "calibration_images": len(src.calibration), "float_nodes": kept}
             artifacts[INT8[target]] = Artifact(INT8[target], "onnx", "int8", "", target=target, details=details)
@@ -320,14 +237,14 @@ def _write_artifacts(
     if export_engines:
         for precision, source in onnx_for.items():
             engine = ENGINE.format(precision=precision)
-            rep.step(f"TensorRT {precision}: building from {source} (batch {opts.profile.min}/{opts.profile.opt}/{opts.profile.max})")
+            rep.log(f"TensorRT {precision}: building from {source} (batch {opts.profile.min}/{opts.profile.opt}/{opts.profile.max})", kind="step")
             try:
                 device = tensorrt.build_engine(out_dir / source, out_dir / engine, precision, opts.profile, src.spec.crop)
                 runner = served(out_dir / engine, "tensorrt")
             except (BadInput, RuntimeError) as exc:  # build_engine raises BadInput; the TensorRT bindings RuntimeError
                 (out_dir / engine).unlink(missing_ok=True)
                 failed.append(BuildFailure(engine, precision, str(exc).splitlines()[0]))
-                rep.note(f"TensorRT {precision}: refused, {failed[-1].reason}")
+                rep.log(f"TensorRT {precision}: refused, {failed[-1].reason}", kind="note")
                 continue
             artifacts[engine] = Artifact(engine, "tensorrt", precision, "", target="gpu", device=device,
                                          details={"source": source, "profile": asdict(opts.profile)})

@@ -1,17 +1,23 @@
-"""The validation table: the PyTorch reference, then every artifact with its drop and verdict.
+"""What export says: the validation table, its rows for ``export --log``, and the advice on a refusal.
 
-Kept under 80 columns for the usual Ks (1, 2, 4, 8) so it reads in any terminal and in CI logs;
-R-Precision and the mean cosine are in the manifest, not the table.
+The table shows the PyTorch reference, then every artifact with its drop and verdict. It is kept under
+80 columns for the usual Ks (1, 2, 4, 8) so it reads in any terminal and in CI logs; R-Precision and the
+mean cosine are in the manifest, not the table. The pipeline (:mod:`.pipeline`) only orchestrates: it
+reports its steps through the runtime's :class:`~proxyembed.runtime.progress.Reporter` and takes its
+words of advice from here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from rich import box
 from rich.table import Table
 
-from .validate import GATE_METRIC, ValidationReport
+from proxyembed.runtime.metrics import GATE_METRIC
+
+from .validate import ValidationReport
 
 
 def validation_table(report: ValidationReport) -> Table:
@@ -49,3 +55,16 @@ def validation_rows(report: ValidationReport) -> tuple[list[dict[str, Any]], dic
         numbers.update({f"{s.precision}/{k}": v for k, v in s.metrics.items()})
         numbers[f"{s.precision}/drop_{GATE_METRIC}"] = s.drop[GATE_METRIC]
     return rows, numbers
+
+
+def refusal_advice(precisions: Collection[str], engine_failed: bool) -> str:
+    """What to try when artifacts of these precisions were refused (and whether a TensorRT engine did not build)."""
+    tips = ["TensorRT: check the engine's reason above; the ONNX artifacts run on ONNX Runtime's TensorRT provider"] if engine_failed else []
+    if "int8" in precisions:
+        tips.append("int8: more --calibration-size images, another --calibration-method (minmax/percentile/entropy), "
+                    "--int8-float-first-conv or --int8-reduce-range to keep more in float")
+    if "fp16" in precisions:
+        tips.append("fp16: ship fp32 or int8 instead, or raise --max-recall-drop fp16=... if the drop is acceptable")
+    if "fp32" in precisions:
+        tips.append("fp32: the exported graph disagrees with PyTorch; try another --opset")
+    return "; ".join(tips)

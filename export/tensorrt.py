@@ -1,4 +1,4 @@
-"""TensorRT engines from the validated ONNX files, and a runner to validate them on the GPU.
+"""TensorRT engines from the validated ONNX files, and an encoder to validate them on the GPU.
 
 TensorRT's Python API builds with ``Builder`` / ``OnnxParser``, optimization profiles and
 ``build_serialized_network``. Every TensorRT >= 10 network here is created ``STRONGLY_TYPED``, one code
@@ -17,7 +17,6 @@ it records comes from the same query the runtime compares it with (:func:`backen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,7 @@ from proxyembed.runtime import backends
 from proxyembed.runtime.errors import BadInput, MissingDependency, require
 
 from .onnx_export import INPUT_NAME
-
-
-@dataclass(frozen=True)
-class BatchProfile:
-    """The optimization profile's batch sizes: an engine accepts ``min..max`` and is tuned for ``opt``."""
-
-    min: int = 1
-    opt: int = 16
-    max: int = 64
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min <= self.opt <= self.max:
-            raise BadInput(
-                f"--trt-min-batch {self.min}, --trt-opt-batch {self.opt}, --trt-max-batch {self.max} are inconsistent",
-                hint="need 1 <= min <= opt <= max",
-            )
+from .options import BatchProfile
 
 
 def unavailable_reason() -> str | None:

@@ -1,6 +1,6 @@
 """Judging artifacts the way users will: retrieval on held-out classes, next to the PyTorch fp32 model.
 
-Every runner (the reference and each artifact) embeds the same evaluation images, preprocessed once by
+Every encoder (the reference and each artifact) embeds the same evaluation images, preprocessed once by
 the runtime :class:`Preprocessor` and fed batch by batch to all of them. An artifact runs through the
 runtime's own backend (:func:`served`), the code the encoder serves it with, so "validated" means
 "validated as served". Per artifact we report Recall@K
@@ -9,6 +9,10 @@ runtime's own backend (:func:`served`), the code the encoder serves it with, so 
 image matters more than the average). An artifact passes when its Recall@1 drop is at most its
 precision's threshold. Reduced JPEG decoding is judged the same way (:func:`check_decode`): the
 reference model with it against the reference model with full decoding.
+
+This module scores; the reference is :func:`proxyembed.training.inference.torch_encode_batch`, the
+embedding loop :func:`proxyembed.runtime.evaluation.embed_sources`, the limits
+:mod:`.options` and what is printed :mod:`.report`.
 
 Manifest layout: ``validation`` = ``{"data", "reference", "thresholds", "k", "refused", "decode"}``; each
 artifact's ``validation`` = ``{"passed", "metrics", "drop", "cosine_min", "cosine_mean", "threshold"}``.
@@ -24,37 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from proxyembed.data.types import DataSplit, Sample
+from proxyembed.data.types import DataSplit
 from proxyembed.runtime import backends
-from proxyembed.runtime.errors import BadInput, require
-from proxyembed.runtime.evaluation import SplitEvaluation, evaluate_split
-from proxyembed.runtime.manifest import ArtifactFormat
+from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.evaluation import EncodeBatch, SplitEvaluation, embed_sources, evaluate_split
+from proxyembed.runtime.manifest import ArtifactFormat, Target
+from proxyembed.runtime.metrics import GATE_METRIC
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
 from .onnx_export import INPUT_NAME, OUTPUT_NAME
 
-Runner = Callable[[np.ndarray], np.ndarray]
-"""A preprocessed NCHW float32 batch in, (N, D) L2-normalised float32 embeddings out."""
 
-DEFAULT_MAX_DROP: dict[str, float] = {"fp32": 0.1, "fp16": 0.5, "int8": 1.0, "decode": 0.3}
-"""Allowed Recall@1 drop in points per precision, and for reduced JPEG decoding against full decoding."""
-GATE_METRIC = "recall@1"
-
-
-def torch_reference(model: Any) -> Runner:
-    """The PyTorch fp32 model in eval mode, gradients off: the reference every artifact is judged against."""
-    torch = require("torch", "train")
-    model = model.eval()
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
-        return backends.l2_normalize(out)
-
-    return run
-
-
-def served(model_file: Path, fmt: ArtifactFormat = "onnx", *, threads: int | None = None) -> Runner:
+def served(model_file: Path, fmt: ArtifactFormat = "onnx", *, threads: int | None = None) -> EncodeBatch:
     """An exported model file run by the runtime backend that serves it (ONNX Runtime's CPU provider, or native TensorRT)."""
     backend = backends.open_backend(model_file, fmt, input_name=INPUT_NAME, output_name=OUTPUT_NAME, threads=threads)
     return functools.partial(backends.embed_batch, backend)
@@ -62,12 +47,12 @@ def served(model_file: Path, fmt: ArtifactFormat = "onnx", *, threads: int | Non
 
 @dataclass(frozen=True)
 class Candidate:
-    """An artifact to judge: its bundle file name, precision, target device and a runner for it."""
+    """An artifact to judge: its bundle file name, precision, target and how to run it."""
 
     file: str
     precision: str
-    target: str
-    run: Runner
+    target: Target
+    encode: EncodeBatch
 
 
 @dataclass
@@ -76,7 +61,7 @@ class Score:
 
     file: str
     precision: str
-    target: str
+    target: Target
     metrics: dict[str, float]
     drop: dict[str, float]
     cosine_min: float
@@ -165,7 +150,7 @@ class DecodeCheck:
 def check_decode(
     data: DataSplit,
     spec: PreprocessSpec,
-    reference: Runner,
+    reference: EncodeBatch,
     reduced_metrics: dict[str, float],
     threshold: float,
     *,
@@ -180,55 +165,23 @@ def check_decode(
         return DecodeCheck(len(samples), 0, dict(reduced_metrics), dict(reduced_metrics), threshold)
     full_spec = replace(spec, decode="full")
     ks = sorted({1, *data.ks})
+    full = Preprocessor(full_spec)
     result = evaluate_split(
-        data, lambda part: embed_all(part, full_spec, {"reference": reference}, batch_size=batch_size, on_batch=on_batch), ks=ks
+        data, lambda part: embed_sources((s.source for s in part), full, {"reference": reference}, batch_size=batch_size, on_batch=on_batch),
+        ks=ks,
     )
     return DecodeCheck(len(samples), reduced_images, result.metrics["reference"], dict(reduced_metrics), threshold)
 
 
-def parse_max_drop(values: Sequence[str]) -> dict[str, float]:
-    """``["fp16=0.5,int8=1.0", "decode=0.3"]`` -> thresholds in points, over :data:`DEFAULT_MAX_DROP`."""
-    out = dict(DEFAULT_MAX_DROP)
-    for value in values:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            prec, sep, num = item.partition("=")
-            if not sep or prec.strip() not in DEFAULT_MAX_DROP:
-                keys = ", ".join(DEFAULT_MAX_DROP)
-                raise BadInput(f"--max-recall-drop '{item}' is not KEY=POINTS", hint=f"keys: {keys}; e.g. --max-recall-drop fp16=0.5,int8=1.0")
-            try:
-                out[prec.strip()] = float(num)
-            except ValueError as exc:
-                raise BadInput(f"--max-recall-drop '{item}': '{num}' is not a number of points") from exc
-    return out
-
-
-def embed_all(
-    samples: Sequence[Sample],
-    spec: PreprocessSpec,
-    runners: dict[str, Runner],
-    *,
-    batch_size: int = 64,
-    on_batch: Callable[[int], None] | None = None,
-) -> dict[str, np.ndarray]:
-    """Embeddings of ``samples`` from every runner, each image decoded once."""
-    out: dict[str, list[np.ndarray]] = {name: [] for name in runners}
-    for batch in Preprocessor(spec).batches((s.source for s in samples), batch_size):
-        for name, run in runners.items():
-            out[name].append(run(batch))
-        if on_batch:
-            on_batch(len(batch))
-    return {name: np.concatenate(parts) for name, parts in out.items()}
-
-
 def _embeddings(result: SplitEvaluation, name: str) -> np.ndarray:
-    """One runner's embeddings of every evaluation image: the queries, then the gallery if any."""
+    """One encoder's embeddings of every evaluation image: the queries, then the gallery if any."""
     return np.concatenate([result.queries[name], *([result.gallery[name]] if result.gallery else [])])
 
 
 def validate(
     data: DataSplit,
     spec: PreprocessSpec,
-    reference: Runner,
+    reference: EncodeBatch,
     candidates: Sequence[Candidate],
     thresholds: dict[str, float],
     *,
@@ -239,8 +192,11 @@ def validate(
     if len(data.eval) < 2:
         raise BadInput(f"--data {data.name}: {len(data.eval)} evaluation image(s); validation needs at least two")
     ks = sorted({1, *data.ks})
-    runners = {"reference": reference, **{c.file: c.run for c in candidates}}
-    result = evaluate_split(data, lambda samples: embed_all(samples, spec, runners, batch_size=batch_size, on_batch=on_batch), ks=ks)
+    encoders = {"reference": reference, **{c.file: c.encode for c in candidates}}
+    pre = Preprocessor(spec)
+    result = evaluate_split(
+        data, lambda samples: embed_sources((s.source for s in samples), pre, encoders, batch_size=batch_size, on_batch=on_batch), ks=ks
+    )
     ref = result.metrics["reference"]
     report = ValidationReport(data=data.fingerprint(), ks=ks, reference=ref)
     reference = _embeddings(result, "reference")

@@ -24,7 +24,7 @@ from proxyembed.training.run_dir import Which, checkpoint_name
 
 if TYPE_CHECKING:
     from proxyembed.run import Run
-    from proxyembed.training.reporting import Reporter
+    from proxyembed.training.reporting import TrainingReporter
     from proxyembed.training.trainer import TrainResult
 
 DEFAULT_RUN_DIR = Path("runs/default")
@@ -49,7 +49,7 @@ def train(
     """
     require_extras("proxyembed.train", "train")
     from proxyembed.run import Run
-    from proxyembed.training.reporting import Reporter
+    from proxyembed.training.reporting import TrainingReporter
 
     if isinstance(config, TrainConfig):
         cfg = resolve_config({**config.to_dict(), **overrides})
@@ -60,12 +60,12 @@ def train(
     if progress:
         from rich.console import Console
 
-        from proxyembed.training.reporting import RichReporter
+        from proxyembed.runtime.progress import RichReporter
 
-        with RichReporter(Console(stderr=True)) as reporter:
-            result = run_training(cfg, Path(out), resume=resume, reporter=reporter, log=log, mlflow_uri=mlflow_uri)
+        with RichReporter(Console(stderr=True)) as shown:
+            result = run_training(cfg, Path(out), resume=resume, reporter=TrainingReporter(shown), log=log, mlflow_uri=mlflow_uri)
     else:
-        result = run_training(cfg, Path(out), resume=resume, reporter=Reporter(), log=log, mlflow_uri=mlflow_uri)
+        result = run_training(cfg, Path(out), resume=resume, reporter=TrainingReporter(), log=log, mlflow_uri=mlflow_uri)
     return Run(result.run_dir)
 
 
@@ -74,7 +74,7 @@ def run_training(
     out: Path,
     *,
     resume: bool = False,
-    reporter: Reporter | None = None,
+    reporter: TrainingReporter | None = None,
     log: Sequence[TrackerName] = (),
     mlflow_uri: str | None = None,
 ) -> TrainResult:
@@ -86,16 +86,14 @@ def run_training(
     connected first (missing or unreachable: :class:`BadInput` before any work) on rank 0 only.
     """
     require_extras("proxyembed.train", "train")
-    from rich.markup import escape
-
     from proxyembed.tracking import tracking
     from proxyembed.training.distributed import is_main_process
-    from proxyembed.training.reporting import Reporter
+    from proxyembed.training.reporting import TrainingReporter
     from proxyembed.training.trainer import train as train_run
 
-    shown = reporter or Reporter()
+    shown = reporter or TrainingReporter()
     names = ([log] if isinstance(log, str) else list(log)) if is_main_process() else []
-    with tracking(names, warn=lambda msg: shown.log(f"[yellow]warning:[/] {escape(msg)}"), mlflow_uri=mlflow_uri) as session:
+    with tracking(names, warn=lambda msg: shown.log(msg, kind="warning"), mlflow_uri=mlflow_uri) as session:
         return train_run(cfg, out, resume=resume, reporter=reporter, tracking=session)
 
 
@@ -125,15 +123,14 @@ def evaluate(
     NMI, in fp32: the numbers training recorded for the checkpoint's epoch, on the same data.
     """
     require_extras("proxyembed.evaluate", "train")
-    from proxyembed.data import resolve_data
     from proxyembed.run import Run
     from proxyembed.training.checkpoint import load_checkpoint
     from proxyembed.training.device import select_device
     from proxyembed.training.evaluate import evaluate_model
+    from proxyembed.training.inference import checkpoint_data
 
     ckpt = load_checkpoint(run.path if isinstance(run, Run) else Path(run), prefer=checkpoint_name(which))
-    spec_data = data or ckpt.config.get("data", "synthetic")
-    split = resolve_data(spec_data, eval_data=eval_data if data else (eval_data or ckpt.config.get("eval_data")))
+    split = checkpoint_data(ckpt, data, eval_data)
     dev = select_device(device)
     metrics = evaluate_model(ckpt.build_model().to(dev), split, ckpt.preprocess, device=dev)
     return EvalResult(ckpt.path, ckpt.epoch, split.name, split.fingerprint(), metrics)

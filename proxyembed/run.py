@@ -23,6 +23,7 @@ from proxyembed.training.run_dir import CONFIG_NAME, Which, checkpoint_name, con
 if TYPE_CHECKING:
     from proxyembed.models import Embedder
     from proxyembed.runtime.bundle import Bundle
+    from proxyembed.training.inference import CheckpointModel
 
 
 class Run:
@@ -32,7 +33,7 @@ class Run:
         self.path = Path(path)
         if not (self.path / CONFIG_NAME).is_file():
             raise BadInput(f"'{self.path}' is not a run dir: {CONFIG_NAME} is missing", hint="give a folder written by `proxyembed train`")
-        self._model: tuple[str, Embedder] | None = None  # (device, model) kept for repeated embed() calls
+        self._model: tuple[str, CheckpointModel] | None = None  # (device, model) kept for repeated embed() calls
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -81,20 +82,19 @@ class Run:
         from proxyembed.extras import require_extras
 
         require_extras("Run.embed", "train")
-        from proxyembed.data.types import Sample
         from proxyembed.runtime.encoder import is_single_image
+        from proxyembed.runtime.evaluation import embed_sources
+        from proxyembed.runtime.preprocess import Preprocessor
         from proxyembed.runtime.progress import progress_callback
-        from proxyembed.training.checkpoint import load_checkpoint
-        from proxyembed.training.evaluate import embed_samples
+        from proxyembed.training.inference import checkpoint_model
 
         items = [images] if is_single_image(images) else list(images)  # type: ignore[list-item]
-        ckpt = load_checkpoint(self.path)
         if self._model is None or self._model[0] != device:
-            self._model = (device, ckpt.build_model().to(device))
-        samples = [Sample(source=img, label=-1, key=str(i)) for i, img in enumerate(items)]
+            self._model = (device, checkpoint_model(self.path, device=device))
+        model = self._model[1]
         with progress_callback(progress, len(items), "embedding") as on_batch:
-            out = embed_samples(self._model[1], samples, ckpt.preprocess, device=device, batch_size=batch_size, on_batch=on_batch)
-        return out if len(items) else np.zeros((0, ckpt.model_config.embedding_dim), np.float32)
+            out = embed_sources(items, Preprocessor(model.spec), {"model": model.encode}, batch_size=batch_size, on_batch=on_batch)["model"]
+        return out if len(items) else np.zeros((0, model.dim), np.float32)
 
     def export(self, out: str | Path, **options: Any) -> Bundle:
         """Export this run to a validated bundle at ``out``: :func:`proxyembed.export` with ``run=self``."""

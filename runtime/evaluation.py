@@ -8,18 +8,21 @@ so that step is passed in and everything else — which samples, in which order,
 ``embed(samples)`` receives the split's sample objects (anything with ``source`` and ``label``) and
 returns one L2-normalised float32 (N, D) array per model, keyed by a name the caller chooses: one
 call feeds several models from one decode of each image. The queries are embedded first, then the
-gallery (when the split has one), in two calls.
+gallery (when the split has one), in two calls. :func:`embed_sources` is that step for any set of
+:data:`EncodeBatch` callables (a PyTorch model, a served artifact, a bundle's :class:`Encoder`): each
+batch is decoded and preprocessed once and fed to all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from .metrics import NmiMode, retrieval_metrics
+from .preprocess import Preprocessor
 
 
 class EvalSample(Protocol):
@@ -46,6 +49,33 @@ class EvalSplit(Protocol):
 
 
 Embed = Callable[[Sequence[Any]], Mapping[str, np.ndarray]]
+
+EncodeBatch = Callable[[np.ndarray], np.ndarray]
+"""A preprocessed NCHW float32 batch in, (N, D) L2-normalised float32 embeddings out: ``Encoder.encode_batch``,
+an exported file as served (``proxyembed.export.validate.served``) or a PyTorch model
+(``proxyembed.training.inference.torch_encode_batch``)."""
+
+
+def embed_sources(
+    sources: Iterable[Any],
+    preprocessor: Preprocessor,
+    encoders: Mapping[str, EncodeBatch],
+    *,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Embeddings of ``sources`` (paths or images) by every encoder, keyed as ``encoders``; each image decoded once.
+
+    ``on_batch(n)`` is called after each batch with the number of images in it. With no source at all,
+    each array is empty, shaped (0, 0).
+    """
+    out: dict[str, list[np.ndarray]] = {name: [] for name in encoders}
+    for batch in preprocessor.batches(sources, batch_size):
+        for name, encode in encoders.items():
+            out[name].append(encode(batch))
+        if on_batch is not None:
+            on_batch(len(batch))
+    return {name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for name, parts in out.items()}
 
 
 @dataclass

@@ -26,6 +26,10 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 FORMATS: tuple[str, ...] = get_args(ArtifactFormat)
 
 
+Target = Literal["any", "cpu", "gpu"]
+"""The hardware an artifact is made for: ``any`` (portable ONNX), ``cpu`` or ``gpu``; the one spelling export and the runtime use."""
+
+
 @dataclass
 class Artifact:
     """One model file of the bundle.
@@ -41,7 +45,7 @@ class Artifact:
     format: ArtifactFormat
     precision: Precision
     sha256: str
-    target: Literal["any", "cpu", "gpu"] = "any"
+    target: Target = "any"
     device: dict[str, Any] | None = None
     data_files: dict[str, str] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)

@@ -20,6 +20,8 @@ import numpy as np
 from .errors import BadInput
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8)
+GATE_METRIC = "recall@1"
+"""The metric an artifact or a bundle is gated on, by export validation and by ``proxyembed check`` alike."""
 # k-means for NMI: float64 Lloyd with k-means++ up to this many points x clusters (CUB, Cars: under 1e6),
 # blocked float32 Lloyd with random seeding above it (SOP: 60k x 11k = 7e8), LARGE_KMEANS_ITERS steps.
 EXACT_KMEANS_CELLS = 2**22

@@ -117,3 +117,42 @@ def test_evaluate_recomputes_a_checkpoint_on_its_own_data_and_refuses_an_unknown
     assert 0 <= result.metrics["recall@1"] <= 1
     with pytest.raises(BadInput, match="which='middle'"):
         proxyembed.evaluate(tmp_path / "run", which="middle")  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_without_its_data_is_refused_by_evaluate_and_export_alike(tmp_path: Path) -> None:
+    """One policy for "the data this checkpoint was trained on": none recorded is a one-line BadInput naming the
+    checkpoint and --data, never a silent evaluation on synthetic images; given data is used as given."""
+    from helpers.checkpoints import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "run", config={"backbone": "resnet18"})
+    with pytest.raises(BadInput, match="records no training data") as evaluated:
+        proxyembed.evaluate(tmp_path / "run", device="cpu")
+    with pytest.raises(BadInput, match="records no training data") as exported:
+        proxyembed.export(tmp_path / "run", tmp_path / "bundle")
+    assert evaluated.value.message == exported.value.message == f"checkpoint '{ckpt}' records no training data"
+    assert "--data" in (exported.value.hint or "") and not (tmp_path / "bundle").exists()
+    given = proxyembed.evaluate(tmp_path / "run", data="synthetic:train_classes=4,eval_classes=6,per_class=6", device="cpu")
+    assert given.data_fingerprint["classes"] == 6
+
+
+def test_every_pytorch_caller_encodes_through_one_function(tmp_path: Path) -> None:
+    """Run.embed, `proxyembed embed RUN`'s model and training evaluation give the same L2-normalised vectors
+    as torch_encode_batch on the checkpoint's network (they are that function)."""
+    from helpers.checkpoints import make_checkpoint
+    from proxyembed.data import Sample
+    from proxyembed.runtime.preprocess import Preprocessor
+    from proxyembed.training.evaluate import embed_samples
+    from proxyembed.training.inference import checkpoint_model, torch_encode_batch
+
+    make_checkpoint(tmp_path / "run", data="synthetic:train_classes=4,eval_classes=6,per_class=6")
+    (tmp_path / "run" / "config.json").write_text("{}")  # marks a run dir for Run; embedding reads only best.pt
+    model = checkpoint_model(tmp_path / "run")
+    images = [np.full((40, 40, 3), v, np.uint8) for v in (0, 90, 200)]
+    batch = Preprocessor(model.spec)(images)
+    expected = torch_encode_batch(model.checkpoint.build_model())(batch)
+    np.testing.assert_allclose(np.linalg.norm(expected, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(model.encode(batch), expected)
+    np.testing.assert_allclose(proxyembed.Run(tmp_path / "run").embed(images), expected, atol=1e-6)
+    samples = [Sample(source=img, label=0, key=str(i)) for i, img in enumerate(images)]
+    np.testing.assert_allclose(embed_samples(model.checkpoint.build_model(), samples, model.spec), expected, atol=1e-6)
+    assert model.source == {"checkpoint": str(model.checkpoint.path), "sha256": model.checkpoint.sha256()}

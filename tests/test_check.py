@@ -19,7 +19,7 @@ from proxyembed.check import (
     Tolerances,
     baseline_dict,
     compare,
-    evaluate,
+    evaluate_bundle,
     merged_baseline,
     parse_tolerances,
     read_baseline,
@@ -78,14 +78,14 @@ def test_unknown_metric_names_are_refused() -> None:
 
 def test_same_bundle_data_and_settings_give_identical_numbers(bundle: Path, split: DataSplit) -> None:
     opts = CheckOptions(artifact="all", threads=2)
-    first, second = evaluate(bundle, split, SYN, opts), evaluate(bundle, split, SYN, opts)
+    first, second = evaluate_bundle(bundle, split, SYN, opts), evaluate_bundle(bundle, split, SYN, opts)
     assert {p: r.metrics for p, r in first.artifacts.items()} == {p: r.metrics for p, r in second.artifacts.items()}
     assert first.data == second.data and set(first.artifacts) == {"fp32", "int8"}
     assert first.artifacts["fp32"].metrics["recall@1"] == pytest.approx(0.2)
 
 
 def test_baseline_round_trip(bundle: Path, split: DataSplit, tmp_path: Path) -> None:
-    ev = evaluate(bundle, split, SYN, CheckOptions(artifact="fp32"))
+    ev = evaluate_bundle(bundle, split, SYN, CheckOptions(artifact="fp32"))
     path = tmp_path / "b.json"
     write_json_atomic(path, baseline_dict(ev))
     back = read_baseline(path)
@@ -105,7 +105,7 @@ def test_baseline_round_trip(bundle: Path, split: DataSplit, tmp_path: Path) -> 
     ],
 )
 def test_malformed_baselines_name_the_file(edit, message: str, bundle: Path, split: DataSplit, tmp_path: Path) -> None:
-    good = baseline_dict(evaluate(bundle, split, SYN, CheckOptions(artifact="fp32")))
+    good = baseline_dict(evaluate_bundle(bundle, split, SYN, CheckOptions(artifact="fp32")))
     path = tmp_path / "b.json"
     edited = edit(good)
     path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
@@ -127,13 +127,13 @@ def test_query_gallery_data_uses_the_gallery(bundle: Path) -> None:
     queries = [Sample(np.asarray(pattern_image(c, 0)), i, f"q/{c}") for i, c in enumerate(colours)]
     gallery = [Sample(np.asarray(pattern_image(c, v)), i, f"g/{c}/{v}") for i, c in enumerate(colours) for v in (1, 2)]
     inshop = DataSplit("inshop-like", [], queries, gallery=gallery, class_names=dict(enumerate(colours)), ks=(1, 10))
-    ev = evaluate(bundle, inshop, "inshop-like", CheckOptions(artifact="fp32"))
+    ev = evaluate_bundle(bundle, inshop, "inshop-like", CheckOptions(artifact="fp32"))
     assert ev.ks == [1, 10] and ev.data["images"] == 9 and ev.data["queries"] == 3
     assert ev.artifacts["fp32"].metrics == {"recall@1": 1.0, "recall@10": 1.0, "map@r": 1.0, "r_precision": 1.0}
 
 
 def test_comparison_rules(bundle: Path, split: DataSplit) -> None:
-    now = evaluate(bundle, split, SYN, CheckOptions(artifact="all"))
+    now = evaluate_bundle(bundle, split, SYN, CheckOptions(artifact="all"))
     fp32 = now.artifacts["fp32"]
     better = replace(fp32, metrics={**fp32.metrics, "recall@1": fp32.metrics["recall@1"] - 0.05})  # the reference was worse
     ref = replace(now, artifacts={"fp32": better})
@@ -152,7 +152,7 @@ def test_comparison_rules(bundle: Path, split: DataSplit) -> None:
 
 
 def test_merging_keeps_only_entries_of_the_same_bundle_and_data(bundle: Path, split: DataSplit) -> None:
-    both = evaluate(bundle, split, SYN, CheckOptions(artifact="all"))
+    both = evaluate_bundle(bundle, split, SYN, CheckOptions(artifact="all"))
     only_int8 = replace(both, artifacts={"int8": both.artifacts["int8"]})
     merged, notes = merged_baseline(only_int8, both)
     assert set(merged.artifacts) == {"fp32", "int8"} and "kept the baseline's fp32" in notes[0]
@@ -162,7 +162,7 @@ def test_merging_keeps_only_entries_of_the_same_bundle_and_data(bundle: Path, sp
 
 
 def test_resolution_note_when_one_query_exceeds_the_limit(bundle: Path, split: DataSplit) -> None:
-    ev = evaluate(bundle, split, SYN, CheckOptions(artifact="fp32"))
+    ev = evaluate_bundle(bundle, split, SYN, CheckOptions(artifact="fp32"))
     (note,) = resolution_notes(ev, Tolerances())
     assert "1.67 points here (60 queries)" in note and "recall@1" in note and "recall@2" not in note
     assert resolution_notes(ev, parse_tolerances(["all=2"])) == []

@@ -62,11 +62,35 @@ def test_query_gallery_embeds_queries_then_gallery_and_skips_nmi() -> None:
 
 
 def test_training_check_and_export_all_use_the_core() -> None:
-    """Training evaluation, export validation and check compute metrics only through the runtime's core."""
-    from proxyembed.check import evaluation as check_evaluation
+    """Training evaluation, export validation and check compute metrics only through the runtime's core,
+    and export and check embed a split with several encoders through its one loop."""
+    from proxyembed.check import measure
     from proxyembed.export import validate
     from proxyembed.training import evaluate as training_evaluate
 
-    for module in (check_evaluation, validate, training_evaluate):
+    for module in (measure, validate, training_evaluate):
         assert module.evaluate_split is evaluation.evaluate_split
         assert not hasattr(module, "retrieval_metrics")  # no second path to the metrics
+    for module in (measure, validate):
+        assert module.embed_sources is evaluation.embed_sources
+
+
+def test_embed_sources_decodes_each_image_once_for_every_encoder() -> None:
+    """Each batch is preprocessed once and given to every encoder, in order; on_batch counts images."""
+    from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
+
+    images = [np.full((6, 6, 3), 40 * i, np.uint8) for i in range(5)]
+    pre = Preprocessor(PreprocessSpec(resize=4, crop=4))
+    seen: list[np.ndarray] = []
+
+    def first(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch)
+        return batch.mean(axis=(2, 3))
+
+    done: list[int] = []
+    out = evaluation.embed_sources(images, pre, {"a": first, "b": lambda batch: batch[:, :, 0, 0]}, batch_size=2, on_batch=done.append)
+    assert done == [2, 2, 1] and [len(b) for b in seen] == [2, 2, 1]
+    expected = pre(images)
+    np.testing.assert_allclose(out["a"], expected.mean(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_array_equal(out["b"], expected[:, :, 0, 0])
+    assert evaluation.embed_sources([], pre, {"a": first})["a"].shape == (0, 0)

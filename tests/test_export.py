@@ -23,14 +23,17 @@ from proxyembed.data import Sample, resolve_data
 from proxyembed.export.graph import float_tail
 from proxyembed.export.int8 import Int8Options, calibration_batch, calibration_samples, quantize_int8
 from proxyembed.export.onnx_export import export_onnx, unexportable_op
+from proxyembed.export.options import MAX_DROP_EXAMPLE, PRECISION_MAX_DROP, max_drop_limits
 from proxyembed.export.parity import check_parity
-from proxyembed.export.validate import parse_max_drop, served, torch_reference
+from proxyembed.export.validate import served
 from proxyembed.models import ModelConfig, build_embedder
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.files import sha256_file
 from proxyembed.runtime.manifest import MANIFEST_NAME, Manifest
+from proxyembed.runtime.options import parse_key_values
 from proxyembed.runtime.preprocess import Preprocessor
 from proxyembed.training.checkpoint import load_checkpoint
+from proxyembed.training.inference import torch_encode_batch
 
 DATA = "synthetic:train_classes=4,eval_classes=6,per_class=8"
 INT8_LIMIT = 10.0  # points: under five queries of 48
@@ -57,7 +60,7 @@ def test_onnx_matches_pytorch_at_batch_1_and_8(tmp_path: Path) -> None:
     model = ckpt.build_model()
     export_onnx(model, tmp_path / "m.onnx", crop=32, backbone="resnet18")
     real = Preprocessor(ckpt.preprocess)([s.source for s in resolve_data(DATA).eval[:8]])
-    result = check_parity(torch_reference(model), served(tmp_path / "m.onnx"), real, batch_sizes=(1, 8))
+    result = check_parity(torch_encode_batch(model.eval()), served(tmp_path / "m.onnx"), real, batch_sizes=(1, 8))
     assert set(result.diffs) == {"real@1", "real@8", "random@1", "random@8"}
     assert result.passed and result.max_abs_diff <= 1e-4, result.diffs
     batch_dim = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
@@ -195,14 +198,22 @@ def test_calibration_uses_every_training_class_evenly() -> None:
     (["fp16=0.2,int8=2"], {"fp32": 0.1, "fp16": 0.2, "int8": 2.0, "decode": 0.3}),
     (["int8=-1", "fp32=0", "decode=1"], {"fp32": 0.0, "fp16": 0.5, "int8": -1.0, "decode": 1.0}),
 ])
-def test_parse_max_drop(values: list[str], expected: dict[str, float]) -> None:
-    assert parse_max_drop(values) == expected
+def test_max_recall_drop_option(values: list[str], expected: dict[str, float]) -> None:
+    """The command line's strings and the Python API's mapping give the same limits, over the defaults."""
+    parsed = parse_key_values(values, "--max-recall-drop", example=MAX_DROP_EXAMPLE, keys=PRECISION_MAX_DROP)
+    assert max_drop_limits(parsed) == expected
+    assert max_drop_limits({k: v for k, v in expected.items() if k != "fp16"})["fp16"] == 0.5
 
 
-@pytest.mark.parametrize("bad", ["int9=1", "fp16", "fp16=lots"])
-def test_parse_max_drop_rejects(bad: str) -> None:
+@pytest.mark.parametrize("bad", ["int9=1", "fp16", "fp16=lots", "fp16=nan"])
+def test_max_recall_drop_option_rejects(bad: str) -> None:
     with pytest.raises(BadInput, match="--max-recall-drop"):
-        parse_max_drop([bad])
+        parse_key_values([bad], "--max-recall-drop", example=MAX_DROP_EXAMPLE, keys=PRECISION_MAX_DROP)
+
+
+def test_max_drop_mapping_rejects_an_unknown_precision() -> None:
+    with pytest.raises(BadInput, match="unknown key 'int4'"):
+        max_drop_limits({"int4": 1.0})
 
 
 

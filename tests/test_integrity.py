@@ -140,7 +140,7 @@ def test_gallery_files_follow_the_umask(two_galleries: tuple[Path, Path, Path], 
 
 
 def test_bundle_files_follow_the_umask(two_bundles: tuple[Path, Path], tmp_path: Path) -> None:
-    from proxyembed.export.bundle import BundleWriter
+    from proxyembed.export.bundle_writer import BundleWriter
 
     manifest = Bundle.load(two_bundles[0]).manifest
     old = os.umask(0o027)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from helpers.servers import free_port
 from proxyembed.cli import app
 from proxyembed.tracking import RECORD_NAME, Tracking, read_record
-from proxyembed.training.reporting import Reporter
+from proxyembed.training.reporting import TrainingReporter
 from proxyembed.training.run_dir import config_settings, read_history
 from proxyembed.training.trainer import train
 
@@ -109,11 +109,12 @@ class _FailsAtEpoch:
 
 
 def test_a_tracker_failing_mid_run_is_a_warning_and_training_goes_on(tmp_path: Path) -> None:
-    class Lines(Reporter):
+    class Lines(TrainingReporter):
         def __init__(self) -> None:
+            super().__init__()
             self.lines: list[str] = []
 
-        def log(self, message: str) -> None:
+        def log(self, message: str, *, kind: str = "info") -> None:
             self.lines.append(message)
 
     flaky, shown = _FailsAtEpoch(), Lines()

@@ -16,7 +16,7 @@ from proxyembed.training.checkpoint import load_checkpoint
 from proxyembed.training.config import TrainConfig, resolve_config
 from proxyembed.training.optim import WeightAverage
 from proxyembed.training.recipes import list_recipes, load_recipe
-from proxyembed.training.reporting import Reporter
+from proxyembed.training.reporting import TrainingReporter
 from proxyembed.training.run_dir import BEST, LAST, CheckpointPayload
 from proxyembed.training.trainer import TrainingFailed, train
 
@@ -79,7 +79,7 @@ def test_best_checkpoint_reproduces_its_metrics(trained: Path) -> None:
 
 
 def test_resume_continues_as_the_uninterrupted_run(tmp_path: Path, trained: Path) -> None:
-    class Killer(Reporter):
+    class Killer(TrainingReporter):
         def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
             if epoch == 3 and phase == "train":
                 raise KeyboardInterrupt  # the process dies during epoch 3
@@ -114,7 +114,7 @@ def test_weight_averaged_run_saves_evaluates_and_resumes_the_average(tmp_path: P
     from proxyembed.data import resolve_data
     from proxyembed.training.evaluate import evaluate_model
 
-    class Killer(Reporter):
+    class Killer(TrainingReporter):
         def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
             if epoch == 3 and phase == "train":
                 raise KeyboardInterrupt

@@ -17,10 +17,11 @@ A baseline records the data fingerprint (file list and labels); comparing agains
 data is refused unless allowed, since its numbers would not mean the same thing. A different bundle is
 the normal case (a new model) and only noted.
 
-Modules, in the order a check uses them: :mod:`.tolerances` (limits and floors), :mod:`.evaluation`
-(embedding and metrics), :mod:`.baseline` (the baseline file), :mod:`.comparison` (per-metric verdicts),
-:mod:`.notes` and :mod:`.report` (what is said), :mod:`.gate` (the two entry points), :mod:`.run` (one
-call from user-level settings, the CLI's and ``proxyembed.check(...)``'s).
+Modules, in the order a check uses them: :mod:`.tolerances` (limits and floors), :mod:`.measure`
+(embedding and metrics: :func:`evaluate_bundle`), :mod:`.baseline` (the baseline file), :mod:`.comparison`
+(per-metric verdicts), :mod:`.notes` and :mod:`.report` (what was found), :mod:`.render` (how it is said:
+console, Markdown, tracker rows), :mod:`.gate` (the two entry points), :mod:`.api` (:func:`check_bundle`,
+one call from user-level settings, the CLI's and ``proxyembed.check(...)``'s).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 from proxyembed._callable_module import make_callable
 from proxyembed.runtime.files import write_json_atomic
 
+from .api import check_bundle
 from .baseline import (
     BASELINE_FORMAT,
     BASELINE_KIND,
@@ -39,48 +41,50 @@ from .baseline import (
     same_data,
 )
 from .comparison import ArtifactResult, MetricRow, RowStatus, compare
-from .evaluation import ARTIFACT_CHOICES, ArtifactRun, CheckOptions, Evaluation, Progress, data_fingerprint, environment, evaluate
 from .gate import check_against_baseline, check_against_bundle
+from .measure import ARTIFACT_CHOICES, ArtifactRun, CheckOptions, Evaluation, data_fingerprint, environment, evaluate_bundle
 from .notes import provenance_notes, resolution_notes
+from .render import markdown_summary, print_report, tracker_rows
 from .report import CheckReport
-from .run import run_check
-from .tolerances import DEFAULT_MAX_DROP, DEFAULT_OTHER_DROP, GATE_METRIC, Tolerances, metric_names, parse_tolerances
+from .tolerances import DEFAULT_OTHER_DROP, METRIC_MAX_DROP, Tolerances, metric_names, parse_tolerances, tolerances
 
 __all__ = [
     "ARTIFACT_CHOICES",
     "BASELINE_FORMAT",
     "BASELINE_KIND",
-    "DEFAULT_MAX_DROP",
     "DEFAULT_OTHER_DROP",
-    "GATE_METRIC",
+    "METRIC_MAX_DROP",
     "ArtifactResult",
     "ArtifactRun",
     "CheckOptions",
     "CheckReport",
     "Evaluation",
     "MetricRow",
-    "Progress",
     "RowStatus",
     "Tolerances",
     "baseline_dict",
     "check_against_baseline",
     "check_against_bundle",
+    "check_bundle",
     "compare",
     "data_fingerprint",
     "environment",
-    "evaluate",
+    "evaluate_bundle",
+    "markdown_summary",
     "merged_baseline",
     "metric_names",
     "parse_tolerances",
+    "print_report",
     "provenance_notes",
     "read_baseline",
     "require_same_data",
     "resolution_notes",
-    "run_check",
     "same_bundle",
     "same_data",
+    "tolerances",
+    "tracker_rows",
     "write_json_atomic",
 ]
 
 # proxyembed.check(bundle, data, baseline, ...) -> CheckReport, the Python API's form of the command
-make_callable(__name__, "proxyembed.check.run", "run_check")
+make_callable(__name__, "proxyembed.check.api", "check_bundle")

@@ -12,7 +12,7 @@ from typing import Any
 
 from proxyembed.runtime.errors import BadInput
 
-from .evaluation import ArtifactRun, Evaluation
+from .measure import ArtifactRun, Evaluation
 
 BASELINE_FORMAT = 1
 BASELINE_KIND = "proxyembed-check-baseline"

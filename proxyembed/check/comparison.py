@@ -13,7 +13,7 @@ from typing import Any, Literal
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.manifest import PRECISIONS
 
-from .evaluation import ArtifactRun, Evaluation
+from .measure import ArtifactRun, Evaluation
 from .tolerances import EPS_POINTS, Tolerances, metric_names
 
 RowStatus = Literal["pass", "improved", "fail", "accepted", "new"]

@@ -11,10 +11,11 @@ from pathlib import Path
 from proxyembed.data.types import DataSplit
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.files import write_json_atomic
+from proxyembed.runtime.progress import ProgressCallback
 
 from .baseline import baseline_dict, merged_baseline, read_baseline, require_same_data, same_data
 from .comparison import compare
-from .evaluation import CheckOptions, Progress, evaluate
+from .measure import CheckOptions, evaluate_bundle
 from .notes import provenance_notes, resolution_notes
 from .report import CheckReport
 from .tolerances import Tolerances, metric_names
@@ -30,7 +31,7 @@ def check_against_baseline(
     *,
     write: bool = False,
     allow_data_change: bool = False,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CheckReport:
     """Check ``bundle`` against the baseline file, or (``write``) record its numbers there.
 
@@ -41,7 +42,7 @@ def check_against_baseline(
     baseline = Path(baseline)
     reference = read_baseline(baseline) if (not write or baseline.exists()) else None
     tol.validate(metric_names(split.ks))
-    candidate = evaluate(bundle, split, spec, opts, progress=progress)
+    candidate = evaluate_bundle(bundle, split, spec, opts, progress=progress)
     notes = [*split.warnings, *candidate.notes, *resolution_notes(candidate, tol)]
     if reference is not None:
         if write and not same_data(reference, candidate):
@@ -67,7 +68,7 @@ def check_against_bundle(
     tol: Tolerances,
     opts: CheckOptions = CheckOptions(),
     *,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CheckReport:
     """Compare two bundles on the same data: the reference runs the candidate's chosen precisions.
 
@@ -75,9 +76,9 @@ def check_against_bundle(
     """
     tol.validate(metric_names(split.ks))
     Bundle.load(against, verify=False)  # a missing reference fails before the candidate's embedding work
-    candidate = evaluate(bundle, split, spec, opts, progress=progress)
+    candidate = evaluate_bundle(bundle, split, spec, opts, progress=progress)
     only = None if opts.artifact == "all" else list(candidate.artifacts)
-    reference = evaluate(against, split, spec, opts, only=only, progress=progress)
+    reference = evaluate_bundle(against, split, spec, opts, only=only, progress=progress)
     notes = [*split.warnings, *candidate.notes, *reference.notes, *resolution_notes(candidate, tol)]
     notes += provenance_notes(candidate, reference, "reference bundle")
     results = compare(candidate, reference, tol, all_artifacts=opts.artifact == "all")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .baseline import same_bundle
-from .evaluation import Evaluation
+from .measure import Evaluation
 from .tolerances import EPS_POINTS, Tolerances, metric_names
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from .baseline import baseline_dict
 from .comparison import ArtifactResult
-from .evaluation import Evaluation
+from .measure import Evaluation
 from .tolerances import Tolerances, metric_names
 
 

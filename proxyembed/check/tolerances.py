@@ -1,15 +1,21 @@
-"""How far a metric may drop (points) and how low it may go (a fraction), from ``--max-drop`` and ``--min``."""
+"""How far a metric may drop (points) and how low it may go (a fraction), from ``--max-drop`` and ``--min``.
+
+The limits are keyed by metric (export keys its own by artifact precision: ``proxyembed.export.options.PRECISION_MAX_DROP``).
+Command lines are parsed by the runtime's one ``KEY=VALUE`` parser; mappings from the Python API come
+straight to :func:`tolerances`.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.metrics import GATE_METRIC
+from proxyembed.runtime.options import parse_key_values
 
-GATE_METRIC = "recall@1"
-DEFAULT_MAX_DROP = {GATE_METRIC: 1.0}
+METRIC_MAX_DROP = {GATE_METRIC: 1.0}
 DEFAULT_OTHER_DROP = 2.0  # Recall@K>1, MAP@R, R-Precision: catch large moves, gate on Recall@1
 EPS_POINTS = 1e-6  # differences of fractions are not exact: 0.80 - 0.79 is 1.0000000000000009 points
 
@@ -30,7 +36,7 @@ class Tolerances:
         """The allowed drop in points for ``metric``."""
         if metric in self.max_drop:
             return self.max_drop[metric]
-        return self.max_drop.get("all", DEFAULT_MAX_DROP.get(metric, DEFAULT_OTHER_DROP))
+        return self.max_drop.get("all", METRIC_MAX_DROP.get(metric, DEFAULT_OTHER_DROP))
 
     def validate(self, metrics: Sequence[str]) -> None:
         """Refuse a metric name the data does not produce (a typo would silently never gate)."""
@@ -40,31 +46,31 @@ class Tolerances:
                 raise BadInput(f"{option}: unknown metric(s) {unknown} for this data", hint=f"valid: {', '.join(metrics)} (or all=, for --max-drop)")
 
 
-def parse_tolerances(max_drop: Sequence[str] = (), floors: Sequence[str] = ()) -> Tolerances:
-    """``["recall@1=0.5,map@r=1"]`` drops in points and ``["recall@1=0.80"]`` floors as fractions."""
-    drops = _pairs(max_drop, "--max-drop", "recall@1=1.0,map@r=2")
+Limits = Mapping[str, float] | Sequence[str]
+"""Limits as the Python API gives them (``{"recall@1": 0.5}``) or as the command line does (``["recall@1=0.5,map@r=2"]``)."""
+_EXAMPLES = {"--max-drop": "recall@1=1.0,map@r=2", "--min": "recall@1=0.80"}
+
+
+def limits(values: Limits, option: Literal["--max-drop", "--min"]) -> Mapping[str, float]:
+    """A mapping as given, or ``METRIC=NUMBER`` strings (comma-separated and/or repeated) parsed."""
+    if isinstance(values, Mapping):
+        return values
+    return parse_key_values(values, option, example=_EXAMPLES[option], form="METRIC=NUMBER")
+
+
+def parse_tolerances(max_drop: Limits = (), floors: Limits = ()) -> Tolerances:
+    """Drops in points (``--max-drop``) and floors as fractions (``--min``), each a mapping or ``METRIC=NUMBER`` strings."""
+    return tolerances(limits(max_drop, "--max-drop"), limits(floors, "--min"))
+
+
+def tolerances(max_drop: Mapping[str, float] | None = None, floors: Mapping[str, float] | None = None) -> Tolerances:
+    """Limits by metric name (any case): drops in points, never negative; floors as fractions between 0 and 1."""
+    drops = {name.lower(): float(points) for name, points in (max_drop or {}).items()}
     for name, points in drops.items():
-        if points < 0:
+        if not points >= 0:
             raise BadInput(f"--max-drop {name}={points:g}: a drop limit cannot be negative", hint="0 means no drop at all is allowed")
-    mins = _pairs(floors, "--min", "recall@1=0.80")
+    mins = {name.lower(): float(value) for name, value in (floors or {}).items()}
     for name, value in mins.items():
         if not 0 <= value <= 1:
             raise BadInput(f"--min {name}={value:g} is not a fraction between 0 and 1", hint=f"write {value / 100:g} for {value:g}%")
     return Tolerances(drops, mins)
-
-
-def _pairs(values: Sequence[str], option: str, example: str) -> dict[str, float]:
-    """``METRIC=NUMBER`` items, comma-separated and/or repeated, keyed by lower-case metric name."""
-    out: dict[str, float] = {}
-    for item in (part.strip() for value in values for part in value.split(",")):
-        if not item:
-            continue
-        name, _, num = item.partition("=")
-        try:
-            value = float(num)
-            if not name.strip() or math.isnan(value):
-                raise ValueError(item)
-            out[name.strip().lower()] = value
-        except ValueError:
-            raise BadInput(f"{option} '{item}' is not METRIC=NUMBER", hint=f"e.g. {option} {example}") from None
-    return out

@@ -1,4 +1,4 @@
-"""``proxyembed check``: the CI gate on retrieval accuracy (logic in :mod:`proxyembed.check`).
+"""``proxyembed check``: the CI gate on retrieval accuracy (logic in :mod:`proxyembed.check`, words in :mod:`proxyembed.check.render`).
 
 Output contract for CI logs: a table per run, notes, then exactly one last line that says how it ended
 — ``check passed ...`` (exit 0), ``check FAILED: ...`` (exit 1) or ``check error: ...`` (exit 2). The
@@ -14,20 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 
-from proxyembed.check.evaluation import ArtifactChoice
+from proxyembed.check.measure import ArtifactChoice
 from proxyembed.runtime.encoder import DeviceChoice
 
 from ._common import console, err_console, print_json, user_errors
 from ._tracking import reopened_tracking
 
 if TYPE_CHECKING:
-    from proxyembed.check import CheckReport, MetricRow
     from proxyembed.runtime.errors import ProxyEmbedError
-
-_STATUS_STYLE = {"pass": "green", "improved": "bold green", "fail": "bold red", "accepted": "yellow", "new": "cyan"}
-_STATUS_TEXT = {"pass": "PASS", "improved": "IMPROVED", "fail": "FAIL", "accepted": "accepted", "new": "new"}
 
 
 def register(app: typer.Typer) -> None:
@@ -60,19 +55,20 @@ def check_command(
     ] = None,
 ) -> None:
     """Check BUNDLE's retrieval accuracy against a baseline (or --against an older bundle): exit 0 pass, 1 regression, 2 bad input."""
-    from proxyembed.check import run_check
+    from proxyembed.check import check_bundle
+    from proxyembed.check.render import markdown_summary, print_report, tracker_rows
     from proxyembed.runtime.errors import ProxyEmbedError
 
     human = err_console if as_json else console
     try:
         with reopened_tracking(log, human) as session, _progress() as advance:
-            report = run_check(
+            report = check_bundle(
                 bundle, data, baseline, against=against, artifact=artifact, max_drop=max_drop or [], min_value=min_value or [],
                 write_baseline=write_baseline, allow_data_change=allow_data_change, threads=threads, batch_size=batch_size, device=device,
                 progress=advance,
             )
-            session.log_report("check", *_tracker_rows(report), report.verdict())
-        _print_report(report, human)
+            session.log_report("check", *tracker_rows(report), report.verdict())
+        print_report(report, human)
         if json_out is not None:
             _write_json(json_out, report.to_dict())
         if summary is not None:
@@ -84,14 +80,6 @@ def check_command(
     verdict = report.verdict()
     human.print(verdict, style="bold green" if report.passed else "bold red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if report.passed else 1)
-
-
-def _tracker_rows(report: CheckReport) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """The check's table as plain rows (fractions, changes in points) and each artifact's measured values, for ``--log``."""
-    rows = [{"artifact": r.precision, "metric": row.metric, "reference": row.reference, "now": row.now, "change": row.change, "status": row.status}
-            for r in report.results for row in r.rows]
-    numbers = {f"{row['artifact']}/{row['metric']}": row["now"] for row in rows if row["now"] is not None}
-    return rows, numbers
 
 
 @contextmanager
@@ -139,101 +127,3 @@ def _append(path: Path, text: str) -> None:
             fh.write(text)
     except OSError as exc:
         raise BadInput(f"--summary: cannot append to {path}: {exc.strerror}", hint="give a writable path") from None
-
-
-# -- rendering ---------------------------------------------------------------------------------------
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.2f}"
-
-
-def _change(row: MetricRow) -> str:
-    return "—" if row.change is None else f"{row.change:+.2f}"
-
-
-def _limit(row: MetricRow) -> str:
-    parts = [f"{row.limit:.2f}"] if row.reference is not None else []
-    if row.floor is not None:
-        parts.append(f"≥{100 * row.floor:.2f}")
-    return " ".join(parts) or "—"
-
-
-def _cells(precision: str, row: MetricRow) -> list[str]:
-    """One metric row as table cells: artifact, metric, reference, now, change, limit, status."""
-    return [precision, row.metric, _pct(row.reference), _pct(row.now), _change(row), _limit(row), _STATUS_TEXT[row.status]]
-
-
-def _describe_bundle(bundle: dict[str, Any]) -> str:
-    return f"{bundle['path']} (manifest sha256 {bundle['manifest_sha256'][:12]}, dim {bundle['dim']})"
-
-
-def _reference_name(report: CheckReport) -> str:
-    return "old" if report.mode == "against" else "baseline"
-
-
-def _print_report(report: CheckReport, out: Console) -> None:
-    from rich import box
-    from rich.table import Table
-
-    cand, ref = report.candidate, report.reference
-    data = cand.data
-    _say(out, f"bundle   {_describe_bundle(cand.bundle)}")
-    if report.mode == "against" and ref is not None:
-        _say(out, f"against  {_describe_bundle(ref.bundle)}")
-    else:
-        _say(out, f"baseline {report.baseline_path}" + (f" (created {ref.created})" if ref is not None else " (none yet)"))
-    _say(out, f"data     {data['spec']}: {data['images']} images / {data['classes']} classes, fingerprint {data['sha256'][:12]}")
-    table = Table(title="metrics in %; change and limit (max drop) in points; ≥ floor", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (("artifact", "left"), ("metric", "left"), (_reference_name(report), "right"), ("now", "right"),
-                          ("change", "right"), ("limit", "right"), ("status", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for result in report.results:
-        if not result.rows:
-            why = "FAIL: " + result.reason if result.state == "missing" else f"skipped: {result.reason}"
-            table.add_row(result.precision, "—", "", "", "", "", why, style="bold red" if result.state == "missing" else "yellow")
-        for i, row in enumerate(result.rows):
-            table.add_row(*_cells(result.precision if i == 0 else "", row), style=_STATUS_STYLE[row.status] if row.status != "pass" else None)
-        table.add_section()
-    out.print(table)
-    for precision, run in cand.artifacts.items():
-        _say(out, f"{precision}: {run.file} on {run.provider}" + ("" if run.validated else " (NOT validated at export)"))
-    for note in report.notes:
-        _say(out, f"note: {note}")
-
-
-def _say(out: Console, text: str) -> None:
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def markdown_summary(report: CheckReport) -> str:
-    """The ``--summary`` Markdown: verdict, what was compared, one table row per metric, notes."""
-    cand, ref = report.candidate, report.reference
-    icon, word = ("✅", "passed") if report.passed else ("❌", "FAILED")
-    against = (
-        f"old bundle `{ref.bundle['path']}`" if report.mode == "against" and ref is not None else f"baseline `{report.baseline_path}`"
-    )
-    lines = [
-        f"### {icon} proxyembed check {word}",
-        "",
-        f"`{_md(report.verdict())}`",
-        "",
-        f"Bundle `{cand.bundle['path']}` (manifest `{cand.bundle['manifest_sha256'][:12]}`) vs {against}; "
-        f"data `{cand.data['spec']}`: {cand.data['images']} images / {cand.data['classes']} classes.",
-        "",
-        f"| artifact | metric | {_reference_name(report)} % | now % | change (points) | limit | status |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
-    for result in report.results:
-        if not result.rows:
-            lines.append(f"| {result.precision} | — | | | | | {'**FAIL**' if result.state == 'missing' else 'skipped'}: {_md(result.reason)} |")
-        for row in result.rows:
-            *cells, status = _cells(result.precision, row)
-            lines.append("| " + " | ".join([*cells, f"**{status}**" if row.status == "fail" else status]) + " |")
-    if report.notes:
-        lines += ["", "<details><summary>notes</summary>", "", *[f"- {_md(n)}" for n in report.notes], "", "</details>"]
-    return "\n".join(lines) + "\n\n"
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("`", "'")

@@ -2,22 +2,21 @@
 
 The file format and its guarantees are :mod:`proxyembed.runtime.embeddings`, the embedding loop
 :func:`proxyembed.runtime.corpus.embed_to_file`; this module picks the model (a bundle through the
-torch-free :class:`Encoder`, or a run dir's best checkpoint) and reports.
+torch-free :class:`Encoder`, or a run dir's best checkpoint through
+:func:`proxyembed.training.inference.checkpoint_model`) and reports.
 ``proxyembed index BUNDLE --from-embeddings PART...`` merges the parts into one gallery. ``--engine ray``
 hands the corpus to :func:`proxyembed.scale.embed_ray` instead (a folder of shards, on a Ray cluster).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import typer
 
 from proxyembed.runtime.encoder import PrecisionChoice
+from proxyembed.runtime.evaluation import EncodeBatch
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 from proxyembed.scale.plan import DEFAULT_SHARD_SIZE
 
@@ -70,11 +69,11 @@ def embed_command(
     part = parse_shard(shard)
     items = list_images(images)
     items = items[shard_slice(len(items), part)]
-    model = _model(source, precision, threads)
-    done = embed_to_file(model.encode, model.dim, Preprocessor(model.spec), items, out, source=model.source, shard=part,
+    encode, dim, spec, identity = _model(source, precision, threads)
+    done = embed_to_file(encode, dim, Preprocessor(spec), items, out, source=identity, shard=part,
                          batch_size=batch_size, workers=workers, overwrite=overwrite, progress=True)
     resumed, skipped = done["resumed_from"], done["skipped"]
-    summary = {"out": str(out), **done, "shard": shard, "source": model.source}
+    summary = {"out": str(out), **done, "shard": shard, "source": identity}
     if as_json:
         print_json(summary)
         return
@@ -121,18 +120,8 @@ def _embed_ray(
     )
 
 
-@dataclass
-class _Model:
-    """What embedding needs from a bundle or a run: dim, an identity for the file, preprocessing, inference."""
-
-    dim: int
-    source: dict[str, Any]
-    spec: PreprocessSpec
-    encode: Callable[[np.ndarray], np.ndarray]
-
-
-def _model(source: Path, precision: str, threads: int | None) -> _Model:
-    """The bundle's encoder (torch-free) or a run dir's best checkpoint."""
+def _model(source: Path, precision: str, threads: int | None) -> tuple[EncodeBatch, int, PreprocessSpec, dict[str, Any]]:
+    """The encoder, dim, preprocessing and identity of a bundle (torch-free :class:`Encoder`) or a run dir's best checkpoint."""
     from proxyembed.runtime import BadInput, Encoder
     from proxyembed.runtime.corpus import encoder_source
     from proxyembed.runtime.manifest import MANIFEST_NAME
@@ -141,25 +130,13 @@ def _model(source: Path, precision: str, threads: int | None) -> _Model:
     if (source / MANIFEST_NAME).is_file():
         encoder = Encoder(source, precision=precision, threads=threads)  # type: ignore[arg-type]
         err_console.print(f"encoder: {encoder.describe()}", highlight=False)
-        return _Model(encoder.dim, encoder_source(encoder), encoder.bundle.manifest.preprocess, encoder.encode_batch)
+        return encoder.encode_batch, encoder.dim, encoder.bundle.manifest.preprocess, encoder_source(encoder)
     if (source / CONFIG_NAME).is_file():
-        return _run_model(source)
+        from proxyembed.extras import require_extras
+
+        require_extras("proxyembed embed RUN", "train")
+        from proxyembed.training.inference import checkpoint_model
+
+        model = checkpoint_model(source)
+        return model.encode, model.dim, model.spec, model.source
     raise BadInput(f"{source} is neither a bundle ({MANIFEST_NAME}) nor a run dir ({CONFIG_NAME})", hint="give `proxyembed export` or `train` output")
-
-
-def _run_model(run_dir: Path) -> _Model:
-    from proxyembed.extras import require_extras
-
-    require_extras("proxyembed embed RUN", "train")
-    import torch
-
-    from proxyembed.training.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(run_dir)
-    model = ckpt.build_model()
-
-    @torch.no_grad()
-    def encode(batch: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(batch)).numpy()
-
-    return _Model(ckpt.model_config.embedding_dim, {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256()}, ckpt.preprocess, encode)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, get_args
 
 import typer
 
@@ -129,20 +128,13 @@ def train_cmd(
 
     require_extras("proxyembed train", "train")
     from proxyembed.api import run_training
-    from proxyembed.runtime.errors import BadInput
+    from proxyembed.runtime.options import json_or_text, parse_key_values
+    from proxyembed.runtime.progress import RichReporter
     from proxyembed.training.config import resolve_config
     from proxyembed.training.distributed import is_main_process
-    from proxyembed.training.reporting import RichReporter
+    from proxyembed.training.reporting import TrainingReporter
 
-    params: dict[str, Any] = {}
-    for item in loss_param or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise BadInput(f"--loss-param '{item}' is not KEY=VALUE", hint="e.g. --loss-param alpha=32")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
+    params = parse_key_values(loss_param or [], "--loss-param", example="alpha=32", convert=json_or_text, commas=False)
     overrides = dict(
         data=data, eval_data=eval_data, backbone=backbone, pretrained=pretrained, pool=pool, embedding_dim=embedding_dim,
         loss=loss, loss_params=params or None, epochs=epochs, batch_size=batch_size, sampler=sampler,
@@ -157,8 +149,8 @@ def train_cmd(
     )
     given = given_options(ctx)
     cfg = resolve_config({k: v for k, v in overrides.items() if k not in ctx.params or k in given}, recipe)
-    with RichReporter(err_console if as_json else console) as reporter:
-        result = run_training(cfg, out, resume=resume, reporter=reporter, log=log or [], mlflow_uri=mlflow_uri)
+    with RichReporter(err_console if as_json else console) as shown:
+        result = run_training(cfg, out, resume=resume, reporter=TrainingReporter(shown), log=log or [], mlflow_uri=mlflow_uri)
     if not is_main_process():
         return
     if as_json:

@@ -17,8 +17,9 @@ from proxyembed.runtime.evaluation import evaluate_split
 from proxyembed.runtime.metrics import NmiMode
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 
+from .inference import torch_encode_batch
 
-@torch.no_grad()
+
 def embed_samples(
     model: torch.nn.Module,
     samples: Sequence[Sample],
@@ -33,21 +34,17 @@ def embed_samples(
 ) -> np.ndarray:
     """float32 (N, D) embeddings of ``samples``, in order; ``on_batch(n)`` reports progress.
 
-    ``normalize=False`` asks ``model`` (an :class:`~proxyembed.models.Embedder`) for its output before the L2
-    normalisation and returns it as is, for fitting the whitening. ``cache`` (square view of ``spec``) holds
-    the squared pixels of some or all samples; the others are decoded.
+    ``model`` runs in eval mode through :func:`~.inference.torch_encode_batch` (``normalize=False``: its
+    output before the L2 normalisation, for fitting the whitening) and is put back in the mode it was in.
+    ``cache`` (square view of ``spec``) holds the squared pixels of some or all samples; the others are decoded.
     """
     was_training = model.training
     model.eval()
+    encode = torch_encode_batch(model, device=device, autocast_dtype=autocast_dtype, normalize=normalize)
     out = []
-    device = torch.device(device)
     try:
         for batch in input_batches(samples, spec, batch_size, cache):
-            x = torch.from_numpy(batch).to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                y = model(x) if normalize else model(x, normalize=False)
-            y = y.float()
-            out.append((torch.nn.functional.normalize(y, dim=1) if normalize else y).cpu().numpy())
+            out.append(encode(batch))
             if on_batch:
                 on_batch(len(batch))
     finally:

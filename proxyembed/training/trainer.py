@@ -62,7 +62,7 @@ from .evaluate import embed_samples, evaluate_model
 from .loaders import hold_out_validation, loader_settings, train_loader
 from .optim import WeightAverage, build_optimizer, build_scheduler
 from .plots import plot_curves
-from .reporting import Reporter
+from .reporting import TrainingReporter
 from .run_caches import RunCaches, eval_samples, open_run_caches
 from .run_dir import (
     BEST,
@@ -105,12 +105,12 @@ class Trainer:
     """One training run. Build it with a resolved config and an output folder, then :meth:`run`."""
 
     def __init__(
-        self, cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None, tracking: Tracking | None = None
+        self, cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: TrainingReporter | None = None, tracking: Tracking | None = None
     ) -> None:
         self.out = Path(out)
         self.tracking = tracking or Tracking()  # --log: the trackers mirror metrics.jsonl (rank 0 only)
         self.world = world_from_env()
-        self.reporter = (reporter or Reporter()) if self.world.is_main else Reporter()
+        self.reporter = (reporter or TrainingReporter()) if self.world.is_main else TrainingReporter()
         self.resume_from = None
         if resume:
             if not (self.out / LAST).is_file():
@@ -417,7 +417,7 @@ def _describe_pipeline(settings: dict[str, Any], caches: RunCaches) -> str:
 
 
 def train(
-    cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None, tracking: Tracking | None = None
+    cfg: TrainConfig, out: Path, *, resume: bool = False, reporter: TrainingReporter | None = None, tracking: Tracking | None = None
 ) -> TrainResult:
     """Run a training job (see :class:`Trainer`); ``tracking`` mirrors it into experiment trackers (``--log``)."""
     return Trainer(cfg, out, resume=resume, reporter=reporter, tracking=tracking).run()

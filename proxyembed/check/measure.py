@@ -1,5 +1,7 @@
-"""Evaluating a bundle: embed the data with each chosen artifact through the runtime and compute its metrics.
+"""Measuring a bundle: embed the data with each chosen artifact through the runtime and compute its metrics.
 
+:func:`evaluate_bundle` feeds the runtime's evaluation core (:func:`~proxyembed.runtime.evaluation.evaluate_split`,
+with :func:`~proxyembed.runtime.evaluation.embed_sources` decoding each image once for every artifact).
 An :class:`Evaluation` is both what a check computes and what a baseline file stores.
 """
 
@@ -8,28 +10,26 @@ from __future__ import annotations
 import os
 import platform
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, get_args
-
-import numpy as np
 
 from proxyembed._version import __version__
 from proxyembed.data.types import DataSplit
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.encoder import Encoder
 from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError
-from proxyembed.runtime.evaluation import evaluate_split
+from proxyembed.runtime.evaluation import embed_sources, evaluate_split
 from proxyembed.runtime.manifest import PRECISIONS, Precision
 from proxyembed.runtime.schema import Field, validate
+from proxyembed.runtime.progress import ProgressCallback
 from proxyembed.runtime.system import cpu_name
 
 ArtifactChoice = Literal["auto", Precision, "all"]
 """``--artifact``: one precision, every one the bundle has, or auto (what the runtime would pick here)."""
 ARTIFACT_CHOICES: tuple[str, ...] = get_args(ArtifactChoice)
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -107,19 +107,20 @@ class Evaluation:
     proxyembed_version: str = ""
 
 
-def evaluate(
+def evaluate_bundle(
     bundle_path: str | Path,
     split: DataSplit,
     spec: str,
     opts: CheckOptions = CheckOptions(),
     *,
     only: Sequence[str] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Evaluation:
     """Embed ``split``'s evaluation data with the chosen artifacts of a bundle and compute its metrics.
 
     ``opts.artifact`` is ``auto`` (what the runtime would pick), a precision, or ``all``; ``only`` names
-    the precisions exactly instead (to run a reference bundle on the candidate's choice).
+    the precisions exactly instead (to run a reference bundle on the candidate's choice). ``progress``
+    counts embeddings (images x artifacts).
     """
     if opts.batch_size <= 0:
         raise BadInput(f"--batch-size must be positive, got {opts.batch_size}")
@@ -127,9 +128,11 @@ def evaluate(
     encoders, skipped, notes = _encoders(bundle, opts.artifact, opts.device, opts.threads, only)
     if not encoders:
         raise BadInput(f"no artifact of bundle {bundle.path} can run on this machine: {skipped}", hint="run the check where they can run")
-    names = [enc.precision for enc in encoders]
+    by_precision = {enc.precision: enc.encode_batch for enc in encoders}
+    on_batch = None if progress is None else (lambda n: progress(n * len(encoders)))
+    pre = encoders[0].preprocessor  # one manifest, so one preprocessing for all of them
     result = evaluate_split(
-        split, lambda samples: dict(zip(names, _embed(encoders, [s.source for s in samples], opts.batch_size, progress), strict=True))
+        split, lambda samples: embed_sources((s.source for s in samples), pre, by_precision, batch_size=opts.batch_size, on_batch=on_batch)
     )
     runs = {
         enc.precision: ArtifactRun(
@@ -205,14 +208,3 @@ def _encoders(
                 skipped[precision] = str(exc)
         notes += [f"{bundle.path.name}: {w.message}" for w in caught]
     return encoders, skipped, notes
-
-
-def _embed(encoders: Sequence[Encoder], sources: Sequence[Any], batch_size: int, progress: Progress | None) -> list[np.ndarray]:
-    """Embed ``sources`` with every encoder, decoding and preprocessing each batch once (same manifest)."""
-    outs: list[list[np.ndarray]] = [[] for _ in encoders]
-    for batch in encoders[0].preprocessor.batches(sources, batch_size):
-        for enc, out in zip(encoders, outs, strict=True):
-            out.append(enc.encode_batch(batch))
-        if progress is not None:
-            progress(len(batch) * len(encoders))
-    return [np.concatenate(o) if o else np.zeros((0, e.dim), np.float32) for e, o in zip(encoders, outs, strict=True)]

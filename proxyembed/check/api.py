@@ -8,26 +8,20 @@ mapping), validates them, resolves the data and dispatches to :mod:`.gate`. Retu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from proxyembed.runtime.bundle import Bundle
 from proxyembed.runtime.encoder import DEVICES, DeviceChoice
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.progress import ProgressCallback
 
-from .evaluation import ArtifactChoice, CheckOptions, Progress
 from .gate import check_against_baseline, check_against_bundle
+from .measure import ArtifactChoice, CheckOptions
 from .report import CheckReport
-from .tolerances import parse_tolerances
-
-Limits = Mapping[str, float] | Sequence[str]
+from .tolerances import Limits, parse_tolerances
 
 
-def _as_items(limits: Limits) -> list[str]:
-    return [f"{k}={v}" for k, v in limits.items()] if isinstance(limits, Mapping) else list(limits)
-
-
-def run_check(
+def check_bundle(
     bundle: str | Path | Bundle,
     data: str,
     baseline: str | Path | None = None,
@@ -41,7 +35,7 @@ def run_check(
     threads: int | None = None,
     batch_size: int = 32,
     device: DeviceChoice = "auto",
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CheckReport:
     """Check ``bundle`` (a folder or a loaded :class:`Bundle`) on ``data`` against a ``baseline`` file (or an older bundle, ``against``).
 
@@ -57,7 +51,7 @@ def run_check(
     if device not in DEVICES:
         raise BadInput(f"--device '{device}' is unknown", hint=f"use one of {', '.join(DEVICES)}")
     bundle, against = (b.path if isinstance(b, Bundle) else b for b in (bundle, against))
-    tol = parse_tolerances(_as_items(max_drop), _as_items(min_value))
+    tol = parse_tolerances(max_drop, min_value)
     opts = CheckOptions(artifact=artifact, device=device, threads=threads, batch_size=batch_size)
     split = resolve_eval_data(data)
     if baseline is None:
