@@ -53,13 +53,6 @@ def test_train_help_shows_real_defaults_and_choices() -> None:
     assert "proxy_anchor|proxy_nca|proxy_nca++|nir|triplet" in text
 
 
-def test_loss_choices_match_the_registry() -> None:
-    from proxyembed.losses import LOSSES
-    from proxyembed.training.config import LossName
-
-    assert set(get_args(LossName)) == set(LOSSES)
-
-
 def test_artifact_choices_match_check() -> None:
     from proxyembed.check import ARTIFACT_CHOICES
     from proxyembed.cli.check import ArtifactChoice
