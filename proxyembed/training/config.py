@@ -41,7 +41,8 @@ LOSS_CLASSES: dict[str, str] = {
 """The loss registry: each ``--loss`` name and the class of :mod:`proxyembed.losses` that implements it.
 
 Torch-free, so the CLI lists the losses without importing torch; ``proxyembed.losses.LOSSES`` is built
-from it (and names each class after its entry), so a new loss is one line here and its class.
+from it (and names each class after its entry), so a new loss is its module in ``losses/``, its class
+imported in ``losses/__init__.py`` and one line here.
 """
 # Derived from the registries they choose from (the loss table above, data.augment's presets), never restated.
 LossName = Literal[tuple(LOSS_CLASSES)]  # type: ignore[valid-type]
@@ -53,6 +54,7 @@ Amp = Literal["auto", "bf16", "fp16", "none"]
 # The names runtime.metrics.retrieval_metrics gives its results; which K it computes is the data's (checked by
 # the trainer once the data is known), and nmi only where --nmi lets it.
 SELECTABLE_METRIC = re.compile(r"recall@[1-9][0-9]*|map@r|r_precision|nmi")
+
 
 @dataclass
 class TrainConfig:
