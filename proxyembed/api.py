@@ -20,14 +20,12 @@ from proxyembed.extras import require_extras
 from proxyembed.runtime.errors import BadInput
 from proxyembed.tracking import TrackerName
 from proxyembed.training.config import Device, TrainConfig, resolve_config
-from proxyembed.training.run_dir import Which, checkpoint_name
+from proxyembed.training.run_dir import DEFAULT_RUN_DIR, Which, checkpoint_name
 
 if TYPE_CHECKING:
     from proxyembed.run import Run
     from proxyembed.training.reporting import TrainingReporter
     from proxyembed.training.trainer import TrainResult
-
-DEFAULT_RUN_DIR = Path("runs/default")
 
 
 def train(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +85,18 @@ def gallery(bundle: Path, tmp_path: Path) -> Path:
     from helpers.servers import make_gallery
 
     return make_gallery(bundle, tmp_path / "images", tmp_path / "gallery")
+
+
+@pytest.fixture
+def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Replace the trainer: record the TrainConfig each ``proxyembed train`` resolved and return fixed metrics."""
+    from proxyembed.training import trainer
+
+    seen: list[Any] = []
+
+    def fake_train(cfg: Any, out: Path, **_: Any) -> trainer.TrainResult:
+        seen.append(cfg)
+        return trainer.TrainResult(Path(out), {"recall@1": 0.1}, {"recall@1": 0.5}, {"recall@1": 0.6}, 2)
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    return seen

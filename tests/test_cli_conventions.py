@@ -53,11 +53,10 @@ def test_train_help_shows_real_defaults_and_choices() -> None:
     assert "proxy_anchor|proxy_nca|proxy_nca++|nir|triplet" in text
 
 
-def test_loss_choices_match_the_registry() -> None:
-    from proxyembed.losses import LOSSES
-    from proxyembed.training.config import LossName
-
-    assert set(get_args(LossName)) == set(LOSSES)
+def test_every_command_function_is_named_after_its_command() -> None:
+    """One convention: `proxyembed NAME` runs NAME_command (no bare name shadowing a package, no other suffix)."""
+    assert [c.callback.__name__ for c in app.registered_commands] == [f"{c.name}_command" for c in app.registered_commands]
+    assert len(app.registered_commands) == len(COMMANDS)
 
 
 def test_artifact_choices_match_check() -> None:
@@ -89,19 +88,6 @@ def test_every_scriptable_command_has_a_json_flag() -> None:
         flags = [p for p in COMMANDS[name].params if "--json" in p.opts]
         assert len(flags) == 1 and flags[0].is_flag, name  # --json prints to stdout; a file is --json-out
     assert any("--json-out" in p.opts for p in COMMANDS["check"].params)
-
-
-@pytest.fixture
-def fake_training(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[TrainConfig]:
-    """Replace the trainer: record the config the CLI resolved and return fixed metrics."""
-    seen: list[TrainConfig] = []
-
-    def fake_train(cfg: TrainConfig, out: Path, **_: Any) -> TrainResult:
-        seen.append(cfg)
-        return TrainResult(Path(out), {"recall@1": 0.1}, {"recall@1": 0.5}, {"recall@1": 0.6}, 2)
-
-    monkeypatch.setattr(trainer, "train", fake_train)
-    return seen
 
 
 def test_recipe_is_overridden_only_by_options_given(fake_training: list[TrainConfig], tmp_path: Path) -> None:

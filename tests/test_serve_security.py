@@ -39,8 +39,9 @@ from helpers.bundles import pattern_image  # noqa: E402
 from helpers.servers import free_port, live_server, make_gallery, serve_process, wait_until_up  # noqa: E402
 from proxyembed.runtime import Retriever  # noqa: E402
 from proxyembed.serve import ServeOptions, create_app  # noqa: E402
-from proxyembed.serve.app import _Guard, id_segment  # noqa: E402
+from proxyembed.serve.guard import Guard  # noqa: E402
 from proxyembed.serve.service import PixelBudget, ServiceError  # noqa: E402
+from proxyembed.serve.web import id_segment  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # refused right after Pillow warns
 
@@ -430,7 +431,7 @@ def test_protected_reads_need_the_token(serve: Any) -> None:
 
 
 def test_a_wrong_token_takes_as_long_whatever_it_shares_with_the_right_one() -> None:
-    guard = _Guard(app=None, options=ServeOptions(gallery=Path("."), token=TOKEN), metrics=None)  # type: ignore[arg-type]
+    guard = Guard(app=None, options=ServeOptions(gallery=Path("."), token=TOKEN), metrics=None)  # type: ignore[arg-type]
 
     def median_ns(given: bytes) -> float:
         times = []

@@ -23,8 +23,8 @@ from proxyembed.runtime.encoder import Encoder
 from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError
 from proxyembed.runtime.evaluation import embed_sources, evaluate_split
 from proxyembed.runtime.manifest import PRECISIONS, Precision
-from proxyembed.runtime.schema import Field, validate
 from proxyembed.runtime.progress import ProgressCallback
+from proxyembed.runtime.schema import Field, validate
 from proxyembed.runtime.system import cpu_name
 
 ArtifactChoice = Literal["auto", Precision, "all"]

@@ -26,11 +26,11 @@ _LIMITS = ", ".join(f"{k} {v:g}" for k, v in PRECISION_MAX_DROP.items())
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
-    app.command("export", no_args_is_help=True, rich_help_panel="Export")(export)
+    app.command("export", no_args_is_help=True, rich_help_panel="Export")(export_command)
 
 
 @user_errors
-def export(
+def export_command(
     run: Annotated[Path, typer.Argument(help="Run dir written by `proxyembed train` (or a .pt checkpoint).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write, e.g. bundles/NAME.")],
     fp16: Annotated[bool, typer.Option("--fp16", help="Also export fp16 (for GPUs; validated but slower on CPU).")] = _DEFAULTS.fp16,

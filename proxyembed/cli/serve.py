@@ -19,6 +19,7 @@ import typer
 
 from proxyembed.runtime import BadInput
 from proxyembed.runtime.encoder import PrecisionChoice
+from proxyembed.serve.options import DEFAULT_MAX_UPLOAD_MB, ServeOptions
 
 from ._common import err_console, user_errors
 
@@ -39,14 +40,18 @@ def serve_command(
     worker_threads: Annotated[
         int,
         typer.Option("--worker-threads", "--workers-threads", min=1, help="Requests handled at once (threads that decode, encode, search)."),
-    ] = 8,
-    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse POST /items and DELETE /items/{id} (403).")] = False,
-    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body accepted, in MiB (larger: 413).")] = 20.0,
+    ] = ServeOptions.worker_threads,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse POST /items and DELETE /items/{id} (403).")] = ServeOptions.read_only,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body accepted, in MiB (larger: 413).")] = DEFAULT_MAX_UPLOAD_MB,
     bundle: Annotated[Path | None, typer.Option(help="Bundle to use instead of the one the gallery records.")] = None,
-    precision: Annotated[PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")] = "auto",
-    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per inference call.")] = 1,
-    encoders: Annotated[int | None, typer.Option(min=1, help="Inference calls run in parallel (default: one per core).")] = None,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most images per inference call when concurrent requests are batched.")] = 32,
+    precision: Annotated[
+        PrecisionChoice, typer.Option(help="Which artifact: auto picks the best validated one for this machine.")
+    ] = ServeOptions.precision,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per inference call.")] = ServeOptions.threads,
+    encoders: Annotated[int | None, typer.Option(min=1, help="Inference calls run in parallel (default: one per core).")] = ServeOptions.encoders,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Most images per inference call when concurrent requests are batched.")
+    ] = ServeOptions.max_batch,
     image_root: Annotated[
         list[Path] | None,
         typer.Option(help="Send only the indexed image files inside this folder (repeatable; default: every file `index` recorded here)."),
@@ -55,7 +60,9 @@ def serve_command(
         Path | None,
         typer.Option(help=f"File with the token writes need as 'Authorization: Bearer TOKEN' (reads too with --protect-reads); or set {TOKEN_ENV}."),
     ] = None,
-    protect_reads: Annotated[bool, typer.Option("--protect-reads", help="Reads need the token too (all but /, /docs, /healthz, /readyz).")] = False,
+    protect_reads: Annotated[
+        bool, typer.Option("--protect-reads", help="Reads need the token too (all but /, /docs, /healthz, /readyz).")
+    ] = ServeOptions.protect_reads,
     max_connections: Annotated[int, typer.Option(min=1, help="Connections served at once; more get 503 (slow clients cannot pile up).")] = 256,
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
@@ -66,7 +73,7 @@ def serve_command(
     import uvicorn
 
     from proxyembed.runtime.retriever import open_gallery_info
-    from proxyembed.serve import ServeOptions, create_app
+    from proxyembed.serve import create_app
 
     token = read_token(token_file)
     if protect_reads and token is None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -11,6 +12,7 @@ from proxyembed.runtime.metrics import NMI_AUTO_MAX_ITEMS, NmiMode
 from proxyembed.runtime.preprocess import DEFAULT_FIT, Decode
 from proxyembed.tracking.base import TrackerName
 from proxyembed.training.config import Amp, Augment, CacheMode, Device, EvalFit, LossName, Optimizer, Pool, Sampler, Schedule, TrainConfig
+from proxyembed.training.run_dir import DEFAULT_RUN_DIR
 
 from ._common import console, err_console, given_options, print_json, user_errors
 
@@ -21,9 +23,9 @@ _DEFAULTS = TrainConfig()
 
 
 @user_errors
-def train_cmd(
+def train_command(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir to create (config, metrics, checkpoints, curves).")] = Path("runs/default"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir to create (config, metrics, checkpoints, curves).")] = DEFAULT_RUN_DIR,
     data: Annotated[str, typer.Option(help="'synthetic[:seed=N,...]', a class-folder dataset, or a CUB/Cars/SOP/In-Shop root.")] = _DEFAULTS.data,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="Folder of evaluation classes (default: split --data by class).")] = None,
     recipe: Annotated[str | None, typer.Option(help="Shipped recipe name (e.g. cub200) or a JSON file of settings; options override it.")] = None,
@@ -33,7 +35,7 @@ def train_cmd(
     ] = _DEFAULTS.pretrained,
     pool: Annotated[Pool, typer.Option(help="Pooling of CNN feature maps: avg, max or avg+max.")] = _DEFAULTS.pool,
     embedding_dim: Annotated[int, typer.Option("--embedding-dim", help="Embedding size.")] = _DEFAULTS.embedding_dim,
-    loss: Annotated[LossName, typer.Option(help="proxy_anchor, proxy_nca, proxy_nca++, nir or triplet.")] = _DEFAULTS.loss,
+    loss: Annotated[LossName, typer.Option(help="The metric-learning loss (one a file in proxyembed/losses).")] = _DEFAULTS.loss,
     loss_param: Annotated[list[str] | None, typer.Option("--loss-param", help="Loss hyper-parameter KEY=VALUE (repeatable), e.g. alpha=32.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = _DEFAULTS.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch (per process under torchrun).")] = _DEFAULTS.batch_size,
@@ -66,7 +68,7 @@ def train_cmd(
         int | None, typer.Option("--image-size", help="Model input size (square) for training and evaluation (default: the data's).")
     ] = None,
     augment: Annotated[
-        Augment, typer.Option(help="Training augmentation: none (the evaluation geometry), light, standard (Proxy-Anchor's) or strong.")
+        Augment, typer.Option(help="Training augmentation preset: none trains on the evaluation geometry, standard is Proxy-Anchor's.")
     ] = _DEFAULTS.augment,
     crop_scale: Annotated[
         str | None, typer.Option("--crop-scale", help="Random-resized-crop area range LOW,HIGH (overrides the preset), e.g. 0.5,1.")
@@ -86,7 +88,7 @@ def train_cmd(
         NmiMode, typer.Option(help=f"NMI in evaluation: auto (only up to {NMI_AUTO_MAX_ITEMS:,} images: k-means costs more above), always or never.")
     ] = _DEFAULTS.nmi,
     select_metric: Annotated[
-        str, typer.Option("--select-metric", help="Metric that picks best.pt, e.g. recall@1 or map@r.")
+        str, typer.Option("--select-metric", help="Metric that picks best.pt: recall@K, map@r, r_precision or nmi.")
     ] = _DEFAULTS.select_metric,
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Hold out this fraction of training classes to pick best.pt (not the test classes).")
@@ -134,21 +136,9 @@ def train_cmd(
     from proxyembed.training.distributed import is_main_process
     from proxyembed.training.reporting import TrainingReporter
 
-    params = parse_key_values(loss_param or [], "--loss-param", example="alpha=32", convert=json_or_text, commas=False)
-    overrides = dict(
-        data=data, eval_data=eval_data, backbone=backbone, pretrained=pretrained, pool=pool, embedding_dim=embedding_dim,
-        loss=loss, loss_params=params or None, epochs=epochs, batch_size=batch_size, sampler=sampler,
-        samples_per_class=samples_per_class, lr=lr, proxy_lr_mult=proxy_lr_mult, aux_lr_mult=aux_lr_mult, weight_decay=weight_decay,
-        optimizer=optimizer, adam_eps=adam_eps, schedule=schedule, warmup_epochs=warmup_epochs, freeze_bn=freeze_bn, ema_decay=ema_decay,
-        whiten=whiten,
-        image_size=image_size,
-        augment=augment, crop_scale=crop_scale.split(",") if crop_scale is not None else None, hflip=hflip, eval_fit=eval_fit, resize=resize,
-        decode=decode,
-        eval_every=eval_every, nmi=nmi, select_metric=select_metric, val_fraction=val_fraction, seed=seed, device=device, amp=amp, workers=workers,
-        cache=cache, cache_dir=cache_dir, cache_ram_gb=cache_ram_gb, sync_bn=sync_bn,
-    )
-    given = given_options(ctx)
-    cfg = resolve_config({k: v for k, v in overrides.items() if k not in ctx.params or k in given}, recipe)
+    overrides = config_overrides(ctx)
+    overrides["loss_params"] = parse_key_values(loss_param or [], "--loss-param", example="alpha=32", convert=json_or_text, commas=False) or None
+    cfg = resolve_config(overrides, recipe)
     with RichReporter(err_console if as_json else console) as shown:
         result = run_training(cfg, out, resume=resume, reporter=TrainingReporter(shown), log=log or [], mlflow_uri=mlflow_uri)
     if not is_main_process():
@@ -166,7 +156,7 @@ def train_cmd(
 
 
 @user_errors
-def eval_cmd(
+def eval_command(
     run: Annotated[Path, typer.Argument(help="Run dir (uses best.pt) or a checkpoint file.")],
     data: Annotated[str | None, typer.Option(help="Evaluation data (default: the run's own --data and split).")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="Folder of evaluation classes.")] = None,
@@ -195,7 +185,7 @@ def eval_cmd(
 
 
 @user_errors
-def data_cmd(
+def data_command(
     target: Annotated[
         str, typer.Argument(help="Folder to write the built-in data to; with --to-shards, the folder, list or --data value to read.")
     ],
@@ -238,8 +228,30 @@ def data_cmd(
     console.print(f"wrote {n} images to {out}/train and {out}/eval", highlight=False)
 
 
+# Every option of `train` is named after the TrainConfig field it sets, except these, which steer the command
+# (or, like --loss-param, are parsed into a field of another name). TrainConfig refuses any other name.
+COMMAND_OPTIONS = frozenset({"out", "recipe", "loss_param", "resume", "log", "mlflow_uri", "as_json"})
+# Fields whose command-line form is not their config form: --crop-scale LOW,HIGH.
+_FROM_OPTION: dict[str, Callable[[Any], Any]] = {"crop_scale": lambda text: text.split(",")}
+
+
+def config_overrides(ctx: typer.Context) -> dict[str, Any]:
+    """The TrainConfig fields typed on the command line, by field name, in their config form.
+
+    An option not typed is left out, so a recipe's setting (or the loss's own default) is kept: the
+    defaults the options show in ``--help`` are TrainConfig's own, and a value equal to one of them but
+    typed still wins over the recipe. Built from the parsed parameters, so a new field needs only its
+    option in :func:`train_command`.
+    """
+    overrides = {}
+    for name in given_options(ctx) - COMMAND_OPTIONS:
+        convert = _FROM_OPTION.get(name)
+        overrides[name] = ctx.params[name] if convert is None else convert(ctx.params[name])
+    return overrides
+
+
 def register(app: typer.Typer) -> None:
     """Add the training stage's commands to the main app."""
-    app.command("train", rich_help_panel=PANEL)(train_cmd)
-    app.command("eval", rich_help_panel=PANEL)(eval_cmd)
-    app.command("data", rich_help_panel=PANEL)(data_cmd)
+    app.command("train", rich_help_panel=PANEL)(train_command)
+    app.command("eval", rich_help_panel=PANEL)(eval_command)
+    app.command("data", rich_help_panel=PANEL)(data_command)

@@ -20,17 +20,9 @@ from torchvision.transforms import v2
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec, load_image
 
+from .augment import AUGMENT_PRESETS
 from .image_cache import ImageCache, as_image
 from .types import Sample
-
-# Training augmentation presets: (random-resized-crop scale or None for the evaluation geometry, flip,
-# colour jitter). "standard" is the Proxy-Anchor / ImageNet recipe; docs/defaults.md has the measurements.
-AUGMENT_PRESETS: dict[str, tuple[tuple[float, float] | None, bool, bool]] = {
-    "none": (None, False, False),
-    "light": ((0.5, 1.0), True, False),
-    "standard": ((0.08, 1.0), True, False),
-    "strong": ((0.08, 1.0), True, True),
-}
 
 
 class _EvalGeometry:

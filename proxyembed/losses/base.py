@@ -46,7 +46,7 @@ class MetricLoss(nn.Module):
     scaled cosines (Proxy-Anchor's alpha=32) lose too much in half precision.
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # its --loss name, set from the registry (proxyembed.losses.LOSSES)
     uses_proxies: ClassVar[bool] = False
     # TrainConfig settings this loss needs instead of the generic defaults (a recipe or option still wins)
     train_defaults: ClassVar[dict[str, Any]] = {}

@@ -149,8 +149,6 @@ def mean_exp(v: Tensor) -> Tensor:
 class NIRLoss(ProxyLoss):
     """Proxy-Anchor plus the NIR flow likelihood (Roth 2022); see the module docstring for the formula."""
 
-    name = "nir"
-
     def __init__(
         self,
         num_classes: int,

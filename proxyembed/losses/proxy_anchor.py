@@ -53,7 +53,6 @@ def proxy_anchor_loss(embeddings: Tensor, proxies: Tensor, labels: Tensor, alpha
 class ProxyAnchorLoss(ProxyLoss):
     """Proxy-Anchor (Kim 2020, Eq. 4): every proxy is an anchor against all samples of the batch."""
 
-    name = "proxy_anchor"
     # Training from an unknown image folder: alpha 8 instead of the paper's 32, measured on held-out training
     # classes of real photos (docs/defaults.md); the loss itself and the recipes keep the paper's 32.
     train_defaults: ClassVar[dict[str, Any]] = {"loss_params": {"alpha": 8.0}}

@@ -68,7 +68,6 @@ Assignment = Literal["static", "dynamic"]
 class ProxyNCALoss(ProxyLoss):
     """Proxy-NCA in the paper's form (Movshovitz-Attias 2017): negatives only in the denominator."""
 
-    name = "proxy_nca"
     # Training from an unknown image folder: scale 3 (ProxyNCA++'s temperature 1/9) instead of the paper's 1,
     # measured on held-out training classes of real photos (docs/defaults.md); the loss itself keeps 1.
     train_defaults: ClassVar[dict[str, Any]] = {"loss_params": {"scale": 3.0}}
@@ -166,7 +165,6 @@ class ProxyNCALoss(ProxyLoss):
 class ProxyNCAPlusPlusLoss(ProxyNCALoss):
     """ProxyNCA++ (Teh 2020): the positive in the denominator and ``||3x - 3p||^2`` by default."""
 
-    name = "proxy_nca++"
     include_positive: ClassVar[bool] = True
     # The official optimizer (euwern/proxynca_pp, config/cub.json): Adam with eps 1.0 for every group, no
     # weight decay, base lr 4e-3 and "fast" proxies at lr 4e2 = 1e5 x the base lr. With eps 1.0 Adam steps

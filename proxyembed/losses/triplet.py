@@ -38,8 +38,6 @@ def semihard_triplets(distances: Tensor, labels: Tensor, margin: float) -> Tenso
 class TripletLoss(MetricLoss):
     """Triplet margin loss on cosine distances with in-batch semi-hard mining (FaceNet, Schroff 2015)."""
 
-    name = "triplet"
-
     def __init__(self, num_classes: int, dim: int, *, margin: float = 0.2) -> None:
         super().__init__(num_classes, dim)
         self.margin = require_positive("margin", margin)

@@ -31,19 +31,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image
 
 from proxyembed.runtime import BadInput, Retriever
-from proxyembed.runtime.encoder import PrecisionChoice
 from proxyembed.runtime.images import IMAGE_EXTENSIONS
 from proxyembed.runtime.index import Hit, ItemId
 from proxyembed.runtime.preprocess import FORMAT_SUFFIX, describe, read_header
 from proxyembed.runtime.retriever import HELD_IMAGES, held_image
 
 from .batching import EncodeBatcher
-from .metrics import ServiceMetrics
+from .options import ServeOptions
+from .prometheus import ServiceMetrics
 
-DEFAULT_MAX_UPLOAD_MB = 20
 MAX_K = 1000
 MAX_ID_CHARS = 1024
 # A save measures recall (Index.calibrate) again once the gallery has grown or shrunk by this share since the
@@ -61,29 +59,6 @@ class ServiceError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """What ``proxyembed serve`` was started with (see its ``--help``)."""
-
-    gallery: Path
-    bundle: Path | None = None
-    precision: PrecisionChoice = "auto"
-    threads: int | None = 1  # ONNX Runtime intra-op threads per inference call; the cores go to parallel calls
-    encoders: int | None = None  # parallel inference calls (None: one per core)
-    read_only: bool = False
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20
-    image_roots: tuple[Path, ...] = field(default_factory=tuple)
-    worker_threads: int = 8
-    max_batch: int = 32
-    token: str | None = None  # writes (and with protect_reads, reads) need "Authorization: Bearer TOKEN"
-    protect_reads: bool = False
-    # Pixels decoded at once across all requests (one image larger than this still decodes, alone); the
-    # default is Pillow's per-image limit, so the worst case is one image at that limit (see README).
-    decode_pixel_budget: int = field(default_factory=lambda: int(Image.MAX_IMAGE_PIXELS or 89_478_485))
-    decode_wait_s: float = 30.0  # a request waits this long for the budget, then gets 503
-    body_timeout_s: float = 60.0  # a request body must arrive within this long (else 408)
 
 
 @dataclass

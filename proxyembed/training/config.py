@@ -12,9 +12,11 @@ processes. Scale ``lr`` yourself when changing the process count.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_type_hints
 
+from proxyembed.data.augment import AUGMENT_PRESETS
 from proxyembed.data.image_cache import CacheMode
 from proxyembed.models.config import Pooling as Pool
 from proxyembed.runtime.encoder import DeviceChoice as Device
@@ -28,14 +30,30 @@ from .recipes import load_recipe
 
 # Closed choices: the CLI takes its option types from here, so --help lists them and the parser rejects
 # typos; from_dict rejects values outside them in recipes and config.json. Pool, Device and EvalFit are
-# defined where their values are used (the model, the runtime) and imported above. LossName and Augment
-# mirror the loss registry and the augmentation presets without importing torch (tests keep them equal).
-LossName = Literal["proxy_anchor", "proxy_nca", "proxy_nca++", "nir", "triplet"]
+# defined where their values are used (the model, the runtime) and imported above.
+LOSS_CLASSES: dict[str, str] = {
+    "proxy_anchor": "ProxyAnchorLoss",
+    "proxy_nca": "ProxyNCALoss",
+    "proxy_nca++": "ProxyNCAPlusPlusLoss",
+    "nir": "NIRLoss",
+    "triplet": "TripletLoss",
+}
+"""The loss registry: each ``--loss`` name and the class of :mod:`proxyembed.losses` that implements it.
+
+Torch-free, so the CLI lists the losses without importing torch; ``proxyembed.losses.LOSSES`` is built
+from it (and names each class after its entry), so a new loss is its module in ``losses/``, its class
+imported in ``losses/__init__.py`` and one line here.
+"""
+# Derived from the registries they choose from (the loss table above, data.augment's presets), never restated.
+LossName = Literal[tuple(LOSS_CLASSES)]  # type: ignore[valid-type]
+Augment = Literal[tuple(AUGMENT_PRESETS)]  # type: ignore[valid-type]
 Sampler = Literal["random", "balanced"]
 Schedule = Literal["cosine", "step", "multistep", "none"]
 Optimizer = Literal["adamw", "adam"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
-Augment = Literal["none", "light", "standard", "strong"]
+# The names runtime.metrics.retrieval_metrics gives its results; which K it computes is the data's (checked by
+# the trainer once the data is known), and nmi only where --nmi lets it.
+SELECTABLE_METRIC = re.compile(r"recall@[1-9][0-9]*|map@r|r_precision|nmi")
 
 
 @dataclass
@@ -79,7 +97,7 @@ class TrainConfig:
     grad_clip: float = 10.0
     image_size: int | None = None  # model input size, training and evaluation; default from the data
     resize: int | None = None  # evaluation resize of the shorter side before a centre crop; default from the data
-    # Training augmentation preset (proxyembed.data.torch_dataset.AUGMENT_PRESETS); crop_scale and hflip override it.
+    # Training augmentation preset (proxyembed.data.augment.AUGMENT_PRESETS); crop_scale and hflip override it.
     augment: Augment = "light"
     crop_scale: tuple[float, float] | None = None  # random-resized-crop area range, e.g. (0.5, 1.0)
     hflip: bool | None = None  # random horizontal flips; None: the preset's choice
@@ -143,6 +161,13 @@ class TrainConfig:
             raise BadInput(f"--workers must be >= 0, got {self.workers}", hint="0 loads in the training process; omit it to choose for the device")
         if self.cache_ram_gb is not None and not self.cache_ram_gb >= 0:
             raise BadInput(f"--cache-ram-gb must be >= 0, got {self.cache_ram_gb}")
+        if not SELECTABLE_METRIC.fullmatch(self.select_metric):
+            raise BadInput(
+                f"--select-metric '{self.select_metric}' is not a retrieval metric evaluation computes",
+                hint="choose recall@K (K one of the data's, e.g. 1), map@r, r_precision or nmi",
+            )
+        if self.select_metric == "nmi" and self.nmi == "never":
+            raise BadInput("--select-metric nmi needs NMI computed, but --nmi is never", hint="pass --nmi always or choose recall@1")
         if not (self.sync_bn is None or isinstance(self.sync_bn, bool)):
             raise BadInput(f"sync_bn must be true, false or null (automatic), got {self.sync_bn!r}")
 

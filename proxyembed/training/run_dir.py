@@ -21,6 +21,8 @@ from proxyembed.runtime.files import atomic_write_text
 
 CONFIG_NAME, METRICS_NAME, CURVES_NAME = "config.json", "metrics.jsonl", "training_curves.png"
 BEST, LAST = "best.pt", "last.pt"
+DEFAULT_RUN_DIR = Path("runs/default")
+"""Where ``proxyembed train`` and ``proxyembed.train()`` write when no ``--out`` / ``out`` is given."""
 Which = Literal["best", "last"]
 """Which checkpoint of a run to read: ``best.pt`` (chosen by ``select_metric``) or ``last.pt``."""
 BOOKKEEPING = ("epoch", "loss", "lr", "images_per_s", "time_s")
