@@ -50,6 +50,7 @@ class Guard:
             return
         start, status = time.perf_counter(), 500
         _route_raw_item_path(scope)
+        headers = dict(scope.get("headers", []))  # read once: the refusal and the body limit both look
 
         async def tracked_send(message: Message) -> None:
             nonlocal status
@@ -59,34 +60,35 @@ class Guard:
             await send(message)
 
         try:
-            refusal = self._refusal(scope)
+            refusal = self._refusal(scope, headers)
             if refusal is not None:
                 await refusal(scope, receive, tracked_send)
             else:
-                await self.app(scope, self._bounded_receive(scope, receive), tracked_send)
+                await self.app(scope, self._bounded_receive(self._limit(headers), receive), tracked_send)
         finally:
             route = scope.get("route")
             self.metrics.observe_request(getattr(route, "path", "unmatched"), scope.get("method", ""), status, time.perf_counter() - start)
 
-    def _limit(self, scope: Scope) -> int:
-        content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+    def _limit(self, headers: dict[bytes, bytes]) -> int:
+        """The most body bytes this request may send: an upload's limit for multipart, the JSON cap otherwise."""
+        content_type = headers.get(b"content-type", b"")
         upload = content_type.lower().startswith(b"multipart/form-data")
         return self.options.max_upload_bytes if upload else min(self.options.max_upload_bytes, MAX_JSON_BODY)
 
-    def _refusal(self, scope: Scope) -> Response | None:
+    def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> Response | None:
         """The response that answers this request without running it, or None to run it."""
         method, path = scope.get("method", ""), scope.get("path", "")
         write = (method == "POST" and path.rstrip("/") == "/items") or (method == "DELETE" and path.startswith("/items/"))
         if write and self.options.read_only:
             return error_response(403, "this server runs with --read-only; the gallery cannot be changed through it")
         if self._token_digest is not None and (write or (self.options.protect_reads and path not in OPEN_PATHS)):
-            problem = self._token_problem(dict(scope.get("headers", [])).get(b"authorization"))
+            problem = self._token_problem(headers.get(b"authorization"))
             if problem is not None:
                 response = error_response(401, problem)
                 response.headers["www-authenticate"] = "Bearer"
                 return response
-        length = dict(scope.get("headers", [])).get(b"content-length", b"")
-        limit = self._limit(scope)
+        length = headers.get(b"content-length", b"")
+        limit = self._limit(headers)
         if length.isdigit() and int(length) > limit:
             return error_response(413, _too_large(limit))
         return None
@@ -106,9 +108,9 @@ class Guard:
             return "the token is wrong"
         return None
 
-    def _bounded_receive(self, scope: Scope, receive: Callable[[], Awaitable[Message]]) -> Callable[[], Awaitable[Message]]:
-        """``receive`` that counts the body against its limit and its arrival against ``body_timeout_s``."""
-        limit, deadline = self._limit(scope), time.monotonic() + self.options.body_timeout_s
+    def _bounded_receive(self, limit: int, receive: Callable[[], Awaitable[Message]]) -> Callable[[], Awaitable[Message]]:
+        """``receive`` that counts the body against ``limit`` bytes and its arrival against ``body_timeout_s``."""
+        deadline = time.monotonic() + self.options.body_timeout_s
         seen = 0
 
         async def bounded() -> Message:
