@@ -53,16 +53,21 @@ def damaged_int8_bundle(path: Path) -> Path:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
-    quantize_static(
-        str(path / "model.onnx"),
-        str(path / "model_int8.onnx"),
-        OneGreyImage(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's pre-processing advice
+    try:
+        quantize_static(
+            str(path / "model.onnx"),
+            str(path / "model_int8.onnx"),
+            OneGreyImage(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+    finally:
+        root.setLevel(level)
     manifest = Manifest.from_dict(json.loads((path / MANIFEST_NAME).read_text()))
     manifest.artifacts.append(Artifact("model_int8.onnx", "onnx", "int8", sha256_file(path / "model_int8.onnx"), "cpu", validation={"passed": True}))
     (path / MANIFEST_NAME).write_text(manifest.dumps())

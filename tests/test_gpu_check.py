@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^(\S+)\s+exit=(\S+)\s+(\d+\.\d)s\s+(.*)$")
 
 
+@pytest.mark.heavy  # the whole GPU check script: install, train, export (28 s in CI)
 def test_gpu_check_runs_on_a_cpu_machine_with_gpu_steps_skipped(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "GPU_CHECK_TINY": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable,
