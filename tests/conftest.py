@@ -66,12 +66,12 @@ def _image_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture(autouse=True)
 def _process_state_is_restored() -> Iterator[None]:
     """What a test (or the code it calls in-process) changes for the whole process is put back after it: the
-    environment, the root logger's level, and torch's thread count and default dtype, so no test passes or
-    fails because of the one before it. The state is taken after the module and session fixtures set theirs."""
+    environment, ``sys.path``, the root logger's level, and torch's thread count and default dtype, so no test
+    passes or fails because of the one before it. The state is taken after the module and session fixtures set theirs."""
     import logging
     import os
 
-    env = dict(os.environ)
+    env, path = dict(os.environ), list(sys.path)
     root = logging.getLogger()
     level = root.level
     torch = sys.modules.get("torch")
@@ -80,6 +80,8 @@ def _process_state_is_restored() -> Iterator[None]:
     if dict(os.environ) != env:
         os.environ.clear()
         os.environ.update(env)
+    if sys.path != path:
+        sys.path[:] = path
     root.setLevel(level)
     if torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
