@@ -1,8 +1,8 @@
 """Numerical parity of the fp32 ONNX file with the PyTorch model, before any retrieval metric.
 
-Compare at batch 1 and batch 8 (``batch_sizes``), on real images
-and random ones. Real images catch preprocessing-range effects, random ones cover inputs outside the
-data; batch 1 and batch > 1 together prove the batch axis is dynamic and batch-independent.
+Compare at batch 1 and batch 8 (``check_parity``'s default; export uses it), on real images and random
+ones. Real images catch preprocessing-range effects, random ones cover inputs outside the data; batch 1
+and a batch above 1 together prove the batch axis is dynamic and batch-independent.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Order matters for "fail loudly, lose nothing": every cheap check on user input (
 checkpoint, the data, the calibration images) runs before the first artifact is written, and all
 artifacts are written into the bundle writer's temp folder, which only a commit moves to ``--out``.
 
-Exit-1 semantics: artifacts over their Recall@1 limit are refused,
+Exit 1 keeps what passed: artifacts over their Recall@1 limit are refused,
 i.e. deleted from the temp folder and listed under ``validation.refused`` in the manifest with their
 numbers; the bundle is still written with the artifacts that passed, because each of them was validated
 on its own and the bundle stays consistent. A TensorRT engine that fails to build (or to load) is refused

@@ -38,9 +38,13 @@ _TARGET_RANK = {"gpu": {"gpu": 0, "any": 1}, "cpu": {"cpu": 0, "any": 1}}
 class Encoder:
     """Embeds images with one of a bundle's artifacts; says which one in :meth:`describe`.
 
-    ``bundle`` is a folder path or a loaded :class:`Bundle`. ``artifact`` names one file of the bundle
-    to use exactly that model (export validation and ``check`` evaluate each artifact this way).
-    ``threads`` sets ONNX Runtime's intra-op thread count (default: all cores).
+    ``bundle`` is a folder path or a loaded :class:`Bundle`. ``precision`` and ``device`` narrow the choice
+    described above (``check`` evaluates each precision this way). ``artifact`` names one file of the bundle
+    and skips the choice: the Ray actors of ``embed --engine ray`` pass the file the driver's encoder chose,
+    so every actor runs the same model; a ``precision`` that contradicts the file is refused. Export
+    validation does not build an encoder: it opens each file with :func:`backends.open_backend`, the call
+    the encoder makes. ``threads`` sets ONNX Runtime's intra-op thread count (default: all cores).
+    ``warmup`` embeds one blank image at once, which also checks the model's output against the manifest's dim.
     """
 
     def __init__(

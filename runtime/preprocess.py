@@ -224,6 +224,11 @@ def _reading(src: ImageLike) -> Iterator[None]:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I;16"):
+        # 16-bit greyscale (PNG, TIFF): Pillow's own conversion clips every value above 255 to white, so the
+        # full 0..65535 range is scaled to 0..255 here (v / 257, rounded).
+        wide = np.asarray(img).astype(np.uint32)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):

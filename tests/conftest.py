@@ -59,15 +59,35 @@ def _gpu_tests_see_the_machine(request: pytest.FixtureRequest, cpu_only: pytest.
 def _image_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Training's disk image caches (and anything else under the user's cache dir) go to a temporary folder, never
     ~/.cache; set in the environment so torchrun workers and other subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as mp:  # restored after the session
+        mp.setenv("PROXYEMBED_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _process_state_is_restored() -> Iterator[None]:
+    """What a test (or the code it calls in-process) changes for the whole process is put back after it: the
+    environment, ``sys.path``, the root logger's level, and torch's thread count and default dtype, so no test
+    passes or fails because of the one before it. The state is taken after the module and session fixtures set theirs."""
+    import logging
     import os
 
-    old = os.environ.get("PROXYEMBED_CACHE")
-    os.environ["PROXYEMBED_CACHE"] = str(tmp_path_factory.mktemp("user-cache"))
+    env, path = dict(os.environ), list(sys.path)
+    root = logging.getLogger()
+    level = root.level
+    torch = sys.modules.get("torch")
+    threads, dtype = (torch.get_num_threads(), torch.get_default_dtype()) if torch is not None else (None, None)
     yield
-    if old is None:
-        os.environ.pop("PROXYEMBED_CACHE", None)
-    else:
-        os.environ["PROXYEMBED_CACHE"] = old
+    if dict(os.environ) != env:
+        os.environ.clear()
+        os.environ.update(env)
+    if sys.path != path:
+        sys.path[:] = path
+    root.setLevel(level)
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if torch is not None and torch.get_default_dtype() != dtype:
+        torch.set_default_dtype(dtype)
 
 
 # The serve tests' bundle and gallery (tests/test_serve*.py); a module that needs others defines its own, which wins.

@@ -114,7 +114,18 @@ def test_evaluate_recomputes_a_checkpoint_on_its_own_data_and_refuses_an_unknown
     assert result.checkpoint == ckpt and result.epoch == 1 and result.data_fingerprint["images"] > 0
     again = proxyembed.evaluate(ckpt, data=data, device="cpu")  # the file itself, the same data given explicitly
     assert again.metrics == result.metrics and again.data_fingerprint == result.data_fingerprint
-    assert 0 <= result.metrics["recall@1"] <= 1
+    # the same number the plainest way: the checkpoint's network on its preprocessed evaluation images, brute force
+    import torch
+
+    from helpers.oracles import recall_at_1
+    from proxyembed.data import resolve_data
+    from proxyembed.runtime.preprocess import Preprocessor
+    from proxyembed.training.checkpoint import load_checkpoint
+
+    loaded, samples = load_checkpoint(ckpt), resolve_data(data).eval
+    with torch.no_grad():
+        emb = loaded.build_model().eval()(torch.from_numpy(Preprocessor(loaded.preprocess)([s.source for s in samples]))).numpy()
+    assert result.metrics["recall@1"] == pytest.approx(recall_at_1(emb, [s.label for s in samples]), abs=1e-9)
     with pytest.raises(BadInput, match="which='middle'"):
         proxyembed.evaluate(tmp_path / "run", which="middle")  # type: ignore[arg-type]
 

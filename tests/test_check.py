@@ -144,7 +144,8 @@ def test_comparison_rules(bundle: Path, split: DataSplit) -> None:
     states = {r.precision: r.state for r in compare(now, ref, Tolerances(), all_artifacts=True)}
     assert states == {"fp32": "compared", "int8": "new"}
     exact = Tolerances(max_drop={"recall@1": 0.0})
-    worse = replace(now, artifacts={"fp32": replace(fp32, metrics={**fp32.metrics, "recall@1": 0.19})})
+    # one point under what this onnxruntime measured (not under a pinned 0.20: another version may measure another)
+    worse = replace(now, artifacts={"fp32": replace(fp32, metrics={**fp32.metrics, "recall@1": fp32.metrics["recall@1"] - 0.01})})
     assert compare(worse, replace(now, artifacts={"fp32": fp32}), exact, all_artifacts=False)[0].failures() == [
         "fp32 recall@1 dropped 1.00 points (limit 0.00)"
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -53,16 +54,21 @@ def damaged_int8_bundle(path: Path) -> Path:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
-    quantize_static(
-        str(path / "model.onnx"),
-        str(path / "model_int8.onnx"),
-        OneGreyImage(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's pre-processing advice
+    try:
+        quantize_static(
+            str(path / "model.onnx"),
+            str(path / "model_int8.onnx"),
+            OneGreyImage(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+    finally:
+        root.setLevel(level)
     manifest = Manifest.from_dict(json.loads((path / MANIFEST_NAME).read_text()))
     manifest.artifacts.append(Artifact("model_int8.onnx", "onnx", "int8", sha256_file(path / "model_int8.onnx"), "cpu", validation={"passed": True}))
     (path / MANIFEST_NAME).write_text(manifest.dumps())
@@ -123,29 +129,35 @@ def test_damaged_int8_calibration_fails_with_json_and_summary(bundles: dict[str,
     report = tmp_path / "report.json"
     rc, lines, out = check(bundles["bad"], "--baseline", baseline, "--artifact", "all", "--json-out", report, "--summary", summary, cwd=tmp_path)
     assert rc == 1, out
-    assert lines[-1] == "check FAILED: int8 recall@1 dropped 11.67 points (limit 1.00) (+5 more)"
     assert "bundle differs from the baseline's" in out  # a new model is reported, not refused
     data = json.loads(report.read_text())
     assert data["status"] == "failed" and data["exit_code"] == 1 and data["verdict"] == lines[-1]
     by_precision = {a["precision"]: {m["metric"]: m for m in a["metrics"]} for a in data["artifacts"]}
     assert by_precision["fp32"]["recall@1"]["status"] == "pass"
     int8_r1 = by_precision["int8"]["recall@1"]
-    assert int8_r1["status"] == "fail" and int8_r1["change_points"] == pytest.approx(-11.6667, abs=1e-3)
+    drop = -int8_r1["change_points"]
+    # How much the damaged int8 loses is onnxruntime's quantizer's doing (11.67 points with 1.32): the test asks
+    # for a clear failure, at least 3 of the 60 queries lost against a 1-point limit, and the same number everywhere.
+    assert int8_r1["status"] == "fail" and drop >= 5.0
+    assert int8_r1["reference"] == json.loads(baseline.read_text())["artifacts"]["int8"]["metrics"]["recall@1"]
+    assert drop == pytest.approx(100 * (int8_r1["reference"] - int8_r1["now"]))
+    assert re.fullmatch(rf"check FAILED: int8 recall@1 dropped {drop:.2f} points \(limit 1\.00\)( \(\+\d+ more\))?", lines[-1]), lines[-1]
     assert data["candidate"]["data"]["sha256"] == json.loads(baseline.read_text())["data"]["sha256"]
     md = summary.read_text()
     assert md.startswith("# earlier step\n### ❌ proxyembed check FAILED")  # appended, never overwritten
-    assert "| int8 | recall@1 | 20.00 | 8.33 | -11.67 | 1.00 | **FAIL** |" in md
+    assert f"| int8 | recall@1 | {100 * int8_r1['reference']:.2f} | {100 * int8_r1['now']:.2f} | {-drop:.2f} | 1.00 | **FAIL** |" in md
 
 
 def test_against_old_bundle_reports_improvement_and_regression(bundles: dict[str, Path], tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     rc, lines, out = check(bundles["good"], "--against", bundles["bad"], "--artifact", "int8", "--json-out", report, cwd=tmp_path)
     assert rc == 0, out
-    assert lines[-1].startswith("check passed (int8); improved: int8 recall@1 +11.67")
-    statuses = {m["metric"]: m["status"] for m in json.loads(report.read_text())["artifacts"][0]["metrics"]}
-    assert statuses["recall@1"] == "improved"
+    rows = {m["metric"]: m for m in json.loads(report.read_text())["artifacts"][0]["metrics"]}
+    gain = rows["recall@1"]["change_points"]  # onnxruntime's quantizer sets it (11.67 with 1.32); clearly positive
+    assert rows["recall@1"]["status"] == "improved" and gain >= 5.0
+    assert lines[-1].startswith(f"check passed (int8); improved: int8 recall@1 +{gain:.2f}"), lines[-1]
     rc, lines, out = check(bundles["bad"], "--against", bundles["good"], "--artifact", "int8", cwd=tmp_path)
-    assert rc == 1 and lines[-1].startswith("check FAILED: int8 recall@1 dropped 11.67 points"), out
+    assert rc == 1 and lines[-1].startswith(f"check FAILED: int8 recall@1 dropped {gain:.2f} points"), out
 
 
 def test_artifact_lost_by_the_new_bundle_fails(bundles: dict[str, Path], tmp_path: Path) -> None:
@@ -188,7 +200,9 @@ def test_write_baseline_accepts_drops_keeps_floors_and_is_atomic(bundles: dict[s
     assert "accepted" in out and "dropped the old baseline's fp32 entries" in out
     written = json.loads(path.read_text())
     assert written["format_version"] == 1 and list(written["artifacts"]) == ["int8"]
-    assert written["artifacts"]["int8"]["metrics"]["recall@1"] == pytest.approx(5 / 60)
+    # the damaged int8's own Recall@1 (5 / 60 with onnxruntime 1.32), at least 3 of 60 queries under the good one's
+    good_r1 = json.loads(baseline.read_text())["artifacts"]["int8"]["metrics"]["recall@1"]
+    assert written["artifacts"]["int8"]["metrics"]["recall@1"] <= good_r1 - 3 / 60 + 1e-9
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
     assert check(bundles["bad"], "--baseline", path, "--artifact", "int8", cwd=tmp_path)[0] == 0
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import pytest
 import typer
@@ -42,15 +42,18 @@ def test_version_and_short_help() -> None:
     assert sub.exit_code == 0 and "--top-k" in _plain(sub.stdout)
 
 
-def test_train_help_shows_real_defaults_and_choices() -> None:
-    params = {p.name: p for p in COMMANDS["train"].params}
-    d = TrainConfig()
-    for name in ("epochs", "batch_size", "lr", "backbone", "loss", "proxy_lr_mult", "schedule", "freeze_bn", "seed"):
-        assert params[name].default == getattr(d, name), name
-        assert params[name].show_default is not False
-    text = _plain(runner.invoke(app, ["train", "--help"], env={"COLUMNS": "220"}).stdout)
-    assert "[default: 6]" in text and "[default: resnet18]" in text and "[default: proxy_anchor]" in text
-    assert "proxy_anchor|proxy_nca|proxy_nca++|nir|triplet" in text
+# What `proxyembed train --help` shows and what a run given no options trains with, written out by hand.
+TRAIN_DEFAULTS = {
+    "--epochs": ("epochs", 6, "6"),
+    "--batch-size": ("batch_size", 64, "64"),
+    "--lr": ("lr", 1e-3, "0.001"),
+    "--backbone": ("backbone", "resnet18", "resnet18"),
+    "--loss": ("loss", "proxy_anchor", "proxy_anchor"),
+    "--proxy-lr-mult": ("proxy_lr_mult", 100.0, "100.0"),
+    "--schedule": ("schedule", "none", "none"),
+    "--freeze-bn": ("freeze_bn", False, "no-freeze-bn"),
+    "--seed": ("seed", 0, "0"),
+}
 
 
 def test_every_command_function_is_named_after_its_command() -> None:
@@ -59,11 +62,39 @@ def test_every_command_function_is_named_after_its_command() -> None:
     assert len(app.registered_commands) == len(COMMANDS)
 
 
-def test_artifact_choices_match_check() -> None:
-    from proxyembed.check import ARTIFACT_CHOICES
-    from proxyembed.cli.check import ArtifactChoice
+def _help_rows(argv: list[str]) -> dict[str, str]:
+    """Each option's row of a command's --help (wide enough that no row wraps), keyed by its first flag."""
+    text = runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "220"}).stdout
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"[│\s]*(--[a-z0-9-]+)\s", line)
+        if m:
+            rows[m.group(1)] = _plain(line)
+    return rows
 
-    assert set(get_args(ArtifactChoice)) == set(ARTIFACT_CHOICES)
+
+def test_train_help_shows_the_defaults_a_run_gets(fake_training: list[TrainConfig], tmp_path: Path) -> None:
+    rows = _help_rows(["train"])
+    for flag, (_, _, shown) in TRAIN_DEFAULTS.items():
+        assert f"[default: {shown}]" in rows[flag], (flag, rows[flag])
+    assert "<proxy_anchor|proxy_nca|proxy_nca++|nir|triplet>" in rows["--loss"]
+    assert runner.invoke(app, ["train", "--out", str(tmp_path / "run")]).exit_code == 0
+    cfg = fake_training[-1]
+    assert {flag: getattr(cfg, field) for flag, (field, _, _) in TRAIN_DEFAULTS.items()} == {f: v for f, (_, v, _) in TRAIN_DEFAULTS.items()}
+
+
+def test_loss_choices_are_the_registered_losses() -> None:
+    from proxyembed.losses import LOSSES
+
+    assert sorted(LOSSES) == ["nir", "proxy_anchor", "proxy_nca", "proxy_nca++", "triplet"]  # the --loss choices above
+
+
+def test_check_artifact_choices() -> None:
+    from proxyembed.check import ARTIFACT_CHOICES
+
+    row = _help_rows(["check"])["--artifact"]
+    assert "<auto|fp32|fp16|int8|all>" in row and "[default: auto]" in row
+    assert tuple(ARTIFACT_CHOICES) == ("auto", "fp32", "fp16", "int8", "all")  # what the library's check accepts
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from helpers.benchmarks import benchmark_module
 
-from convergence import caltech_folders, speedups  # noqa: E402
+convergence = benchmark_module("convergence")
+caltech_folders, speedups = convergence.caltech_folders, convergence.speedups
 
 
 def _run(loss: str, seed: int, recalls: list[float], seconds: float) -> dict:

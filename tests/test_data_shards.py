@@ -131,6 +131,7 @@ main()
 """
 
 
+@pytest.mark.heavy  # two training processes under gloo
 def test_two_gloo_processes_see_every_training_image_exactly_once_per_epoch(tmp_path: Path, shards: Path) -> None:
     """4 shards of 16 over 2 ranks with batch 8: 2 shards, 4 steps per rank per epoch, nothing left over."""
     from helpers.servers import free_port

@@ -98,7 +98,7 @@ def test_a_run_records_its_decoding_in_the_spec_it_evaluates_and_exports_with() 
     from proxyembed.training.config import TrainConfig
     from proxyembed.training.eval_preprocess import eval_spec
 
-    assert TrainConfig().decode == PreprocessSpec().decode  # one default, the runtime's
+    assert TrainConfig().decode == "reduced" and PreprocessSpec().decode == "reduced"  # one default (docs/defaults.md)
     assert eval_spec(TrainConfig(decode="reduced", image_size=32), None).decode == "reduced"
     # the same for the fit: a run on a folder (no spec of its own) squares images as PreprocessSpec() does
     assert eval_spec(TrainConfig(image_size=32), None).fit == PreprocessSpec().fit == "squash"

@@ -77,6 +77,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.heavy  # two training processes under torchrun / gloo
 def test_torchrun_writes_one_run_dir(ddp_run: Path) -> None:
     assert {p.name for p in ddp_run.iterdir()} == {"config.json", "metrics.jsonl", "best.pt", "last.pt", "training_curves.png"}
     assert [h["epoch"] for h in metric_lines(ddp_run)] == [0, 1, 2]  # written by rank 0 alone
@@ -89,6 +90,7 @@ def test_torchrun_writes_one_run_dir(ddp_run: Path) -> None:
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
 
 
+@pytest.mark.heavy  # two training processes under torchrun / gloo
 def test_sharded_evaluation_matches_the_single_process_one(ddp_run: Path) -> None:
     from proxyembed.data import resolve_data
     from proxyembed.training.evaluate import evaluate_model
@@ -99,6 +101,7 @@ def test_sharded_evaluation_matches_the_single_process_one(ddp_run: Path) -> Non
     assert again["map@r"] == pytest.approx(ckpt.metrics["map@r"], abs=1e-6)
 
 
+@pytest.mark.heavy  # two training processes under torchrun / gloo
 def test_resume_under_torchrun_continues_as_the_uninterrupted_run(tmp_path: Path, ddp_run: Path) -> None:
     full = tmp_path / "full"
     torchrun(full, "--schedule", "none", epochs=3)
@@ -149,6 +152,7 @@ main()
 """
 
 
+@pytest.mark.heavy  # two training processes under torchrun / gloo
 def test_nan_on_one_rank_stops_every_rank_with_exit_1(tmp_path: Path) -> None:
     ranks = launch_ranks(tmp_path, "nan", str(tmp_path / "run"), *TRAIN_ARGS, "--epochs", "2")
     for code, err in ranks:
@@ -157,6 +161,7 @@ def test_nan_on_one_rank_stops_every_rank_with_exit_1(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.heavy  # two training processes under torchrun / gloo
 def test_every_rank_ends_with_the_same_model_and_proxies(tmp_path: Path) -> None:
     """Different batches per rank, yet identical weights: the model's and the loss's (NIR: proxies and flow) gradients are averaged."""
     ranks = launch_ranks(tmp_path, "sync", str(tmp_path / "run"), *TRAIN_ARGS, "--epochs", "1", "--loss", "nir", "--sampler", "balanced")
@@ -219,6 +224,7 @@ def test_unused_head_parameters_are_found() -> None:
     assert unused_parameters(build_embedder(ModelConfig("resnet18", 16)), x) == []
 
 
+@pytest.mark.heavy  # two training processes under torchrun / gloo
 def test_torchrun_trains_a_convnext_whose_head_norm_is_unused(tmp_path: Path) -> None:
     """DDP waits for a gradient of every parameter; ConvNeXt's head.norm never gets one ("Expected to have finished reduction")."""
     res = torchrun(tmp_path / "run", "--backbone", "convnext_atto", "--batch-size", "8", epochs=1)  # 3 steps: DDP fails on the 2nd

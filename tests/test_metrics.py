@@ -105,10 +105,20 @@ def test_kmeans_recovers_separated_clusters() -> None:
     assert nmi_kmeans(x, labels) == pytest.approx(1.0)
 
 
-def test_metrics_are_deterministic_with_ties() -> None:
+def test_ties_go_to_the_lower_index() -> None:
+    """Six identical vectors: every neighbour ties, so the ranking is the index order (self excluded).
+
+    By hand with labels [0, 0, 1, 1, 2, 2]: items 0 and 1 find each other first (hits), items 2..5 find
+    item 0 first (misses): R@1 = 2/6. The first two neighbours of 2..5 are 0 and 1: R@2 = 2/6. The first four
+    of item 2 are 0, 1, 3, 4 and of item 3 are 0, 1, 2, 4 (hits), of items 4 and 5 are 0..3 (misses): R@4 = 4/6.
+    Eight exceeds the five others: R@8 = 1. Each class has R = 1 other member: MAP@R = R-Precision = R@1.
+    """
     emb = np.ones((6, 3), np.float32) / np.sqrt(3)
-    labels = [0, 0, 1, 1, 2, 2]
-    assert retrieval_metrics(emb, labels) == retrieval_metrics(emb, labels)
+    idx, _ = knn(emb, emb, 5, exclude_self=True)
+    np.testing.assert_array_equal(idx, [[j for j in range(6) if j != i] for i in range(6)])
+    m = retrieval_metrics(emb, [0, 0, 1, 1, 2, 2])
+    expected = {"recall@1": 2 / 6, "recall@2": 2 / 6, "recall@4": 4 / 6, "recall@8": 1.0, "map@r": 2 / 6, "r_precision": 2 / 6}
+    assert m == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

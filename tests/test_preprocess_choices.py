@@ -69,6 +69,18 @@ def test_augment_none_trains_on_exactly_the_evaluation_pixels(fit: str) -> None:
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
 
 
+def test_augment_presets() -> None:
+    # (crop scale, flip, colour jitter) of each --augment choice
+    assert AUGMENT_PRESETS == {
+        "none": (None, False, False),
+        "light": ((0.5, 1.0), True, False),
+        "standard": ((0.08, 1.0), True, False),
+        "strong": ((0.08, 1.0), True, True),
+    }
+    with pytest.raises(BadInput, match='"none", "light", "standard", "strong"'):  # the config accepts exactly these
+        resolve_config({"augment": "heavy"})
+
+
 @pytest.mark.parametrize("augment", sorted(AUGMENT_PRESETS))
 def test_every_preset_gives_the_model_input_size(augment: str) -> None:
     spec = PreprocessSpec(resize=24, crop=20)
@@ -83,10 +95,18 @@ def test_crop_scale_and_hflip_override_the_preset() -> None:
     torch.manual_seed(0)
     outs = {bool((flipped(_wide_image())[0, :, 1] > 0).all()) for _ in range(20)}
     assert outs == {True, False}  # red on the left sometimes, not always: flips happen
+    # a square image in four colours: a crop of the whole area is the image itself, i.e. the evaluation pixels
+    arr = np.zeros((20, 20, 3), np.uint8)
+    arr[:10, :10], arr[:10, 10:], arr[10:, :10], arr[10:, 10:] = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
+    square = Image.fromarray(arr)
+    whole = Preprocessor(spec).image(square)
     full = train_transform(spec, "standard", crop_scale=(1.0, 1.0), hflip=False)
+    preset = train_transform(spec, "standard", hflip=False)  # the preset's own scale, 0.08..1 of the area
     torch.manual_seed(0)
-    x = full(_wide_image())
-    assert x.shape == (3, 20, 20)
+    for _ in range(20):
+        np.testing.assert_allclose(full(square).numpy(), whole, atol=1e-6)
+    torch.manual_seed(0)
+    assert sum(not np.allclose(preset(square).numpy(), whole, atol=1e-6) for _ in range(20)) >= 15  # zooms in nearly every time
 
 
 def test_config_validates_and_round_trips_the_choices() -> None:

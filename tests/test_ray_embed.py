@@ -30,10 +30,11 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session() -> Iterator[None]:
-    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:  # the variable is this module's only (the fixture is module-scoped)
+        mp.setenv("RAY_DISABLE_USAGE_STATS", os.environ.get("RAY_DISABLE_USAGE_STATS", "1"))
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ README), a fixed number of images each.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ def _subset(root: Path, part: str, classes: int, per_class: int) -> Path:
     return root / part
 
 
+@pytest.mark.heavy  # six epochs of a resnet18 on 2,000 photos: about a minute
 def test_default_training_learns_on_real_photos(tmp_path: Path) -> None:
     # From scratch a resnet18 needs some 10k image-steps before unseen classes gain clearly (about a minute here).
     train_dir, eval_dir = _subset(tmp_path, "train", 50, 40), _subset(tmp_path, "eval", 20, 30)
@@ -42,10 +42,11 @@ def test_default_training_learns_on_real_photos(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_defaults_do_not_fall_behind_the_reference_loop(tmp_path: Path) -> None:
     pytest.importorskip("pytorch_metric_learning", reason='the reference loop needs pip install -e ".[bench]"')
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from reference_pml import proxyembed_run, reference_run
-
+    from helpers.benchmarks import benchmark_module
     from proxyembed.data import resolve_data
+
+    reference_pml = benchmark_module("reference_pml")
+    proxyembed_run, reference_run = reference_pml.proxyembed_run, reference_pml.reference_run
 
     train_dir, eval_dir = _subset(tmp_path, "train", 50, 40), _subset(tmp_path, "eval", 30, 40)
     split = resolve_data(str(train_dir), eval_data=str(eval_dir))

@@ -8,18 +8,17 @@ the unseen half alone."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import reference_pml  # noqa: E402
+from helpers.benchmarks import benchmark_module
+from proxyembed.data import resolve_data
+from proxyembed.data.types import hold_out_classes
 
-from proxyembed.data import resolve_data  # noqa: E402
-from proxyembed.data.types import hold_out_classes  # noqa: E402
+reference_pml = benchmark_module("reference_pml")
 
 
 def _run(r1: float, mapr: float) -> dict[str, Any]:

@@ -56,6 +56,22 @@ def test_colour_modes_become_rgb(mode: str) -> None:
     assert out.mode == "RGB" and out.size == base.size
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_grey_is_scaled_to_8_bits(fmt: str) -> None:
+    """The full 16-bit range maps onto 0..255 (v / 257, rounded), read from memory and from a file alike."""
+    values = [0, 128, 129, 1000, 32767, 32768, 65278, 65535]
+    img = Image.new("I;16", (len(values), 1))
+    for x, v in enumerate(values):
+        img.putpixel((x, 0), v)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    expected = [0, 0, 1, 4, 127, 128, 254, 255]  # 128 / 257 = 0.498, 129 / 257 = 0.502, 1000 / 257 = 3.89, 65278 / 257 = 254.0
+    for src in (img, buf.getvalue()):
+        out = np.asarray(load_image(src))
+        assert out.shape == (1, len(values), 3)
+        assert out[0].tolist() == [[e, e, e] for e in expected]
+
+
 def test_rgba_transparency_is_composited_on_white() -> None:
     arr = np.zeros((8, 8, 4), np.uint8)  # fully transparent black
     out = np.asarray(load_image(arr))
