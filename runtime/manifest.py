@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args, get_type_hints
 
 from .errors import BadInput
 from .files import sealed_json
-from .preprocess import PreprocessSpec
+from .preprocess import SPEC_SCHEMA, PreprocessSpec
 from .schema import Field, validate
 
 FORMAT_VERSION = 1
@@ -115,10 +115,7 @@ class Manifest:
         validate(d, MANIFEST_SCHEMA, where=source, hint=_REEXPORT)
         emb, inp = d["embedding"], dict(d["input"])
         input_name = inp.pop("name")
-        try:
-            spec = PreprocessSpec.from_dict(inp)
-        except TypeError as exc:
-            raise BadInput(f"{source}: bad 'input' section: {exc}") from exc
+        spec = PreprocessSpec.from_dict(inp, where=f"{source}: input")
         artifacts = [
             Artifact(
                 file=a["file"],
@@ -170,7 +167,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "metric": get_type_hints(Manifest)["metric"],
         "normalized": Field(bool, required=False),
     },
-    "input": {"name": str},
+    "input": {"name": str, **SPEC_SCHEMA},
     "output": {"name": str},
     "artifacts": Field(
         list,

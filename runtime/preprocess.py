@@ -15,12 +15,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput
+from .schema import Field, validate
 
 ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
 T = TypeVar("T")
@@ -116,12 +117,16 @@ class PreprocessSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, so a typo never passes silently."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
+    def from_dict(cls, d: Any, where: str = "preprocessing spec") -> PreprocessSpec:
+        """Inverse of :meth:`to_dict`, checked against :data:`SPEC_SCHEMA`; ``where`` names the file in errors.
+
+        Unknown keys are an error, so a typo never passes silently; a wrongly typed value is refused in
+        one line, never a TypeError from the constructor.
+        """
+        validate(d, SPEC_SCHEMA, where=where)
+        unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise BadInput(f"preprocessing spec has unknown keys {sorted(unknown)}")
+            raise BadInput(f"{where}: unknown keys {sorted(unknown)}")
         # Specs written before a field existed mean what was done then: full decoding, and (before the fit
         # was a choice) the centre crop, whatever today's defaults are.
         d = {"decode": "full", "fit": "center_crop", **d}
@@ -129,6 +134,26 @@ class PreprocessSpec:
             if key in d:
                 d[key] = tuple(float(v) for v in d[key])
         return cls(**d)
+
+
+def _three(values: list[Any]) -> str | None:
+    return None if len(values) == 3 else f"needs three values (one per channel), got {len(values)}"
+
+
+def _spec_schema() -> dict[str, Field]:
+    """:data:`SPEC_SCHEMA`, read from the dataclass's own annotations so the two cannot drift apart."""
+    schema: dict[str, Field] = {}
+    for name, annotation in get_type_hints(PreprocessSpec).items():
+        if get_origin(annotation) is tuple:
+            schema[name] = Field(list, required=False, items=float, rule=_three)
+        else:
+            schema[name] = Field(annotation, required=False)
+    return schema
+
+
+SPEC_SCHEMA = _spec_schema()
+"""What :meth:`PreprocessSpec.from_dict` accepts: every field may be absent (older specs lack some); JSON has
+no tuples, so ``mean`` and ``std`` are lists of three numbers."""
 
 
 def describe(src: ImageLike) -> str:

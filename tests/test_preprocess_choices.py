@@ -59,6 +59,22 @@ def test_unknown_fit_is_refused_and_old_specs_default_to_center_crop() -> None:
     assert PreprocessSpec.from_dict(PreprocessSpec(fit="squash").to_dict()).fit == "squash"
 
 
+def test_a_wrongly_typed_spec_is_one_line_naming_where_it_came_from() -> None:
+    """A checkpoint's or manifest's spec is JSON-like data: a bad value is refused by the schema, never a TypeError or ValueError."""
+    good = PreprocessSpec(resize=40, crop=32).to_dict()
+    for edit, message in (
+        ({"resize": 40.5}, 'run/best.pt: preprocess: "resize": 40.5 is not an integer'),
+        ({"mean": [0.5, "x", 0.5]}, 'run/best.pt: preprocess: "mean[1]": "x" is not a number'),
+        ({"interpolation": "lanczos"}, 'run/best.pt: preprocess: "interpolation": "lanczos" is not one of "bilinear", "bicubic", "nearest"'),
+    ):
+        with pytest.raises(BadInput) as err:
+            PreprocessSpec.from_dict({**good, **edit}, where="run/best.pt: preprocess")
+        assert err.value.message == message
+    with pytest.raises(BadInput) as err:
+        PreprocessSpec.from_dict([good])
+    assert err.value.message.startswith("preprocessing spec: ") and err.value.message.endswith("is not an object")
+
+
 @pytest.mark.parametrize("fit", ["center_crop", "squash", "letterbox"])
 def test_augment_none_trains_on_exactly_the_evaluation_pixels(fit: str) -> None:
     spec = PreprocessSpec(resize=24, crop=20, fit=fit)  # type: ignore[arg-type]

@@ -74,6 +74,11 @@ def test_missing_field_is_named(bundle_dir: Path) -> None:
         (lambda d: d["artifacts"][0].update(target="tpu"), '"artifacts[0].target": "tpu" is not one of "any", "cpu", "gpu"'),
         (lambda d: d["artifacts"][0].update(sha256=None), '"artifacts[0].sha256": null is not a string'),
         (lambda d: d.update(artifacts=[]), "artifacts is empty: the bundle lists no artifacts"),
+        (lambda d: d["input"].update(crop="224"), '"input.crop": "224" is not an integer'),
+        (lambda d: d["input"].update(mean=["x", 0.5, 0.5]), '"input.mean[0]": "x" is not a number'),
+        (lambda d: d["input"].update(std=[0.2, 0.2]), "input.std needs three values (one per channel), got 2"),
+        (lambda d: d["input"].update(fit="stretch"), '"input.fit": "stretch" is not one of "center_crop", "squash", "letterbox"'),
+        (lambda d: d["input"].update(cropp=224), "input: unknown keys ['cropp']"),
     ],
 )
 def test_wrong_manifest_fields_name_the_field_and_the_value(bundle_dir: Path, edit, message: str) -> None:

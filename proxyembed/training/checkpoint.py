@@ -96,7 +96,7 @@ class Checkpoint:
 
     @property
     def preprocess(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict(self.data["preprocess"])
+        return PreprocessSpec.from_dict(self.data["preprocess"], where=f"{self.path}: preprocess")
 
     @property
     def config(self) -> dict[str, Any]:
