@@ -100,7 +100,11 @@ def test_baseline_round_trip(bundle: Path, split: DataSplit, tmp_path: Path) -> 
         (lambda d: "{ not json", "cannot read baseline"),
         (lambda d: {**d, "kind": "other"}, "is not a proxyembed check baseline"),
         (lambda d: {**d, "format_version": 99}, "format_version 99 is not supported"),
-        (lambda d: {**d, "data": {}}, "data.sha256"),
+        (lambda d: {**d, "data": {}}, "missing field 'data.sha256'"),
+        (lambda d: {**d, "ks": [1, 0]}, r"ks must list positive integers, got \[1, 0\]"),
+        (lambda d: {**d, "ks": ["1"]}, r'"ks\[0\]": "1" is not an integer'),
+        (lambda d: {**d, "artifacts": {"fp32": {**d["artifacts"]["fp32"], "threads": "4"}}}, 'fp32.threads": "4" is not an integer or null'),
+        (lambda d: {**d, "artifacts": []}, r'"artifacts": \[\] is not an object'),
         (lambda d: {**d, "artifacts": {"fp32": {**d["artifacts"]["fp32"], "metrics": {"recall@1": 85}}}}, "not fractions between 0 and 1"),
     ],
 )

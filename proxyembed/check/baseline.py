@@ -11,11 +11,46 @@ from pathlib import Path
 from typing import Any
 
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.schema import Field, validate
 
 from .measure import ArtifactRun, Evaluation
 
 BASELINE_FORMAT = 1
 BASELINE_KIND = "proxyembed-check-baseline"
+
+
+def _fractions(metrics: dict[str, float]) -> str | None:
+    bad = [k for k, v in metrics.items() if not 0 <= v <= 1]
+    return f"holds metric(s) {bad} that are not fractions between 0 and 1" if bad else None
+
+
+ARTIFACT_RUN_SCHEMA: dict[str, Any] = {
+    "precision": str,
+    "metrics": Field(dict, items=float, rule=_fractions),
+    "file": Field(str, required=False),
+    "sha256": Field(str, required=False),
+    "provider": Field(str, required=False),
+    "threads": Field(int | None, required=False),
+    "batch_size": Field(int, required=False),
+    "validated": Field(bool, required=False),
+}
+"""What one artifact entry of a baseline file holds (read into an :class:`~.measure.ArtifactRun`)."""
+
+
+def _positive(ks: list[int]) -> str | None:
+    return None if all(k > 0 for k in ks) else f"must list positive integers, got {ks}"
+
+
+BASELINE_SCHEMA: dict[str, Any] = {
+    "bundle": dict,
+    "data": {"sha256": str},  # the data fingerprint
+    "ks": Field(list, items=int, rule=_positive),
+    "artifacts": Field(dict, items=ARTIFACT_RUN_SCHEMA),
+    "environment": Field(dict | None, required=False),
+    "created": Field(str, required=False),
+    "proxyembed_version": Field(str, required=False),
+}
+"""What :func:`read_baseline` accepts once the file's kind and format_version are known (the layout :func:`baseline_dict` writes)."""
 
 
 def baseline_dict(ev: Evaluation) -> dict[str, Any]:
@@ -53,21 +88,15 @@ def read_baseline(path: str | Path) -> Evaluation:
             f"{path}: baseline format_version {d.get('format_version')!r} is not supported (this proxyembed reads {BASELINE_FORMAT})",
             hint=f"upgrade proxyembed, or {redo}",
         )
-    for key, typ in (("bundle", dict), ("data", dict), ("ks", list), ("artifacts", dict)):
-        if not isinstance(d.get(key), typ):
-            raise BadInput(f"{path}: field '{key}' is missing or not a {typ.__name__}", hint=redo)
-    if not isinstance(d["data"].get("sha256"), str):
-        raise BadInput(f"{path}: field 'data.sha256' (the data fingerprint) is missing", hint=redo)
-    if not all(isinstance(k, int) and k > 0 for k in d["ks"]):
-        raise BadInput(f"{path}: field 'ks' must list positive integers, got {d['ks']}", hint=redo)
+    validate(d, BASELINE_SCHEMA, where=str(path), hint=redo)
     return Evaluation(
         bundle=d["bundle"],
         data=d["data"],
         ks=[int(k) for k in d["ks"]],
-        artifacts={str(p): ArtifactRun.from_dict(a, f"{path}: artifacts.{p}") for p, a in d["artifacts"].items()},
+        artifacts={str(p): ArtifactRun.from_dict(a) for p, a in d["artifacts"].items()},
         environment=d.get("environment") or {},
-        created=str(d.get("created", "")),
-        proxyembed_version=str(d.get("proxyembed_version", "")),
+        created=d.get("created", ""),
+        proxyembed_version=d.get("proxyembed_version", ""),
     )
 
 

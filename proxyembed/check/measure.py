@@ -24,7 +24,6 @@ from proxyembed.runtime.errors import BadInput, IntegrityError, ProxyEmbedError
 from proxyembed.runtime.evaluation import embed_sources, evaluate_split
 from proxyembed.runtime.manifest import PRECISIONS, Precision
 from proxyembed.runtime.progress import ProgressCallback
-from proxyembed.runtime.schema import Field, validate
 from proxyembed.runtime.system import cpu_name
 
 ArtifactChoice = Literal["auto", Precision, "all"]
@@ -59,9 +58,8 @@ class ArtifactRun:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> ArtifactRun:
-        """Parse a baseline's artifact entry, checked against :data:`ARTIFACT_RUN_SCHEMA`; ``where`` names it in errors."""
-        validate(d, ARTIFACT_RUN_SCHEMA, where=where, hint="re-create the baseline with --write-baseline")
+    def from_dict(cls, d: dict[str, Any]) -> ArtifactRun:
+        """A baseline's artifact entry, already checked against :data:`~.baseline.ARTIFACT_RUN_SCHEMA` by :func:`~.baseline.read_baseline`."""
         return cls(
             precision=d["precision"],
             file=d.get("file", ""),
@@ -72,24 +70,6 @@ class ArtifactRun:
             metrics={k: float(v) for k, v in d["metrics"].items()},
             validated=d.get("validated", True),
         )
-
-
-def _fractions(metrics: dict[str, float]) -> str | None:
-    bad = [k for k, v in metrics.items() if not 0 <= v <= 1]
-    return f"holds metric(s) {bad} that are not fractions between 0 and 1" if bad else None
-
-
-ARTIFACT_RUN_SCHEMA: dict[str, Any] = {
-    "precision": str,
-    "metrics": Field(dict, items=float, rule=_fractions),
-    "file": Field(str, required=False),
-    "sha256": Field(str, required=False),
-    "provider": Field(str, required=False),
-    "threads": Field(int | None, required=False),
-    "batch_size": Field(int, required=False),
-    "validated": Field(bool, required=False),
-}
-"""What one artifact entry of a baseline file holds (:meth:`ArtifactRun.from_dict`)."""
 
 
 @dataclass
