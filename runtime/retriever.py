@@ -174,6 +174,16 @@ class Retriever:
             raise BadInput("search_batch takes a sequence of images", hint="use search for one")
         return self.index.search(self.encoder.encode(list(images)), k, ef=ef, filter=filter)
 
+    def search_vector(
+        self, vector: Sequence[float] | np.ndarray, k: int = 5, *, ef: int | None = None, filter: Filter | None = None
+    ) -> list[Hit]:
+        """Top-``k`` hits for one query embedding of the gallery's dim, best first: a vector that ``embed``
+        wrote, a client sent, or an item's own (:meth:`Index.vector`). It need not be normalised."""
+        v = np.asarray(vector, dtype=np.float32)
+        if v.ndim != 1:
+            raise BadInput(f"search_vector takes one vector of {self.index.dim} values, got shape {v.shape}", hint="pass one row at a time")
+        return self.index.search(v, k, ef=ef, filter=filter)[0]
+
     def calibrate(self) -> dict[str, Any]:
         """Measure the index's recall and raise ef, then M, until it reaches the target (:meth:`Index.calibrate`)."""
         return self.index.calibrate()

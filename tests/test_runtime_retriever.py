@@ -49,6 +49,18 @@ def test_search_finds_same_class(retriever: Retriever) -> None:
         retriever.search_batch(pattern_image("red", 8), k=2)  # type: ignore[arg-type]
 
 
+def test_search_vector_is_search_without_the_encoder(retriever: Retriever) -> None:
+    image = pattern_image("green", 7)
+    embedding = retriever.encoder.encode([image])[0]
+    assert retriever.search_vector(embedding, k=3) == retriever.search(image, k=3)
+    scaled = retriever.search_vector(list(3 * embedding), k=3)  # any length, any sequence: the same items, the same scores
+    assert [h.id for h in scaled] == [h.id for h in retriever.search(image, k=3)]
+    assert [h.score for h in scaled] == pytest.approx([h.score for h in retriever.search(image, k=3)], abs=1e-5)
+    assert [h.metadata["label"] for h in retriever.search_vector(embedding, k=2, filter={"label": "red"})] == ["red", "red"]
+    with pytest.raises(BadInput, match=r"search_vector takes one vector of 16 values, got shape \(1, 16\)"):
+        retriever.search_vector(embedding[None], k=3)
+
+
 def test_gallery_round_trip(retriever: Retriever, bundle_dir: Path, tmp_path: Path) -> None:
     out = retriever.save(tmp_path / "gal")
     info = read_gallery_info(out)

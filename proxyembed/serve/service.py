@@ -156,7 +156,7 @@ class GalleryService:
         if filter and "path" in filter:  # matching on it would confirm guesses at the server's file paths
             raise ServiceError(400, "metadata key 'path' is the server's: it cannot be filtered on")
         with self._stage(timings, "search"):
-            return self.retriever.index.search(v[None], self._check_k(k), filter=filter)[0]
+            return self.retriever.search_vector(v, self._check_k(k), filter=filter)
 
     def search_image(self, data: bytes, name: str, k: int, filter: Mapping[str, Any] | None, timings: Timings) -> list[Hit]:
         """Top-``k`` items for an uploaded image."""
@@ -188,7 +188,7 @@ class GalleryService:
         except BadInput as exc:
             raise ServiceError(404, f"no item with id {raw_id!r} in this gallery") from exc
         with self._stage(timings, "search"):
-            hits = self.retriever.index.search(vector[None], min(k + 1, MAX_K + 1))[0]
+            hits = self.retriever.search_vector(vector, min(k + 1, MAX_K + 1))
         return [h for h in hits if h.id != item_id][:k]
 
     def image_file(self, raw_id: str) -> tuple[BinaryIO, str]:
