@@ -10,7 +10,7 @@ import inspect
 from typing import Any
 
 from proxyembed.runtime.errors import BadInput
-from proxyembed.training.config import LOSS_CLASSES
+from proxyembed.training.loss_table import LOSS_CLASSES
 
 from .base import MetricLoss, ProxyLoss
 from .nir import NIRLoss
@@ -20,7 +20,7 @@ from .triplet import TripletLoss
 
 _CLASSES = {cls.__name__: cls for cls in (ProxyAnchorLoss, ProxyNCALoss, ProxyNCAPlusPlusLoss, TripletLoss, NIRLoss)}
 LOSSES: dict[str, type[MetricLoss]] = {name: _CLASSES[class_name] for name, class_name in LOSS_CLASSES.items()}
-"""The registry, built from the torch-free table the CLI's ``--loss`` choices come from (``training.config.LOSS_CLASSES``)."""
+"""The registry, built from the torch-free table the CLI's ``--loss`` choices come from (``training.loss_table.LOSS_CLASSES``)."""
 for _name, _cls in LOSSES.items():
     _cls.name = _name  # each class is named by its registry entry, not by a second spelling of it
 

@@ -26,25 +26,14 @@ from proxyembed.runtime.preprocess import DEFAULT_DECODE, Decode
 from proxyembed.runtime.preprocess import Fit as EvalFit
 from proxyembed.runtime.schema import Field, validate
 
+from .loss_table import LOSS_CLASSES
 from .recipes import load_recipe
 
 # Closed choices: the CLI takes its option types from here, so --help lists them and the parser rejects
 # typos; from_dict rejects values outside them in recipes and config.json. Pool, Device and EvalFit are
-# defined where their values are used (the model, the runtime) and imported above.
-LOSS_CLASSES: dict[str, str] = {
-    "proxy_anchor": "ProxyAnchorLoss",
-    "proxy_nca": "ProxyNCALoss",
-    "proxy_nca++": "ProxyNCAPlusPlusLoss",
-    "nir": "NIRLoss",
-    "triplet": "TripletLoss",
-}
-"""The loss registry: each ``--loss`` name and the class of :mod:`proxyembed.losses` that implements it.
-
-Torch-free, so the CLI lists the losses without importing torch; ``proxyembed.losses.LOSSES`` is built
-from it (and names each class after its entry), so a new loss is its module in ``losses/``, its class
-imported in ``losses/__init__.py`` and one line here.
-"""
-# Derived from the registries they choose from (the loss table above, data.augment's presets), never restated.
+# defined where their values are used (the model, the runtime) and imported above. LossName and Augment are
+# derived from the registries they choose from (loss_table.py, which proxyembed.losses builds its registry
+# from; data.augment's presets), never restated.
 LossName = Literal[tuple(LOSS_CLASSES)]  # type: ignore[valid-type]
 Augment = Literal[tuple(AUGMENT_PRESETS)]  # type: ignore[valid-type]
 Sampler = Literal["random", "balanced"]
