@@ -21,7 +21,7 @@ from . import persist, recall
 from .items import ItemTable
 from .recall import CALIBRATION_QUERIES, MAX_EF, MAX_M, TARGET_RECALL
 from .search import Filter, Hit, ItemId, exact_search, make_filter
-from .storage import BYTES_PER_VALUE, Space, VectorStorage, check_storage, in_space, new_graph
+from .storage import BYTES_PER_VALUE, Space, VectorStorage, check_storage, in_space
 
 # Chosen from benchmarks/index_speed.py (results/index_speed.md): the smallest ef with recall@10 >= 0.99
 # against exact search on clustered unit vectors, dim 128, M=16, ef_construction=200 — at 100k items
@@ -92,8 +92,18 @@ class Index:
         self._matrix: tuple[np.ndarray, np.ndarray] | None = None  # (labels, vectors) of live items, for exact search
 
     def _new_graph(self, capacity: int, M: int, *, init: bool = True) -> Any:
-        """A graph of this index's space and storage: empty with ``init``, else for ``load_index``."""
-        return new_graph(self.space, self.dim, self.vectors, capacity=capacity, M=M, ef_construction=self.ef_construction, init=init)
+        """A graph of this index's space and storage (hnswlib for f32, usearch for f16 / i8): empty with ``init``, else for ``load_index``."""
+        if self.vectors == "f32":
+            import hnswlib
+
+            graph = hnswlib.Index(space=self.space, dim=self.dim)
+        else:
+            from .usearch import QuantizedGraph
+
+            graph = QuantizedGraph(self.space, self.dim, self.vectors)
+        if init:
+            graph.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=M, allow_replace_deleted=True)
+        return graph
 
     # -- properties ----------------------------------------------------------------------------------
 

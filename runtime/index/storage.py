@@ -1,14 +1,14 @@
-"""How an index measures and stores vectors: the metric space, the vector storage and the graph that holds them.
+"""How an index measures and stores vectors: the metric space and the vector storage, checked and applied.
 
 ``space`` is the similarity: ``"cosine"`` (vectors made unit length, so the dot product is the cosine) or
 ``"ip"`` (raw inner products). ``vectors`` is how the graph stores them: float32 in hnswlib, or float16 /
-int8 in usearch (:mod:`.usearch`, the ``quantized`` extra). Both graphs answer the same few calls, so
-:class:`~.core.Index` never asks which one it holds.
+int8 in usearch (:mod:`.usearch`, the ``quantized`` extra, which reads these definitions). Both graphs
+answer the same few calls, so :class:`~.core.Index` picks one when it makes a graph and never asks again.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -35,18 +35,3 @@ def check_storage(vectors: str, space: str) -> None:
 def in_space(x: np.ndarray, space: str) -> np.ndarray:
     """Rows as the space compares them: unit length for ``"cosine"``, unchanged for ``"ip"``."""
     return l2_normalize(x) if space == "cosine" else x
-
-
-def new_graph(space: Space, dim: int, vectors: VectorStorage, *, capacity: int, M: int, ef_construction: int, init: bool = True) -> Any:
-    """A graph for this storage (hnswlib for f32, usearch for f16 / i8): empty with ``init``, else ready for ``load_index``."""
-    if vectors == "f32":
-        import hnswlib
-
-        graph = hnswlib.Index(space=space, dim=dim)
-    else:
-        from .usearch import QuantizedGraph
-
-        graph = QuantizedGraph(space, dim, vectors)
-    if init:
-        graph.init_index(max_elements=capacity, ef_construction=ef_construction, M=M, allow_replace_deleted=True)
-    return graph
