@@ -1,4 +1,5 @@
-"""``KEY=VALUE`` options, the one parser behind ``--max-recall-drop``, ``--max-drop`` / ``--min`` and ``--loss-param``.
+"""``KEY=VALUE`` options: the one parser behind ``--max-recall-drop``, ``--max-drop`` / ``--min``, ``--loss-param``
+and ``--data synthetic:KEY=VALUE,...``.
 
 Torch-free and free of the rest of proxyembed, so ``check``, the CLI and the export stage all import it.
 A value may hold several comma-separated items (``fp16=0.5,int8=1.0``) and the option may be repeated;

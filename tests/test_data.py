@@ -53,10 +53,28 @@ def test_synthetic_images_of_a_class_vary() -> None:
     assert np.abs(first[0] - first[1]).mean() > 10
 
 
-@pytest.mark.parametrize("spec", ["synthetic:classes=3", "synthetic:seed=x", "synthetic:per_class=1", "synthetic:seed"])
-def test_bad_synthetic_options(spec: str) -> None:
-    with pytest.raises(BadInput, match="synthetic"):
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("synthetic:classes=3", "--data 'classes=3': unknown key 'classes'"),
+        ("synthetic:seed=x", "--data 'seed=x' is not KEY=INTEGER: cannot read 'x'"),
+        ("synthetic:seed", "--data 'seed' is not KEY=INTEGER"),
+        ("synthetic:per_class=1", "--data synthetic: need >= 2 classes per split, >= 2 images per class and size >= 32"),
+    ],
+)
+def test_bad_synthetic_options(spec: str, message: str) -> None:
+    with pytest.raises(BadInput) as err:
         resolve_data(spec)
+    assert err.value.message == message
+
+
+def test_the_synthetic_options_hint_is_a_spec_that_works() -> None:
+    """The example every refusal shows must itself be accepted (it once named a 'classes' key that does not exist)."""
+    with pytest.raises(BadInput) as err:
+        resolve_data("synthetic:classes=3")
+    example = err.value.hint.rsplit("e.g. --data ", 1)[1]
+    assert example == "synthetic:seed=1,train_classes=50"
+    assert len({s.label for s in resolve_data(example).train}) == 50
 
 
 def test_folder_split_by_class(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Accepted values:
 
-- ``synthetic`` or ``synthetic:key=value,...`` (seed, classes, per_class, size): the built-in data;
+- ``synthetic`` or ``synthetic:key=value,...`` (seed, train_classes, eval_classes, per_class, size): the built-in data;
 - a folder with one subfolder per class: classes are sorted by name and split into training and
   evaluation halves (``--eval-data`` gives the evaluation classes as a separate folder instead);
 - a ``.csv`` or ``.jsonl`` list of path, label and optional split (:mod:`.listfile`);
@@ -16,29 +16,21 @@ import os
 from pathlib import Path
 
 from proxyembed.runtime.errors import BadInput
+from proxyembed.runtime.options import parse_key_values
 
 from .listfile import is_list_file
 from .shards import is_shard_spec
 from .types import DataSplit
 
 
-def _parse_options(text: str, where: str) -> dict[str, str]:
-    opts: dict[str, str] = {}
-    for item in filter(None, text.split(",")):
-        if "=" not in item:
-            raise BadInput(f"--data {where}: expected key=value, got '{item}'", hint="e.g. synthetic:seed=1,classes=200")
-        k, v = item.split("=", 1)
-        opts[k.strip()] = v.strip()
-    return opts
-
-
 def resolve_data(spec: str, *, eval_data: str | os.PathLike | None = None, eval_fraction: float = 0.5) -> DataSplit:
     """Build the zero-shot split named by ``spec`` (see the module docstring)."""
     spec = str(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        from .synthetic import SyntheticConfig, synthetic_split
+        from .synthetic import SYNTHETIC_OPTIONS, SyntheticConfig, synthetic_split
 
-        opts = _parse_options(spec.partition(":")[2], spec)
+        example = "synthetic:seed=1,train_classes=50"
+        opts = parse_key_values([spec.partition(":")[2]], "--data", example=example, convert=int, keys=SYNTHETIC_OPTIONS, form="KEY=INTEGER")
         return synthetic_split(SyntheticConfig.from_options(opts))
     if is_shard_spec(spec):
         from .shards import shard_split
