@@ -8,7 +8,6 @@ calibration (one grey image: every real activation saturates), which loses ~12 p
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.bundles import INPUT, make_tiny_bundle, write_class_images
+from helpers.bundles import make_tiny_bundle, quantize_int8, write_class_images
 from proxyembed.runtime.files import sha256_file
 from proxyembed.runtime.manifest import MANIFEST_NAME, Artifact, Manifest
 
@@ -43,32 +42,8 @@ _PRELUDE = textwrap.dedent(
 
 def damaged_int8_bundle(path: Path) -> Path:
     """The tiny fp32 bundle plus an int8 model calibrated on a single all-zero (grey) image."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     make_tiny_bundle(path, with_int8=False)
-
-    class OneGreyImage(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter([{INPUT: np.zeros((1, 3, 32, 32), np.float32)}])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer's pre-processing advice
-    try:
-        quantize_static(
-            str(path / "model.onnx"),
-            str(path / "model_int8.onnx"),
-            OneGreyImage(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-    finally:
-        root.setLevel(level)
+    quantize_int8(path / "model.onnx", path / "model_int8.onnx", [np.zeros((1, 3, 32, 32), np.float32)])
     manifest = Manifest.from_dict(json.loads((path / MANIFEST_NAME).read_text()))
     manifest.artifacts.append(Artifact("model_int8.onnx", "onnx", "int8", sha256_file(path / "model_int8.onnx"), "cpu", validation={"passed": True}))
     (path / MANIFEST_NAME).write_text(manifest.dumps())

@@ -74,19 +74,13 @@ def tiny_onnx_model(dim: int = 16, crop: int = 32, seed: int = 0) -> Any:
     return model
 
 
-def _quantize_int8(fp32_file: Path, int8_file: Path, spec: PreprocessSpec) -> None:
-    """U8S8 QDQ per-channel static quantization, the CPU-friendly format (export/int8.py).
-
-    Calibrated on preprocessed pattern images of every colour, the distribution the tests feed it.
-    """
+def quantize_int8(fp32_file: Path, int8_file: Path, batches: list[np.ndarray]) -> None:
+    """U8S8 QDQ per-channel static quantization, the CPU-friendly format (export/int8.py), calibrated on ``batches``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    pre = Preprocessor(spec)
-    samples = [pre([pattern_image(c, v) for v in range(3)]) for c in COLOURS]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter(samples)
+            self._it = iter(batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._it, None)
@@ -135,7 +129,8 @@ def make_tiny_bundle(
     artifacts = [_artifact(fp32_file, "fp32", "any", fp32_passed)]
     if with_int8:
         int8_file = path / "model_int8.onnx"
-        _quantize_int8(fp32_file, int8_file, spec)
+        pre = Preprocessor(spec)  # calibrated on pattern images of every colour, the distribution the tests feed it
+        quantize_int8(fp32_file, int8_file, [pre([pattern_image(c, v) for v in range(3)]) for c in COLOURS])
         artifacts.append(_artifact(int8_file, "int8", "cpu", int8_passed))
     manifest = Manifest(
         embedding_dim=dim,
