@@ -47,7 +47,7 @@ from .onnx_export import INPUT_NAME, OUTPUT_NAME
 from .options import ExportOptions
 from .parity import ParityResult
 from .report import refusal_advice
-from .validate import Candidate, DecodeCheck, Score, ValidationReport, check_decode, served, validate
+from .validate import Candidate, DecodeCheck, Score, ValidationReport, check_decode, score_artifacts, served
 
 FP32, FP16 = "model.onnx", "model_fp16.onnx"
 INT8 = {"cpu": "model_int8_cpu.onnx", "gpu": "model_int8_gpu.onnx"}
@@ -136,7 +136,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
         )
         rep.log(f"validating {len(candidates)} artifact(s) on {len(data.eval) + len(data.gallery or [])} evaluation images", kind="step")
         rep.phase("validating", len(data.eval) + len(data.gallery or []))
-        report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=rep.advance)
+        report = score_artifacts(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=rep.advance)
         decode = _check_decode(opts, data, spec, reference, report, rep)
         if decode is not None and not decode.passed:
             spec = replace(spec, decode="full")
@@ -144,7 +144,7 @@ def export_run(opts: ExportOptions, reporter: Reporter | None = None) -> ExportR
                          f"(limit {decode.threshold:g}): the bundle records full decoding, its artifacts validated again with it")
             rep.log(notes[-1], kind="note")
             rep.phase("validating", len(data.eval) + len(data.gallery or []))
-            report = validate(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=rep.advance)
+            report = score_artifacts(data, spec, reference, candidates, opts.max_drop, batch_size=opts.batch_size, on_batch=rep.advance)
         refused = [s for s in report.scores if not s.passed]
         kept: list[Artifact] = []
         for score in report.scores:

@@ -7,7 +7,7 @@ runtime's own backend (:func:`served`), the code the encoder serves it with, so 
 (the data's Ks, always with K=1), MAP@R and R-Precision, the drop against the reference in *points*
 (100 x the difference of fractions), and the per-sample cosine to the reference (min and mean: the worst
 image matters more than the average). An artifact passes when its Recall@1 drop is at most its
-precision's threshold. Reduced JPEG decoding is judged the same way (:func:`check_decode`): the
+precision's threshold (:func:`score_artifacts`). Reduced JPEG decoding is judged the same way (:func:`check_decode`): the
 reference model with it against the reference model with full decoding.
 
 This module scores; the reference is :func:`proxyembed.training.inference.torch_encode_batch`, the
@@ -178,7 +178,7 @@ def _embeddings(result: SplitEvaluation, name: str) -> np.ndarray:
     return np.concatenate([result.queries[name], *([result.gallery[name]] if result.gallery else [])])
 
 
-def validate(
+def score_artifacts(
     data: DataSplit,
     spec: PreprocessSpec,
     reference: EncodeBatch,
