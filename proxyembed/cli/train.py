@@ -189,7 +189,9 @@ def data_command(
     target: Annotated[
         str, typer.Argument(help="Folder to write the built-in data to; with --to-shards, the folder, list or --data value to read.")
     ],
-    spec: Annotated[str, typer.Option("--data", help="Which built-in data: 'synthetic[:seed=N,classes...]'.")] = "synthetic",
+    spec: Annotated[
+        str, typer.Option("--data", help="Which built-in data: 'synthetic[:seed=N,train_classes=N,eval_classes=N,per_class=N,size=PX]'.")
+    ] = "synthetic",
     to_shards: Annotated[
         Path | None, typer.Option("--to-shards", help="Write TARGET's training and evaluation images as WebDataset tar shards here.")
     ] = None,
