@@ -240,7 +240,7 @@ def _write_artifacts(
             rep.log(f"TensorRT {precision}: building from {source} (batch {opts.profile.min}/{opts.profile.opt}/{opts.profile.max})", kind="step")
             try:
                 device = tensorrt.build_engine(out_dir / source, out_dir / engine, precision, opts.profile, src.spec.crop)
-                runner = served(out_dir / engine, "tensorrt")
+                encode = served(out_dir / engine, "tensorrt")
             except (BadInput, RuntimeError) as exc:  # build_engine raises BadInput; the TensorRT bindings RuntimeError
                 (out_dir / engine).unlink(missing_ok=True)
                 failed.append(BuildFailure(engine, precision, str(exc).splitlines()[0]))
@@ -248,5 +248,5 @@ def _write_artifacts(
                 continue
             artifacts[engine] = Artifact(engine, "tensorrt", precision, "", target="gpu", device=device,
                                          details={"source": source, "profile": asdict(opts.profile)})
-            candidates.append(Candidate(engine, precision, "gpu", runner))
+            candidates.append(Candidate(engine, precision, "gpu", encode))
     return parity, candidates, artifacts, failed

@@ -4,7 +4,7 @@ Each backend runs one NCHW float32 batch and returns the raw (N, D) output; choo
 normalising is the encoder's job. One concern a module:
 
 - :mod:`.ort`: the ONNX Runtime session and its GPU provider list (CUDA / TensorRT execution providers).
-- :mod:`.tensorrt`: the native TensorRT engine runner and its batch profile.
+- :mod:`.tensorrt`: the native TensorRT engine backend and its batch profile.
 - :mod:`.cuda`: cuda-python bindings, checked calls and device memory (the native backend's, not torch's).
 - :mod:`.gpu`: diagnostics: the GPU here, whether an engine fits it, why ONNX Runtime offers no GPU.
 
