@@ -203,3 +203,19 @@ def test_the_run_dir_still_reads_back(tmp_path: Path) -> None:
     train(resolve_config({**TRAIN, "cache": "ram"}), tmp_path / "run")
     assert Run(tmp_path / "run").config.cache == "ram"
     assert resolve_data(TRAIN["data"]).train  # the synthetic set itself is untouched by caching
+
+
+def test_the_whitening_images_of_streamed_shards_are_cached_with_the_evaluation_images(tmp_path: Path) -> None:
+    pytest.importorskip("webdataset", reason="webdataset is not installed (pip install 'proxyembed[shards]')")
+    from typer.testing import CliRunner
+
+    from proxyembed.cli import app
+
+    res = CliRunner().invoke(app, ["data", TRAIN["data"], "--to-shards", str(tmp_path / "sh"), "--shard-size", "18"])
+    assert res.exit_code == 0, res.output
+    cfg = resolve_config({**TRAIN, "data": str(tmp_path / "sh" / "train-{000000..000001}.tar"), "cache": "ram", "epochs": 2})
+    assert cfg.whiten
+    train(cfg, tmp_path / "run")
+    cached = json.loads((tmp_path / "run" / "config.json").read_text())["input_pipeline"]["cache"]
+    assert "train" not in cached  # streamed: read in shard order, not cached
+    assert cached["eval"]["images"] == 4 * 6 + 36  # the unseen classes and the 36 streamed training images the whitening fits on

@@ -144,7 +144,8 @@ class Trainer:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = eval_spec(cfg, self.data.preprocess)
         self.val = hold_out_validation(self.data, cfg.val_fraction)
-        evaluated = eval_samples(self.data, self.val, whitening_images(self.data.train) if cfg.whiten else [])
+        self.fit_on = self._whitening_images()
+        evaluated = eval_samples(self.data, self.val, self.fit_on)
         self.caches: RunCaches = open_run_caches(cfg, self.data.train, evaluated, self.spec, shared=self.world.distributed, phase=self._phase)
         transform = train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip, squared=self.caches.train is not None)
         self.loader_settings = loader_settings(cfg, self.device, self.world)
@@ -198,6 +199,15 @@ class Trainer:
         # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
         self.train_model = wrap_model(self.model, self.world, self.device, find_unused=cfg.warmup_epochs > 0)
 
+    def _whitening_images(self) -> Sequence[Sample]:
+        """The training images ``--whiten`` fits on at every evaluation, chosen once so the evaluation cache holds them:
+        :func:`.whitening.whitening_images`, or for streamed shards an even stride of the stream read into memory once."""
+        if not self.cfg.whiten:
+            return []
+        if self.data.stream is not None:
+            return self.data.stream.sampled(WHITEN_MAX_IMAGES)
+        return whitening_images(self.data.train)
+
     def _phase(self, label: str, n: int) -> Callable[[int], None]:
         """A progress display for ``n`` units of ``label`` work, started by its first ``advance`` (none when nothing is done)."""
         started: list[bool] = []
@@ -232,15 +242,11 @@ class Trainer:
         split the embedding over the ranks; progress shows rank 0's share.
         """
         splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
-        sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
-        fit_on: Sequence[Sample] = []
-        if self.cfg.whiten:  # shards: a stride of the stream held in memory, read once
-            fit_on = whitening_images(self.data.train if self.data.stream is None else self.data.stream.sampled(WHITEN_MAX_IMAGES))
-        sizes.append(len(fit_on))
+        sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None] + [len(self.fit_on)]
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
         broadcast_from_main(self.eval_model.buffers(), self.world)
-        model, whitening = self._whitened(fit_on)
+        model, whitening = self._whitened(self.fit_on)
         out: dict[str, float] = {}
         for prefix, split in splits:
             # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
