@@ -37,7 +37,7 @@ def tiny_config(**over) -> TrainConfig:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(tiny_config(epochs=3), out)
+    train(tiny_config(epochs=3, eval_untrained=True), out)
     return out
 
 
@@ -86,7 +86,7 @@ def test_resume_continues_as_the_uninterrupted_run(tmp_path: Path, trained: Path
 
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(epochs=3), out, reporter=Killer())
+        train(tiny_config(epochs=3, eval_untrained=True), out, reporter=Killer())
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     train(tiny_config(epochs=3), out, resume=True)
     full = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
@@ -311,7 +311,7 @@ def test_cli_dynamic_assignment_learns_and_resumes(tmp_path: Path) -> None:
     args = [
         "train", "--out", str(out), "--data", TINY, "--batch-size", "32", "--image-size", "32", "--embedding-dim", "32",
         "--lr", "2e-3", "--proxy-lr-mult", "10", "--loss", "proxy_nca",
-        "--loss-param", "assignment=dynamic", "--loss-param", "num_proxies=24",
+        "--loss-param", "assignment=dynamic", "--loss-param", "num_proxies=24", "--eval-untrained",
     ]
     result = runner.invoke(app, [*args, "--epochs", "2"])
     assert result.exit_code == 0, result.output
@@ -360,3 +360,18 @@ def test_cuda_runs_pick_native_bf16_only_and_autotune_convolutions(tmp_path: Pat
     t = trainer_mod.Trainer(tiny_config(), tmp_path / "run")
     assert t.amp_dtype == torch.float16 and asked == [False]
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_the_untrained_network_is_evaluated_only_when_asked(tmp_path: Path) -> None:
+    args = ["train", "--data", TINY, "--epochs", "1", "--batch-size", "32", "--image-size", "32", "--embedding-dim", "16", "--whiten", "0"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--select-metric", "recall@3"])
+    assert res.exit_code == 2 and "--select-metric 'recall@3' is not computed" in res.output  # refused before any training
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert "(untrained)" not in res.output and "(final)" in res.output
+    result = train(resolve_config({"data": TINY, "epochs": 1, "batch_size": 32, "image_size": 32, "embedding_dim": 16, "whiten": 0.0,
+                                   "eval_untrained": True}), tmp_path / "with0")
+    assert result.initial and "recall@1" in result.initial
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "with0" / "metrics.jsonl").read_text().splitlines()] == [0, 1]

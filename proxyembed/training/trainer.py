@@ -1,7 +1,7 @@
 """The training loop: proxy losses on a zero-shot split, evaluated on the unseen classes.
 
 Writes the run dir of docs/architecture.md (layout and payload: :mod:`.run_dir`): ``config.json`` (resolved),
-``metrics.jsonl`` (one line per epoch, epoch 0 = the untrained network), ``best.pt`` / ``last.pt`` and
+``metrics.jsonl`` (one line per epoch; epoch 0, the untrained network, with ``eval_untrained``), ``best.pt`` / ``last.pt`` and
 ``training_curves.png``. The optimizer and schedule come from :mod:`.optim`, the device and autocast
 dtype from :mod:`.device`, the evaluation preprocessing from :mod:`.eval_preprocess`, the validation
 classes and loaders from :mod:`.loaders`, the whitening from :mod:`.whitening`, the checkpoint contents
@@ -86,7 +86,7 @@ class TrainingFailed(ProxyEmbedError):
 
 @dataclass
 class TrainResult:
-    """What a finished run reports: its folder and the metrics before and after training."""
+    """What a finished run reports: its folder and the metrics before (empty without ``eval_untrained``) and after training."""
 
     run_dir: Path
     initial: dict[str, float]
@@ -258,6 +258,16 @@ class Trainer:
             out.update({prefix + k: v for k, v in metrics.items()})
         return out, whitening
 
+    def _metric_names(self) -> set[str]:
+        """The keys an evaluation returns (as :func:`~proxyembed.runtime.metrics.retrieval_metrics` names them), known before
+        any is run, so a wrong ``--select-metric`` stops the run before training rather than after it."""
+        names: set[str] = set()
+        for prefix, split in [("", self.data)] + ([("val/", self.val)] if self.val else []):
+            names |= {f"{prefix}recall@{k}" for k in split.ks} | {prefix + "map@r", prefix + "r_precision"}
+            if not split.gallery and nmi_wanted(len(split.eval), self.cfg.nmi):
+                names.add(prefix + "nmi")
+        return names
+
     def _whitened(self, images: Sequence[Sample]) -> tuple[torch.nn.Module, Whitening | None]:
         """``eval_model`` with ``--whiten``'s within-class whitening fitted on ``images`` now (:func:`.whitening.whitened`),
         embedding them on one process or split over the ranks."""
@@ -374,16 +384,17 @@ class Trainer:
                 f"per process, global batch {self.cfg.batch_size * self.world.size}, SyncBatchNorm {'on' if self.sync_bn else 'off'}"
             )
         metric = ("val/" if self.val else "") + self.cfg.select_metric
-        if self.start_epoch == 0:
+        computed = self._metric_names()
+        if metric not in computed:
+            choices = sorted(k for k in computed if not k.startswith("val/"))
+            raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
+        if self.start_epoch == 0 and self.cfg.eval_untrained:
             t0 = time.perf_counter()
             initial, _ = self._evaluate(0)
-            if metric not in initial:
-                choices = sorted(k for k in initial if not k.startswith("val/"))
-                raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
             elapsed = time.perf_counter() - t0
             self._record({"epoch": 0, "loss": None, **initial, "time_s": elapsed}, {"eval_s": elapsed})
         else:
-            initial = metrics_of(self.history[0]) if self.history else {}
+            initial = metrics_of(self.history[0]) if self.history and self.history[0]["epoch"] == 0 else {}
         last_metrics: dict[str, float] = {}
         for epoch in range(self.start_epoch + 1, self.cfg.epochs + 1):
             t0 = time.perf_counter()
