@@ -141,7 +141,7 @@ def test_validation_classes_pick_the_best_checkpoint(tmp_path: Path) -> None:
     result = train(tiny_config(epochs=2, val_fraction=0.25), out)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("val/recall@1" in h and "recall@1" in h for h in lines)
-    best = max(lines[1:], key=lambda h: h["val/recall@1"])
+    best = max(lines, key=lambda h: h["val/recall@1"])  # every record an evaluated, trained epoch (no epoch 0 by default)
     assert result.best_epoch == best["epoch"] == load_checkpoint(out).epoch
     assert load_checkpoint(out).data["train_classes"] == 9  # 12 training classes minus 3 held out
     with pytest.raises(BadInput, match="--val-fraction"):
@@ -299,7 +299,7 @@ def test_multistep_schedule_and_adam(tmp_path: Path) -> None:
     cfg = tiny_config(epochs=3, schedule="multistep", milestones=[2], step_gamma=0.1, optimizer="adam", adam_eps=0.5)
     trainer_out = tmp_path / "ms"
     train(cfg, trainer_out)
-    lrs = [json.loads(x).get("lr") for x in (trainer_out / "metrics.jsonl").read_text().splitlines()][1:]
+    lrs = [json.loads(x).get("lr") for x in (trainer_out / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([2e-3, 2e-3, 2e-4])
     state = torch.load(trainer_out / "last.pt", weights_only=True)["optimizer"]
     assert all(g["eps"] == 0.5 and "decoupled_weight_decay" in g and not g["decoupled_weight_decay"] for g in state["param_groups"])
@@ -366,7 +366,7 @@ def test_the_untrained_network_is_evaluated_only_when_asked(tmp_path: Path) -> N
     args = ["train", "--data", TINY, "--epochs", "1", "--batch-size", "32", "--image-size", "32", "--embedding-dim", "16", "--whiten", "0"]
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--select-metric", "recall@3"])
     assert res.exit_code == 2 and "--select-metric 'recall@3' is not computed" in res.output  # refused before any training
-    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+    assert not (tmp_path / "bad").exists()  # nothing written, nothing decoded
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]

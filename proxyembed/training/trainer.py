@@ -144,6 +144,10 @@ class Trainer:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = eval_spec(cfg, self.data.preprocess)
         self.val = hold_out_validation(self.data, cfg.val_fraction)
+        computed = self._metric_names()  # a wrong --select-metric stops the run before any image is decoded
+        if ("val/" if self.val else "") + cfg.select_metric not in computed:
+            choices = sorted(k for k in computed if not k.startswith("val/"))
+            raise BadInput(f"--select-metric '{cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
         self.fit_on = self._whitening_images()
         evaluated = eval_samples(self.data, self.val, self.fit_on)
         self.caches: RunCaches = open_run_caches(cfg, self.data.train, evaluated, self.spec, shared=self.world.distributed, phase=self._phase)
@@ -259,8 +263,8 @@ class Trainer:
         return out, whitening
 
     def _metric_names(self) -> set[str]:
-        """The keys an evaluation returns (as :func:`~proxyembed.runtime.metrics.retrieval_metrics` names them), known before
-        any is run, so a wrong ``--select-metric`` stops the run before training rather than after it."""
+        """The keys an evaluation returns (as :func:`~proxyembed.runtime.metrics.retrieval_metrics` names them), known
+        before any evaluation runs."""
         names: set[str] = set()
         for prefix, split in [("", self.data)] + ([("val/", self.val)] if self.val else []):
             names |= {f"{prefix}recall@{k}" for k in split.ks} | {prefix + "map@r", prefix + "r_precision"}
@@ -384,10 +388,6 @@ class Trainer:
                 f"per process, global batch {self.cfg.batch_size * self.world.size}, SyncBatchNorm {'on' if self.sync_bn else 'off'}"
             )
         metric = ("val/" if self.val else "") + self.cfg.select_metric
-        computed = self._metric_names()
-        if metric not in computed:
-            choices = sorted(k for k in computed if not k.startswith("val/"))
-            raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
         if self.start_epoch == 0 and self.cfg.eval_untrained:
             t0 = time.perf_counter()
             initial, _ = self._evaluate(0)
