@@ -93,7 +93,7 @@ def run_one(label: str, data: dict[str, Any], common: dict[str, Any], seed: int)
     settings = {**common, **data["config"], **LOSSES[label], "seed": seed}
     if label == "proxy_nca dynamic":
         settings["loss_params"] = {"assignment": "dynamic", "num_proxies": 2 * data["train_classes"]}
-    cfg = resolve_config(settings)
+    cfg = resolve_config({**settings, "eval_untrained": True})  # the table's untrained column
     clock = _PhaseClock()
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp) / "run", reporter=clock)

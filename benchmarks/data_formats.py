@@ -53,7 +53,7 @@ def build_forms(root: Path, tmp: Path, per_class: int, shard_size: int) -> dict[
 
 
 def run(data: str, common: dict[str, Any], seed: int, log: list[str], mlflow_uri: str | None) -> dict[str, Any]:
-    cfg = resolve_config({**common, "data": data, "seed": seed})
+    cfg = resolve_config({**common, "data": data, "seed": seed, "eval_untrained": True})  # the untrained column
     clock = _PhaseClock()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -165,7 +165,7 @@ def proxyembed_run(
         result = train(cfg, Path(tmp) / "run")
         wall = time.perf_counter() - t0
         history = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    ips = statistics.mean(h["images_per_s"] for h in history[1:])
+    ips = statistics.mean(h["images_per_s"] for h in history if h["epoch"] > 0)
     prefix = "val/" if val else ""
     metrics = {k[len(prefix) :]: v for k, v in result.final.items() if k.startswith(prefix) and (val or not k.startswith("val/"))}
     return {"metrics": metrics, "wall_s": wall, "train_images_per_s": ips}

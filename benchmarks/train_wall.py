@@ -95,7 +95,7 @@ def main() -> None:
             t0 = time.perf_counter()
             ours = proxyembed_run(str(root), args.size, args.loss, seed, args.epochs, args.batch, 128, "resnet18", {}, val=False)
             ours["outer_wall_s"] = time.perf_counter() - t0
-        ours["epoch_s"] = [h["time_s"] for h in histories[-1]]  # epoch 0: the untrained evaluation; the last: training + evaluation
+        ours["epoch_s"] = {h["epoch"]: h["time_s"] for h in histories[-1]}  # the last: training and the final evaluation
         rows.append({"seed": seed, "reference": ref, "proxyembed": ours, "ratio": ours["wall_s"] / ref["wall_s"]})
         print(f"seed {seed}: reference {ref['wall_s']:.0f} s R@1 {ref['metrics']['recall@1']:.4f}; "
               f"proxyembed {ours['wall_s']:.0f} s R@1 {ours['metrics']['recall@1']:.4f}; ratio {rows[-1]['ratio']:.2f}", flush=True)
@@ -118,9 +118,9 @@ def main() -> None:
         a, b = r["reference"], r["proxyembed"]
         lines.append(f"| {r['seed']} | {a['wall_s']:.0f} | {b['wall_s']:.0f} | {r['ratio']:.2f} | {100 * a['metrics']['recall@1']:.1f} | "
                      f"{100 * b['metrics']['recall@1']:.1f} | {100 * a['metrics']['map@r']:.2f} | {100 * b['metrics']['map@r']:.2f} |")
-    lines += ["", "proxyembed's seconds per epoch (0: evaluating the untrained network, with the whitening's pass over the "
-              "training images; the last: training and the final evaluation):", ""]
-    lines += [f"- seed {r['seed']}: " + ", ".join(f"{t:.0f}" for t in r["proxyembed"]["epoch_s"]) for r in rows if "proxyembed" in r]
+    lines += ["", "proxyembed's seconds per epoch (epoch: seconds; 0 is the untrained evaluation, run only with --eval-untrained; "
+              "the last epoch holds the final evaluation and the whitening's pass over the training images):", ""]
+    lines += [f"- seed {r['seed']}: " + ", ".join(f"{e}: {t:.0f}" for e, t in r["proxyembed"]["epoch_s"].items()) for r in rows if "proxyembed" in r]
     lines += [f"- reference alone, seed {r['seed']}: {r['reference']['wall_s']:.0f} s, R@1 {100 * r['reference']['metrics']['recall@1']:.1f}, "
               f"MAP@R {100 * r['reference']['metrics']['map@r']:.2f}" for r in rows if "proxyembed" not in r]
     if args.note:

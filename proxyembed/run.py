@@ -47,7 +47,7 @@ class Run:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """The ``metrics.jsonl`` records, one per epoch (epoch 0 is the untrained network)."""
+        """The ``metrics.jsonl`` records, one per epoch (epoch 0, the untrained network, when the run set ``eval_untrained``)."""
         return read_history(self.path)
 
     @property

@@ -24,6 +24,7 @@ from proxyembed.data.image_cache import (
 )
 from proxyembed.data.torch_dataset import TrainDataset, train_transform
 from proxyembed.data.types import Sample
+from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec, load_image
 from proxyembed.training.config import resolve_config
 from proxyembed.training.trainer import train
@@ -184,7 +185,7 @@ TRAIN = dict(data="synthetic:train_classes=6,eval_classes=4,per_class=6,size=40"
 
 def test_training_reuses_its_disk_cache_on_resume_and_evaluates_as_without_it(tmp_path: Path) -> None:
     cache_dir = str(tmp_path / "cache")
-    first = train(resolve_config({**TRAIN, "cache": "disk", "cache_dir": cache_dir}), tmp_path / "run")
+    first = train(resolve_config({**TRAIN, "cache": "disk", "cache_dir": cache_dir, "eval_untrained": True}), tmp_path / "run")
     pipeline = json.loads((tmp_path / "run" / "config.json").read_text())["input_pipeline"]
     assert pipeline["cache"]["train"]["built"] and pipeline["cache"]["eval"]["built"]
     assert pipeline["loader"]["num_workers"] == 0 and pipeline["loader"]["persistent_workers"] is False
@@ -192,7 +193,7 @@ def test_training_reuses_its_disk_cache_on_resume_and_evaluates_as_without_it(tm
     resumed = json.loads((tmp_path / "run" / "config.json").read_text())["input_pipeline"]
     for name in ("train", "eval"):
         assert not resumed["cache"][name]["built"] and resumed["cache"][name]["path"] == pipeline["cache"][name]["path"]
-    off = train(resolve_config({**TRAIN, "cache": "off"}), tmp_path / "off")
+    off = train(resolve_config({**TRAIN, "cache": "off", "eval_untrained": True}), tmp_path / "off")
     assert json.loads((tmp_path / "off" / "config.json").read_text())["input_pipeline"]["cache"] == {"mode": "off"}
     assert off.initial == first.initial  # evaluation from the cache: the uncached numbers
 
@@ -203,3 +204,74 @@ def test_the_run_dir_still_reads_back(tmp_path: Path) -> None:
     train(resolve_config({**TRAIN, "cache": "ram"}), tmp_path / "run")
     assert Run(tmp_path / "run").config.cache == "ram"
     assert resolve_data(TRAIN["data"]).train  # the synthetic set itself is untouched by caching
+
+
+def test_the_whitening_images_of_streamed_shards_are_cached_with_the_evaluation_images(tmp_path: Path) -> None:
+    pytest.importorskip("webdataset", reason="webdataset is not installed (pip install 'proxyembed[shards]')")
+    from typer.testing import CliRunner
+
+    from proxyembed.cli import app
+
+    res = CliRunner().invoke(app, ["data", TRAIN["data"], "--to-shards", str(tmp_path / "sh"), "--shard-size", "18"])
+    assert res.exit_code == 0, res.output
+    cfg = resolve_config({**TRAIN, "data": str(tmp_path / "sh" / "train-{000000..000001}.tar"), "cache": "ram", "epochs": 2})
+    assert cfg.whiten
+    train(cfg, tmp_path / "run")
+    cached = json.loads((tmp_path / "run" / "config.json").read_text())["input_pipeline"]["cache"]
+    assert "train" not in cached  # streamed: read in shard order, not cached
+    assert cached["eval"]["images"] == 4 * 6 + 36  # the unseen classes and the 36 streamed training images the whitening fits on
+
+
+def _open_and_report(args: tuple[list[Sample], str]) -> tuple[bool, int]:
+    samples, folder = args
+    cache, info = open_cache(samples, CacheView(SPEC, 46), "disk", folder=Path(folder))
+    assert cache is not None
+    return info.built, int(cache[0].sum())
+
+
+def test_a_valid_copy_is_checked_under_a_shared_lock_while_another_process_maps_it(folder: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    samples = samples_of(folder)
+    held, info = open_cache(samples, CacheView(SPEC, 46), "disk", folder=tmp_path)  # this process keeps it mapped
+    assert held is not None and info.built
+    with open(tmp_path / (key_name(fingerprint(samples, CacheView(SPEC, 46))) + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # as a process checking or mapping the copy holds it
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            # a second run (or torchrun rank) checks and maps it meanwhile, instead of queueing for an exclusive lock
+            built, total = pool.apply_async(_open_and_report, ((samples, str(tmp_path)),)).get(timeout=120)
+    assert not built and total == int(held[0].sum())
+    held.close()
+
+
+def test_the_disk_cache_evicts_least_recently_used_entries_never_one_in_use(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samples = samples_of(folder)
+    views = [CacheView(SPEC, side) for side in (40, 46, 52, 58)]
+    bases = [tmp_path / key_name(fingerprint(samples, v)) for v in views]
+    in_use, _ = open_cache(samples, views[0], "disk", folder=tmp_path)
+    unused, _ = open_cache(samples, views[1], "disk", folder=tmp_path)
+    assert in_use is not None and unused is not None
+    unused.close()
+
+    def entry_bytes(base: Path) -> int:
+        return sum(base.with_suffix(x).stat().st_size for x in (".bin", ".json"))
+
+    # room for two entries of the three: the least recently used one nobody maps goes, the older one in use stays
+    monkeypatch.setenv("PROXYEMBED_CACHE_MAX_GB", str((entry_bytes(bases[0]) + 2 * entry_bytes(bases[1])) / 2**30))
+    newest, info = open_cache(samples, views[2], "disk", folder=tmp_path)
+    assert info.built and newest is not None
+    assert not bases[1].with_suffix(".json").exists() and not bases[1].with_suffix(".bin").exists()
+    assert bases[0].with_suffix(".bin").exists() and int(in_use[3].sum()) > 0  # still mapped, still readable
+    _, info = open_cache(samples, views[1], "disk", folder=tmp_path)
+    assert info.built  # an evicted entry is simply built again
+
+    in_use.close()
+    monkeypatch.setenv("PROXYEMBED_CACHE_MAX_GB", "0")
+    latest, _ = open_cache(samples, views[3], "disk", folder=tmp_path)  # over any limit: everything unused goes but this one
+    assert latest is not None and bases[3].with_suffix(".bin").exists()
+    assert not bases[0].with_suffix(".bin").exists() and bases[2].with_suffix(".bin").exists()  # `newest` is still open
+    monkeypatch.setenv("PROXYEMBED_CACHE_MAX_GB", "lots")
+    with pytest.raises(BadInput, match="PROXYEMBED_CACHE_MAX_GB"):
+        open_cache(samples, CacheView(SPEC, 64), "disk", folder=tmp_path)

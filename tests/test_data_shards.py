@@ -161,3 +161,13 @@ def test_two_gloo_processes_see_every_training_image_exactly_once_per_epoch(tmp_
         assert not set(per_rank[0]) & set(per_rank[1])
         assert sorted(per_rank[0] + per_rank[1]) == sorted(everything)
     assert len(json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])) > 3
+
+
+def test_eval_data_beside_shards_keeps_each_rows_metadata(tmp_path: Path, shards: Path) -> None:
+    write_class_images(tmp_path / "imgs", ("red", "green"), per_class=3)
+    lines = [json.dumps({"path": str(p), "label": p.parent.name, "sku": f"S-{p.stem}"}) for p in sorted((tmp_path / "imgs").rglob("*.png"))]
+    (tmp_path / "unseen.jsonl").write_text("\n".join(lines) + "\n")
+    data = resolve_data(str(shards / PATTERN), eval_data=str(tmp_path / "unseen.jsonl"))
+    assert [s.meta for s in data.eval] == [{"sku": f"S-{Path(str(s.source)).stem}"} for s in data.eval]  # the list and shards merge alike
+    assert {data.class_names[s.label] for s in data.eval} == {"red", "green"} and data.stream.images == 64
+    assert min(s.label for s in data.eval) > max(data.stream.per_class)  # unseen labels follow every training label

@@ -73,7 +73,7 @@ def metric_lines(run: Path) -> list[dict]:
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two epochs on two ranks; with a constant learning rate it is also a 3-epoch run stopped after epoch 2."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    torchrun(out, "--schedule", "none")
+    torchrun(out, "--schedule", "none", "--eval-untrained")
     return out
 
 
@@ -104,7 +104,7 @@ def test_sharded_evaluation_matches_the_single_process_one(ddp_run: Path) -> Non
 @pytest.mark.heavy  # two training processes under torchrun / gloo
 def test_resume_under_torchrun_continues_as_the_uninterrupted_run(tmp_path: Path, ddp_run: Path) -> None:
     full = tmp_path / "full"
-    torchrun(full, "--schedule", "none", epochs=3)
+    torchrun(full, "--schedule", "none", "--eval-untrained", epochs=3)
     caches = json.loads((full / "config.json").read_text())["input_pipeline"]["cache"]
     assert not caches["train"]["built"] and not caches["eval"]["built"]  # the ranks reuse the files the first run built
     resumed = tmp_path / "resumed"
@@ -231,5 +231,5 @@ def test_torchrun_trains_a_convnext_whose_head_norm_is_unused(tmp_path: Path) ->
     log = " ".join(res.stdout.split())  # rich wraps long lines
     assert "frozen 2 parameter(s) the embedding never uses: backbone.head.norm.bias, backbone.head.norm.weight" in log
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in lines] == [0, 1] and lines[1]["loss"] > 0
+    assert [h["epoch"] for h in lines] == [1] and lines[0]["loss"] > 0  # no untrained evaluation by default
     assert load_checkpoint(tmp_path / "run").data["model"]["backbone.head.norm.weight"].shape == (320,)

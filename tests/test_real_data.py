@@ -33,7 +33,7 @@ def _subset(root: Path, part: str, classes: int, per_class: int) -> Path:
 def test_default_training_learns_on_real_photos(tmp_path: Path) -> None:
     # From scratch a resnet18 needs some 10k image-steps before unseen classes gain clearly (about a minute here).
     train_dir, eval_dir = _subset(tmp_path, "train", 50, 40), _subset(tmp_path, "eval", 20, 30)
-    cfg = resolve_config({"data": str(train_dir), "eval_data": str(eval_dir), "image_size": 64, "epochs": 6})
+    cfg = resolve_config({"data": str(train_dir), "eval_data": str(eval_dir), "image_size": 64, "epochs": 6, "eval_untrained": True})
     result = train(cfg, tmp_path / "run")
     gain = result.final["recall@1"] - result.initial["recall@1"]
     assert gain > 0.05, f"Recall@1 on unseen classes {result.initial['recall@1']:.3f} -> {result.final['recall@1']:.3f}"

@@ -56,7 +56,7 @@ def test_tensorboard_event_files_hold_steps_epochs_config_and_curves(tmp_path: P
     assert [(e.step, e.value) for e in events.Scalars("recall@1")] == [(h["epoch"], pytest.approx(h["recall@1"])) for h in history]
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 2 * STEPS + 1))
     assert {"lr/backbone", "lr/proxies", "time/train_s", "time/eval_s", "map@r", "nmi", "r_precision"} <= set(events.Tags()["scalars"])
-    assert len(events.Images("training_curves")) == 3  # epoch 0, 1, 2
+    assert len(events.Images("training_curves")) == 2  # epochs 1 and 2 (no untrained evaluation by default)
     config = events.Tensors("config")[0].tensor_proto.string_val[0].decode()
     assert "| epochs | 2 |" in config
 
@@ -74,7 +74,7 @@ def test_resume_continues_the_same_tracker_run(tmp_path: Path) -> None:
     assert (run / RECORD_NAME).read_bytes() == record
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
-    assert [e.step for e in events.Scalars("recall@1")] == [0, 1, 2]
+    assert [e.step for e in events.Scalars("recall@1")] == [1, 2]  # no untrained evaluation by default
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 2 * STEPS + 1))
 
 
@@ -119,7 +119,7 @@ def test_a_tracker_failing_mid_run_is_a_warning_and_training_goes_on(tmp_path: P
 
     flaky, shown = _FailsAtEpoch(), Lines()
     session = Tracking([flaky], warn=shown.log)
-    result = train(_tiny_config(epochs=2), tmp_path / "run", reporter=shown, tracking=session)
+    result = train(_tiny_config(epochs=2, eval_untrained=True), tmp_path / "run", reporter=shown, tracking=session)
     assert flaky.epochs == [0]  # off after its failure at epoch 1
     assert [h["epoch"] for h in read_history(result.run_dir)] == [0, 1, 2]
     warnings = [line for line in shown.lines if "--log flaky failed" in line]

@@ -37,7 +37,7 @@ def tiny_config(**over) -> TrainConfig:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(tiny_config(epochs=3), out)
+    train(tiny_config(epochs=3, eval_untrained=True), out)
     return out
 
 
@@ -86,7 +86,7 @@ def test_resume_continues_as_the_uninterrupted_run(tmp_path: Path, trained: Path
 
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(epochs=3), out, reporter=Killer())
+        train(tiny_config(epochs=3, eval_untrained=True), out, reporter=Killer())
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     train(tiny_config(epochs=3), out, resume=True)
     full = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +141,7 @@ def test_validation_classes_pick_the_best_checkpoint(tmp_path: Path) -> None:
     result = train(tiny_config(epochs=2, val_fraction=0.25), out)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("val/recall@1" in h and "recall@1" in h for h in lines)
-    best = max(lines[1:], key=lambda h: h["val/recall@1"])
+    best = max(lines, key=lambda h: h["val/recall@1"])  # every record an evaluated, trained epoch (no epoch 0 by default)
     assert result.best_epoch == best["epoch"] == load_checkpoint(out).epoch
     assert load_checkpoint(out).data["train_classes"] == 9  # 12 training classes minus 3 held out
     with pytest.raises(BadInput, match="--val-fraction"):
@@ -307,7 +307,7 @@ def test_multistep_schedule_and_adam(tmp_path: Path) -> None:
     cfg = tiny_config(epochs=3, schedule="multistep", milestones=[2], step_gamma=0.1, optimizer="adam", adam_eps=0.5)
     trainer_out = tmp_path / "ms"
     train(cfg, trainer_out)
-    lrs = [json.loads(x).get("lr") for x in (trainer_out / "metrics.jsonl").read_text().splitlines()][1:]
+    lrs = [json.loads(x).get("lr") for x in (trainer_out / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([2e-3, 2e-3, 2e-4])
     state = torch.load(trainer_out / "last.pt", weights_only=True)["optimizer"]
     assert all(g["eps"] == 0.5 and "decoupled_weight_decay" in g and not g["decoupled_weight_decay"] for g in state["param_groups"])
@@ -319,7 +319,7 @@ def test_cli_dynamic_assignment_learns_and_resumes(tmp_path: Path) -> None:
     args = [
         "train", "--out", str(out), "--data", TINY, "--batch-size", "32", "--image-size", "32", "--embedding-dim", "32",
         "--lr", "2e-3", "--proxy-lr-mult", "10", "--loss", "proxy_nca",
-        "--loss-param", "assignment=dynamic", "--loss-param", "num_proxies=24",
+        "--loss-param", "assignment=dynamic", "--loss-param", "num_proxies=24", "--eval-untrained",
     ]
     result = runner.invoke(app, [*args, "--epochs", "2"])
     assert result.exit_code == 0, result.output
@@ -368,3 +368,18 @@ def test_cuda_runs_pick_native_bf16_only_and_autotune_convolutions(tmp_path: Pat
     t = trainer_mod.Trainer(tiny_config(), tmp_path / "run")
     assert t.amp_dtype == torch.float16 and asked == [False]
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_the_untrained_network_is_evaluated_only_when_asked(tmp_path: Path) -> None:
+    args = ["train", "--data", TINY, "--epochs", "1", "--batch-size", "32", "--image-size", "32", "--embedding-dim", "16", "--whiten", "0"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--select-metric", "recall@3"])
+    assert res.exit_code == 2 and "--select-metric 'recall@3' is not computed" in res.output  # refused before any training
+    assert not (tmp_path / "bad").exists()  # nothing written, nothing decoded
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert "(untrained)" not in res.output and "(final)" in res.output
+    result = train(resolve_config({"data": TINY, "epochs": 1, "batch_size": 32, "image_size": 32, "embedding_dim": 16, "whiten": 0.0,
+                                   "eval_untrained": True}), tmp_path / "with0")
+    assert result.initial and "recall@1" in result.initial
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "with0" / "metrics.jsonl").read_text().splitlines()] == [0, 1]

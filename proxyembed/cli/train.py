@@ -84,6 +84,9 @@ def train_command(
         typer.Option(help="JPEG decoding for evaluation, export and the runtime: reduced lets the decoder scale big photos down."),
     ] = _DEFAULTS.decode,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Evaluate every N epochs.")] = _DEFAULTS.eval_every,
+    eval_untrained: Annotated[
+        bool, typer.Option("--eval-untrained/--no-eval-untrained", help="Also evaluate the untrained network first (epoch 0 of metrics.jsonl).")
+    ] = _DEFAULTS.eval_untrained,
     nmi: Annotated[
         NmiMode, typer.Option(help=f"NMI in evaluation: auto (only up to {NMI_AUTO_MAX_ITEMS:,} images: k-means costs more above), always or never.")
     ] = _DEFAULTS.nmi,
@@ -148,8 +151,9 @@ def train_command(
         print_json({**summary, "best": result.best, "best_epoch": result.best_epoch})
         return
     r0, r1 = result.initial.get("recall@1"), result.final.get("recall@1")
+    untrained = "" if r0 is None else f"{r0:.4f} (untrained) -> "
     console.print(
-        f"[bold green]done[/]: Recall@1 on unseen classes {r0:.4f} (untrained) -> {r1:.4f} (final), "
+        f"[bold green]done[/]: Recall@1 on unseen classes {untrained}{r1:.4f} (final), "
         f"best {result.best.get('recall@1', float('nan')):.4f} at epoch {result.best_epoch}; run dir {result.run_dir}",
         highlight=False,
     )

@@ -22,8 +22,15 @@ A disk cache is ``<key>.bin`` (the pixels, one image after another) and ``<key>.
 key, every image's shape, the unreadable images and the sha256 of the ``.bin``). The key is the sha256
 of the image list (path, size and mtime of each file; the bytes of in-memory images) and the view; the
 header repeats it in full. Both files are written atomically, pixels first, so a crash leaves no header
-that matches; a header that does not match its key, its size or its sha256 is rebuilt, never used. One
-process builds under an exclusive ``flock`` on ``<key>.lock``; the others wait on it, then map the file.
+that matches; a header that does not match its key, its size or its sha256 is rebuilt, never used.
+
+Processes coordinate through ``flock``. A process checks a copy (header and sha256) under a *shared* lock on
+``<key>.lock``, so torchrun ranks and concurrent runs verify at the same time, and keeps that lock for as long as
+it maps the pixels. Only a missing or damaged copy takes the *exclusive* lock on ``<key>.build``; the builder
+checks again once it holds it (another process may have built it meanwhile) and builds; the others wait on that
+lock, then find the copy valid and map it. The folder is bounded (:func:`disk_limit`: ``$PROXYEMBED_CACHE_MAX_GB``,
+default :data:`DISK_LIMIT_GB` GiB): after each build the least recently used whole entries go until it fits, never
+one whose lock another process holds (in use or being built), never the one just built.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
@@ -57,6 +64,10 @@ MAX_SIDE_FACTOR = 2
 """The side view never keeps more than this many times the model input on the shorter side (4x its pixels)."""
 ASPECT_ESTIMATE = 4 / 3
 """The longer side assumed per image when sizing a side-view cache before decoding (camera photos are 4:3)."""
+DISK_LIMIT_GB = 64.0
+"""The disk caches of one folder may take this many GiB (``$PROXYEMBED_CACHE_MAX_GB`` overrides it) before the least
+recently used entries are deleted: room for a SOP-size training set at 256 px (29 GiB) and its evaluation images twice over."""
+DISK_LIMIT_ENV = "PROXYEMBED_CACHE_MAX_GB"
 FORMAT, VERSION = "proxyembed-image-cache", 1
 _CHUNK = 64  # images decoded per map_in_chunks step
 
@@ -143,12 +154,15 @@ class ImageCache:
     :class:`BadInput` the image raised when it was decoded (unreadable images stay unreadable, and the
     message and hint are kept as they were)."""
 
-    def __init__(self, ids: list[str], shapes: np.ndarray, failures: dict[int, list[str | None]], store: Any, path: Path | None) -> None:
+    def __init__(
+        self, ids: list[str], shapes: np.ndarray, failures: dict[int, list[str | None]], store: Any, path: Path | None, lock: BinaryIO | None = None
+    ) -> None:
         self.ids = ids
         self.shapes = shapes
         self.failures = failures
         self.path = path  # the .bin of a disk cache; None in RAM
         self._store = store  # RAM: list of arrays; disk: flat read-only memmap (reopened after pickling)
+        self._lock = lock  # disk: the open <key>.lock holding a shared flock while the pixels are mapped (dropped when closed)
         sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1] * 3
         self._offsets = np.concatenate([[0], np.cumsum(sizes)])
         self._index = {k: i for i, k in enumerate(ids)}
@@ -173,6 +187,13 @@ class ImageCache:
         h, w = self.shapes[i]
         return self._store[self._offsets[i] : self._offsets[i + 1]].reshape(h, w, 3)
 
+    def close(self) -> None:
+        """Stop using a disk cache: unmap its pixels and drop the shared lock that kept eviction away (RAM: free the arrays)."""
+        self._store = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def lookup(self, sample: Sample) -> np.ndarray | None:
         """The pixels of ``sample`` (as ``cache[i]``), or None when it is not in this cache."""
         i = self._index.get(source_id(sample))
@@ -180,6 +201,7 @@ class ImageCache:
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers under spawn: map the file again, never copy it
         state = dict(self.__dict__)
+        state["_lock"] = None  # the creating process holds the entry; workers map it while it does
         if self.path is not None:
             state["_store"] = None
         return state
@@ -249,26 +271,53 @@ def open_cache(
     key = fingerprint(samples, view)
     folder = Path(folder) if folder is not None else user_cache_dir() / "images"
     base = folder / key_name(key)
-    where = choose_where(mode, view.estimate_bytes(len(samples)), budget, shared=shared, on_disk=mode == "auto" and _header_matches(base, key))
+    held: tuple[BinaryIO, dict[str, Any]] | None = None
+    if mode == "auto" and base.with_suffix(".json").is_file():  # a copy an earlier run left: used when it checks out
+        with _cache_errors(folder):
+            held = _use_valid(base, key)
+    where = choose_where(mode, view.estimate_bytes(len(samples)), budget, shared=shared, on_disk=held is not None)
     if where == "ram":
         shapes, failures, arrays = _decode_all(samples, view, progress)
         cache = ImageCache(ids, shapes, failures, arrays, None)
         return cache, CacheInfo(mode, "ram", len(samples), cache.nbytes, None, True, time.perf_counter() - t0)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with _exclusive(base.with_suffix(".lock")):
-            header, reason = _valid_header(base, key)
-            built = header is None
-            if header is None:
-                header = _build_file(base, key, samples, view, progress)
-    except OSError as exc:
-        raise BadInput(f"image cache: cannot write {folder} ({exc.strerror or exc})", hint="set --cache-dir to a writable folder, or --cache ram/off") from exc
+    built, reason = False, None
+    if held is None:
+        limit = disk_limit()  # a bad setting is refused before any decoding
+        with _cache_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            lock, header, built, reason = _open_or_build(base, key, samples, view, progress)
+            held = lock, header
+            if built:
+                evict(folder, limit, keep=base)
+    lock, header = held
     shapes = np.asarray(header["shapes"], dtype=np.int64).reshape(-1, 2)
     failures = {int(k): list(v) for k, v in header["failures"].items()}
     path = base.with_suffix(".bin")
-    cache = ImageCache(ids, shapes, failures, _map(path, header["bytes"]), path)
-    info = CacheInfo(mode, "disk", len(samples), cache.nbytes, str(path), built, time.perf_counter() - t0, reason if built else None)
+    cache = ImageCache(ids, shapes, failures, _map(path, header["bytes"]), path, lock)
+    info = CacheInfo(mode, "disk", len(samples), cache.nbytes, str(path), built, time.perf_counter() - t0, reason)
     return cache, info
+
+
+@contextmanager
+def _cache_errors(folder: Path) -> Iterator[None]:
+    """A cache folder that cannot be written or locked is the user's one-line error (which option to change)."""
+    try:
+        yield
+    except OSError as exc:
+        hint = "set --cache-dir to a writable folder, or --cache ram/off"
+        raise BadInput(f"image cache: cannot write {folder} ({exc.strerror or exc})", hint=hint) from exc
+
+
+def disk_limit() -> int:
+    """The bytes the disk caches of a folder may take: ``$PROXYEMBED_CACHE_MAX_GB`` GiB, else :data:`DISK_LIMIT_GB`."""
+    raw = os.environ.get(DISK_LIMIT_ENV, "").strip()
+    try:
+        gib = float(raw) if raw else DISK_LIMIT_GB
+    except ValueError:
+        gib = -1.0
+    if not gib >= 0:
+        raise BadInput(f"${DISK_LIMIT_ENV}={raw!r} is not a size in GiB", hint=f"set it to a number such as 20, or unset it for {DISK_LIMIT_GB:g}")
+    return int(gib * 2**30)
 
 
 def key_name(key: dict[str, Any]) -> str:
@@ -276,17 +325,117 @@ def key_name(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-@contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``lock`` (blocking): one builder, the other processes wait for it."""
+def _lock(path: Path, how: int) -> BinaryIO | None:
+    """``path`` opened and ``flock``-ed with ``how`` (``LOCK_SH`` / ``LOCK_EX``, blocking unless ``LOCK_NB``), or None when
+    ``LOCK_NB`` finds it held. Eviction deletes a lock file while holding it, so a lock taken on a file that is no longer
+    at ``path`` protects nothing: it is dropped and taken again on the file there now."""
     import fcntl
 
-    with open(lock, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    while True:
+        fh = open(path, "a+b")  # noqa: SIM115 - the handle is the lock and outlives this function
         try:
-            yield
+            fcntl.flock(fh, how)
+        except BlockingIOError:
+            fh.close()
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fh
+        fh.close()
+
+
+def _use_valid(base: Path, key: dict[str, Any]) -> tuple[BinaryIO, dict[str, Any]] | None:
+    """A shared lock on the copy of ``key`` at ``base`` and its header when that copy is complete and undamaged, else None."""
+    import fcntl
+
+    lock = _lock(base.with_suffix(".lock"), fcntl.LOCK_SH)
+    assert lock is not None  # a blocking lock is always granted
+    header, _ = _valid_header(base, key)
+    if header is None:
+        lock.close()
+        return None
+    os.utime(base.with_suffix(".lock"))  # last use, for eviction
+    return lock, header
+
+
+def _open_or_build(
+    base: Path, key: dict[str, Any], samples: Sequence[Sample], view: CacheView, progress: Callable[[int], None] | None
+) -> tuple[BinaryIO, dict[str, Any], bool, str | None]:
+    """A shared lock on a valid copy of ``key`` at ``base``, its header, whether this process built it and why it had to.
+
+    The copy is checked under the shared lock on ``<key>.lock`` (many processes at once), which this process then keeps
+    while it maps the pixels. A missing or damaged copy is built under the exclusive lock on ``<key>.build``, checked
+    again once that is held (another process may have built it meanwhile): waiting for a builder never waits for the
+    processes that merely map a copy. The new files replace the old ones by rename, so those keep reading what they mapped.
+    """
+    import fcntl
+
+    lock_path = base.with_suffix(".lock")
+    lock = _lock(lock_path, fcntl.LOCK_SH)
+    assert lock is not None  # a blocking lock is always granted
+    try:
+        header, _ = _valid_header(base, key)
+        built, reason = False, None
+        if header is None:
+            build = _lock(base.with_suffix(".build"), fcntl.LOCK_EX)
+            try:
+                header, reason = _valid_header(base, key)
+                if header is None:
+                    header, built = _build_file(base, key, samples, view, progress), True
+            finally:
+                assert build is not None
+                build.close()
+    except BaseException:
+        lock.close()
+        raise
+    os.utime(lock_path)  # last use, for eviction
+    return lock, header, built, reason
+
+
+def evict(folder: Path, limit: int, *, keep: Path) -> list[Path]:
+    """Delete the least recently used whole cache entries of ``folder`` (last use: the time of their lock file) until the
+    entries take at most ``limit`` bytes; never ``keep`` (a ``<key>`` base path) nor an entry whose ``<key>.lock`` another
+    process holds (mapping it, or building it). Returns the bases deleted. Header first, so a half-deleted entry never
+    looks valid; the lock files last, while still held."""
+    import fcntl
+
+    entries: dict[Path, int] = {}
+    for f in folder.iterdir():
+        if f.suffix in (".bin", ".json") and len(f.stem) == 32:
+            try:
+                entries[f.with_suffix("")] = entries.get(f.with_suffix(""), 0) + f.stat().st_size
+            except FileNotFoundError:  # deleted by another process meanwhile
+                continue
+    total = sum(entries.values())
+
+    def last_use(base: Path) -> float:
+        for suffix in (".lock", ".json", ".bin"):
+            try:
+                return base.with_suffix(suffix).stat().st_mtime
+            except FileNotFoundError:
+                continue
+        return 0.0
+
+    removed: list[Path] = []
+    for base in sorted(entries, key=last_use):
+        if total <= limit:
+            break
+        if base == keep:
+            continue
+        lock = _lock(base.with_suffix(".lock"), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if lock is None:  # in use or being built
+            continue
+        try:
+            for suffix in (".json", ".bin", ".build", ".lock"):
+                base.with_suffix(suffix).unlink(missing_ok=True)
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            lock.close()
+        total -= entries[base]
+        removed.append(base)
+    return removed
 
 
 def _read_header(base: Path) -> dict[str, Any]:
@@ -294,14 +443,6 @@ def _read_header(base: Path) -> dict[str, Any]:
         base.with_suffix(".json"), missing="no cache", hint="", broken_hint="", sealed=True,
         fields={"key": dict, "bytes": int, "sha256": str, "shapes": list, "failures": dict},
     )
-
-
-def _header_matches(base: Path, key: dict[str, Any]) -> bool:
-    """Whether a header for ``key`` is there and sealed (cheap: the pixels are checked when opened)."""
-    try:
-        return _read_header(base)["key"] == key
-    except ProxyEmbedError:
-        return False
 
 
 def _valid_header(base: Path, key: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -352,7 +493,9 @@ def _decode_all(
     return shapes, failures, arrays
 
 
-def _build_file(base: Path, key: dict[str, Any], samples: Sequence[Sample], view: CacheView, progress: Callable[[int], None] | None) -> dict[str, Any]:
+def _build_file(
+    base: Path, key: dict[str, Any], samples: Sequence[Sample], view: CacheView, progress: Callable[[int], None] | None
+) -> dict[str, Any]:
     """Decode ``samples`` into ``<base>.bin`` and seal ``<base>.json`` (both atomic, pixels first); the header."""
     digest = hashlib.sha256()
     done: dict[str, Any] = {}

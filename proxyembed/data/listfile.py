@@ -21,7 +21,7 @@ from typing import Any
 from proxyembed.runtime.errors import BadInput
 
 from .folder import drop_singletons, readable, split_by_class
-from .types import DataSplit, Sample
+from .types import DataSplit, Sample, with_eval_split
 
 LIST_SUFFIXES = (".csv", ".jsonl")
 SPLITS = ("train", "eval")
@@ -138,13 +138,7 @@ def list_split(path: Path, *, eval_split: DataSplit | None = None, eval_fraction
         return DataSplit(name=str(path), train=[], eval=samples, class_names=names, warnings=warnings)
     if eval_split is not None:
         train, names = _samples(_classes(entries, warnings, path), 0)
-        both = sorted(set(names.values()) & set(eval_split.class_names.values()))
-        if both:
-            raise BadInput(f"classes {both[:5]} are in both '{path}' and '{eval_split.name}'", hint="evaluation classes must be unseen in training")
-        shift = len(names)
-        ev = [Sample(s.source, s.label + shift, s.key, s.meta) for s in eval_split.eval]
-        ev_names = {label + shift: name for label, name in eval_split.class_names.items()}
-        return DataSplit(name=str(path), train=train, eval=ev, class_names={**names, **ev_names}, warnings=warnings + eval_split.warnings)
+        return with_eval_split(str(path), train, names, eval_split, warnings=warnings)
     if entries[0].split is None:
         train_classes, eval_classes = split_by_class(_classes(entries, warnings, path), eval_fraction, f"list '{path}'")
     else:

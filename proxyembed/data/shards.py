@@ -33,7 +33,7 @@ from proxyembed.runtime.errors import BadInput, IntegrityError
 from proxyembed.runtime.files import read_json_object, sha256_file, staged_dir, write_sealed_json
 from proxyembed.runtime.images import IMAGE_EXTENSIONS
 
-from .types import DataSplit, Sample
+from .types import DataSplit, Sample, with_eval_split
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "proxyembed-shards/1"
@@ -239,16 +239,7 @@ def shard_split(spec: str, *, eval_split: DataSplit | None = None) -> DataSplit:
     train_names = manifest["splits"]["train"]["per_class"]
     per_class = {labels[name]: int(n) for name, n in train_names.items()}
     names = {i: name for name, i in labels.items()}
-    if eval_split is None:
-        ev = _eval_samples(manifest, urls[0], labels)
-        ev_names = names
-    else:
-        both = sorted(set(train_names) & set(eval_split.class_names.values()))
-        if both:
-            raise BadInput(f"classes {both[:5]} are in both the shards and '{eval_split.name}'", hint="evaluation classes must be unseen in training")
-        shift = len(names)
-        ev = [Sample(s.source, s.label + shift, s.key) for s in eval_split.eval]
-        ev_names = {**names, **{label + shift: n for label, n in eval_split.class_names.items()}}
     stream = ShardSet(urls, counts, labels, per_class, len(known))
-    return DataSplit(name=spec, train=[], eval=ev, class_names=ev_names, stream=stream,
-                     warnings=[] if eval_split is None else list(eval_split.warnings))
+    if eval_split is not None:
+        return with_eval_split(spec, [], names, eval_split, trained=train_names, stream=stream)
+    return DataSplit(name=spec, train=[], eval=_eval_samples(manifest, urls[0], labels), class_names=names, stream=stream)

@@ -7,9 +7,11 @@ Kept apart from the resolver (:mod:`.resolve`) so the loaders it dispatches to (
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import ImageLike, PreprocessSpec
 
 
@@ -68,3 +70,24 @@ def hold_out_classes(samples: list[Sample], fraction: float) -> tuple[list[Sampl
     classes = sorted({s.label for s in samples})
     held = set(classes[len(classes) - round(len(classes) * fraction) :])
     return [s for s in samples if s.label not in held], [s for s in samples if s.label in held]
+
+
+def with_eval_split(name: str, train: list[Sample], names: dict[int, str], eval_split: DataSplit, *, trained: Collection[str] | None = None,
+                    warnings: list[str] | None = None, stream: Any = None) -> DataSplit:
+    """``--eval-data``: training samples (or a ``stream``) labelled by ``names``, evaluated on every class of ``eval_split``
+    (its queries and gallery), relabelled to follow ``names``' labels. A class both trained (``trained``, default every
+    name) and evaluated is a :class:`~proxyembed.runtime.errors.BadInput`: evaluation classes must be unseen. Every
+    sample keeps its metadata; ``eval_split``'s warnings follow ``warnings``. The list file and shard loaders share it."""
+    both = sorted(set(names.values() if trained is None else trained) & set(eval_split.class_names.values()))
+    if both:
+        raise BadInput(f"classes {both[:5]} are in both '{name}' and '{eval_split.name}'", hint="evaluation classes must be unseen in training")
+    shift = max(names, default=-1) + 1
+
+    def moved(samples: list[Sample]) -> list[Sample]:
+        return [Sample(s.source, s.label + shift, s.key, s.meta) for s in samples]
+
+    return DataSplit(
+        name=name, train=train, eval=moved(eval_split.eval), gallery=None if eval_split.gallery is None else moved(eval_split.gallery),
+        class_names={**names, **{label + shift: n for label, n in eval_split.class_names.items()}}, ks=eval_split.ks,
+        warnings=[*(warnings or []), *eval_split.warnings], stream=stream,
+    )

@@ -96,6 +96,9 @@ class TrainConfig:
     # How a JPEG is read for evaluation, export and the runtime (PreprocessSpec.decode); the runtime's default.
     decode: Decode = DEFAULT_DECODE
     eval_every: int = 1
+    # Evaluate the untrained network first (metrics.jsonl's epoch 0): a point on the curve at the price of a whole
+    # evaluation (and whitening fit), which a run does not need to train or pick best.pt, so off by default.
+    eval_untrained: bool = False
     nmi: NmiMode = "auto"  # auto: up to runtime.metrics.NMI_AUTO_MAX_ITEMS evaluation images (SOP's k-means would cost more than the rest)
     select_metric: str = "recall@1"
     val_fraction: float = 0.0  # training classes held out to pick best.pt, instead of the test classes

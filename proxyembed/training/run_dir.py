@@ -1,7 +1,7 @@
 """The run dir (docs/architecture.md, "Run dir"): its layout, the checkpoint payload and the history, torch-free.
 
-A run dir holds the resolved ``config.json``, ``metrics.jsonl`` (one JSON record per epoch; epoch 0 is
-the untrained network), ``best.pt`` / ``last.pt`` and ``training_curves.png``. The trainer writes it
+A run dir holds the resolved ``config.json``, ``metrics.jsonl`` (one JSON record per epoch; epoch 0, the
+untrained network, with ``eval_untrained``), ``best.pt`` / ``last.pt`` and ``training_curves.png``. The trainer writes it
 (rank 0 only) and :class:`proxyembed.Run`, ``eval``, ``export`` and ``--resume`` read it, all through the
 names and readers here, the way ``export/bundle_writer.py`` and ``runtime/retriever.py`` own the bundle and
 the gallery. Nothing here imports torch, so a run dir can be inspected where only the runtime is

@@ -1,7 +1,7 @@
 """The training loop: proxy losses on a zero-shot split, evaluated on the unseen classes.
 
 Writes the run dir of docs/architecture.md (layout and payload: :mod:`.run_dir`): ``config.json`` (resolved),
-``metrics.jsonl`` (one line per epoch, epoch 0 = the untrained network), ``best.pt`` / ``last.pt`` and
+``metrics.jsonl`` (one line per epoch; epoch 0, the untrained network, with ``eval_untrained``), ``best.pt`` / ``last.pt`` and
 ``training_curves.png``. The optimizer and schedule come from :mod:`.optim`, the device and autocast
 dtype from :mod:`.device`, the evaluation preprocessing from :mod:`.eval_preprocess`, the validation
 classes and loaders from :mod:`.loaders`, the whitening from :mod:`.whitening`, the checkpoint contents
@@ -86,7 +86,7 @@ class TrainingFailed(ProxyEmbedError):
 
 @dataclass
 class TrainResult:
-    """What a finished run reports: its folder and the metrics before and after training."""
+    """What a finished run reports: its folder and the metrics before (empty without ``eval_untrained``) and after training."""
 
     run_dir: Path
     initial: dict[str, float]
@@ -144,7 +144,12 @@ class Trainer:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = eval_spec(cfg, self.data.preprocess)
         self.val = hold_out_validation(self.data, cfg.val_fraction)
-        evaluated = eval_samples(self.data, self.val, whitening_images(self.data.train) if cfg.whiten else [])
+        computed = self._metric_names()  # a wrong --select-metric stops the run before any image is decoded
+        if ("val/" if self.val else "") + cfg.select_metric not in computed:
+            choices = sorted(k for k in computed if not k.startswith("val/"))
+            raise BadInput(f"--select-metric '{cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
+        self.fit_on = self._whitening_images()
+        evaluated = eval_samples(self.data, self.val, self.fit_on)
         self.caches: RunCaches = open_run_caches(cfg, self.data.train, evaluated, self.spec, shared=self.world.distributed, phase=self._phase)
         transform = train_transform(self.spec, cfg.augment, crop_scale=cfg.crop_scale, hflip=cfg.hflip, squared=self.caches.train is not None)
         self.loader_settings = loader_settings(cfg, self.device, self.world)
@@ -198,6 +203,15 @@ class Trainer:
         # Wrapping broadcasts rank 0's weights; a frozen warm-up backbone leaves parameters without gradients.
         self.train_model = wrap_model(self.model, self.world, self.device, find_unused=cfg.warmup_epochs > 0)
 
+    def _whitening_images(self) -> Sequence[Sample]:
+        """The training images ``--whiten`` fits on at every evaluation, chosen once so the evaluation cache holds them:
+        :func:`.whitening.whitening_images`, or for streamed shards an even stride of the stream read into memory once."""
+        if not self.cfg.whiten:
+            return []
+        if self.data.stream is not None:
+            return self.data.stream.sampled(WHITEN_MAX_IMAGES)
+        return whitening_images(self.data.train)
+
     def _phase(self, label: str, n: int) -> Callable[[int], None]:
         """A progress display for ``n`` units of ``label`` work, started by its first ``advance`` (none when nothing is done)."""
         started: list[bool] = []
@@ -232,15 +246,11 @@ class Trainer:
         split the embedding over the ranks; progress shows rank 0's share.
         """
         splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
-        sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None]
-        fit_on: Sequence[Sample] = []
-        if self.cfg.whiten:  # shards: a stride of the stream held in memory, read once
-            fit_on = whitening_images(self.data.train if self.data.stream is None else self.data.stream.sampled(WHITEN_MAX_IMAGES))
-        sizes.append(len(fit_on))
+        sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None] + [len(self.fit_on)]
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
         broadcast_from_main(self.eval_model.buffers(), self.world)
-        model, whitening = self._whitened(fit_on)
+        model, whitening = self._whitened(self.fit_on)
         out: dict[str, float] = {}
         for prefix, split in splits:
             # fp32, not under autocast: metrics.jsonl and best.pt must agree with `proxyembed eval` and export validation.
@@ -251,6 +261,16 @@ class Trainer:
                 metrics = evaluate_model(model, split, self.spec, **kw)
             out.update({prefix + k: v for k, v in metrics.items()})
         return out, whitening
+
+    def _metric_names(self) -> set[str]:
+        """The keys an evaluation returns (as :func:`~proxyembed.runtime.metrics.retrieval_metrics` names them), known
+        before any evaluation runs."""
+        names: set[str] = set()
+        for prefix, split in [("", self.data)] + ([("val/", self.val)] if self.val else []):
+            names |= {f"{prefix}recall@{k}" for k in split.ks} | {prefix + "map@r", prefix + "r_precision"}
+            if not split.gallery and nmi_wanted(len(split.eval), self.cfg.nmi):
+                names.add(prefix + "nmi")
+        return names
 
     def _whitened(self, images: Sequence[Sample]) -> tuple[torch.nn.Module, Whitening | None]:
         """``eval_model`` with ``--whiten``'s within-class whitening fitted on ``images`` now (:func:`.whitening.whitened`),
@@ -368,16 +388,13 @@ class Trainer:
                 f"per process, global batch {self.cfg.batch_size * self.world.size}, SyncBatchNorm {'on' if self.sync_bn else 'off'}"
             )
         metric = ("val/" if self.val else "") + self.cfg.select_metric
-        if self.start_epoch == 0:
+        if self.start_epoch == 0 and self.cfg.eval_untrained:
             t0 = time.perf_counter()
             initial, _ = self._evaluate(0)
-            if metric not in initial:
-                choices = sorted(k for k in initial if not k.startswith("val/"))
-                raise BadInput(f"--select-metric '{self.cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
             elapsed = time.perf_counter() - t0
             self._record({"epoch": 0, "loss": None, **initial, "time_s": elapsed}, {"eval_s": elapsed})
         else:
-            initial = metrics_of(self.history[0]) if self.history else {}
+            initial = metrics_of(self.history[0]) if self.history and self.history[0]["epoch"] == 0 else {}
         last_metrics: dict[str, float] = {}
         for epoch in range(self.start_epoch + 1, self.cfg.epochs + 1):
             t0 = time.perf_counter()
