@@ -124,8 +124,8 @@ def evaluate(
     from proxyembed.run import Run
     from proxyembed.training.checkpoint import load_checkpoint
     from proxyembed.training.device import select_device
-    from proxyembed.training.evaluate import evaluate_model
     from proxyembed.training.inference import checkpoint_data
+    from proxyembed.training.model_eval import evaluate_model
 
     ckpt = load_checkpoint(run.path if isinstance(run, Run) else Path(run), prefer=checkpoint_name(which))
     split = checkpoint_data(ckpt, data, eval_data)

@@ -152,8 +152,8 @@ def test_every_pytorch_caller_encodes_through_one_function(tmp_path: Path) -> No
     from helpers.checkpoints import make_checkpoint
     from proxyembed.data import Sample
     from proxyembed.runtime.preprocess import Preprocessor
-    from proxyembed.training.evaluate import embed_samples
     from proxyembed.training.inference import checkpoint_model, torch_encode_batch
+    from proxyembed.training.model_eval import embed_samples
 
     make_checkpoint(tmp_path / "run", data="synthetic:train_classes=4,eval_classes=6,per_class=6")
     (tmp_path / "run" / "config.json").write_text("{}")  # marks a run dir for Run; embedding reads only best.pt

@@ -93,7 +93,7 @@ def test_torchrun_writes_one_run_dir(ddp_run: Path) -> None:
 @pytest.mark.heavy  # two training processes under torchrun / gloo
 def test_sharded_evaluation_matches_the_single_process_one(ddp_run: Path) -> None:
     from proxyembed.data import resolve_data
-    from proxyembed.training.evaluate import evaluate_model
+    from proxyembed.training.model_eval import evaluate_model
 
     ckpt = load_checkpoint(ddp_run)
     again = evaluate_model(ckpt.build_model(), resolve_data(DATA), ckpt.preprocess)

@@ -66,9 +66,9 @@ def test_training_check_and_export_all_use_the_core() -> None:
     and export and check embed a split with several encoders through its one loop."""
     from proxyembed.check import measure
     from proxyembed.export import validate
-    from proxyembed.training import evaluate as training_evaluate
+    from proxyembed.training import model_eval
 
-    for module in (measure, validate, training_evaluate):
+    for module in (measure, validate, model_eval):
         assert module.evaluate_split is evaluation.evaluate_split
         assert not hasattr(module, "retrieval_metrics")  # no second path to the metrics
     for module in (measure, validate):

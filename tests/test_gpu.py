@@ -15,7 +15,7 @@ from proxyembed.data import resolve_data
 from proxyembed.runtime import Encoder
 from proxyembed.training.checkpoint import load_checkpoint
 from proxyembed.training.config import resolve_config
-from proxyembed.training.evaluate import evaluate_model
+from proxyembed.training.model_eval import evaluate_model
 from proxyembed.training.trainer import train
 
 pytestmark = pytest.mark.gpu

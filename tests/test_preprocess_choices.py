@@ -156,7 +156,7 @@ def test_squash_grayscale_run_embeds_identically_in_pytorch_and_the_onnx_runtime
     from proxyembed.data import resolve_data
     from proxyembed.runtime import Encoder
     from proxyembed.training.checkpoint import load_checkpoint
-    from proxyembed.training.evaluate import embed_samples
+    from proxyembed.training.model_eval import embed_samples
     from proxyembed.training.trainer import train
 
     data = _grey_folder(tmp_path / "grey")

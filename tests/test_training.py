@@ -71,7 +71,7 @@ def test_training_improves_recall_on_unseen_classes(trained: Path) -> None:
 
 def test_best_checkpoint_reproduces_its_metrics(trained: Path) -> None:
     from proxyembed.data import resolve_data
-    from proxyembed.training.evaluate import evaluate_model
+    from proxyembed.training.model_eval import evaluate_model
 
     ckpt = load_checkpoint(trained)
     again = evaluate_model(ckpt.build_model(), resolve_data(TINY), ckpt.preprocess)
@@ -112,7 +112,7 @@ def test_weight_averaged_run_saves_evaluates_and_resumes_the_average(tmp_path: P
     """With --ema-decay the checkpoint's model is the average (its metrics reproduce from it) and a killed
     run resumes both the stepped weights and the average, ending where the uninterrupted run ends."""
     from proxyembed.data import resolve_data
-    from proxyembed.training.evaluate import evaluate_model
+    from proxyembed.training.model_eval import evaluate_model
 
     class Killer(TrainingReporter):
         def epoch_start(self, epoch: int, steps: int, phase: str) -> None:
@@ -177,7 +177,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, monkeypatch: p
 def test_every_loss_trains_one_epoch(tmp_path: Path, loss: str) -> None:
     sampler = "balanced" if loss == "triplet" else "random"
     from proxyembed.data import resolve_data
-    from proxyembed.training.evaluate import evaluate_model
+    from proxyembed.training.model_eval import evaluate_model
 
     result = train(tiny_config(epochs=1, loss=loss, sampler=sampler), tmp_path / loss)
     # the reported number is the saved network's: evaluating last.pt again gives it back

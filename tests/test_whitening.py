@@ -18,7 +18,7 @@ from proxyembed.runtime.metrics import retrieval_metrics
 from proxyembed.runtime.preprocess import Preprocessor
 from proxyembed.training.checkpoint import load_checkpoint, save_checkpoint
 from proxyembed.training.config import resolve_config
-from proxyembed.training.evaluate import evaluate_model
+from proxyembed.training.model_eval import evaluate_model
 from proxyembed.training.run_dir import BEST, LAST
 from proxyembed.training.trainer import train
 from proxyembed.training.whitening import Whitening, fold_whitening, whitening_from_embeddings

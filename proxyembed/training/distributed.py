@@ -46,7 +46,7 @@ from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.metrics import NmiMode
 from proxyembed.runtime.preprocess import PreprocessSpec
 
-from .evaluate import embed_samples, split_metrics
+from .model_eval import embed_samples, split_metrics
 
 TIMEOUT = timedelta(minutes=5)
 """How long a collective waits for the other ranks before failing (instead of hanging forever)."""
@@ -231,7 +231,7 @@ def evaluate_sharded(
     nmi: NmiMode = "auto",
     cache: ImageCache | None = None,
 ) -> dict[str, float]:
-    """:func:`~proxyembed.training.evaluate.evaluate_model`'s metrics with the embedding split over ranks.
+    """:func:`~proxyembed.training.model_eval.evaluate_model`'s metrics with the embedding split over ranks.
 
     ``model`` must be the unwrapped network: its forward runs a different number of batches on each
     rank, which DistributedDataParallel's per-forward collectives would not survive.

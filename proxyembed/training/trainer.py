@@ -58,8 +58,8 @@ from .distributed import (
     wrap_model,
 )
 from .eval_preprocess import eval_spec
-from .evaluate import embed_samples, evaluate_model
 from .loaders import hold_out_validation, loader_settings, train_loader
+from .model_eval import embed_samples, evaluate_model
 from .optim import WeightAverage, build_optimizer, build_scheduler
 from .plots import plot_curves
 from .reporting import TrainingReporter
