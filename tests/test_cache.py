@@ -104,6 +104,27 @@ def test_a_disk_cache_is_reused_and_a_stale_or_damaged_one_is_rebuilt(folder: Pa
     _, info = open_cache(samples, view, "disk", folder=tmp_path)
     assert info.built and "size" in (info.rebuilt_because or "")
 
+
+@pytest.mark.parametrize("mode", ["auto", "disk"])
+def test_a_damaged_copy_is_hashed_once_before_it_is_rebuilt(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """A same-size damaged pixel file costs one sha256 pass to find, not one per look (a SOP-size cache hashes for ~20 s)."""
+    from proxyembed.data import image_cache
+
+    samples = samples_of(folder)
+    view = CacheView(SPEC, 46)
+    open_cache(samples, view, "disk", folder=tmp_path)
+    base = tmp_path / key_name(fingerprint(samples, view))
+    raw = bytearray(base.with_suffix(".bin").read_bytes())
+    raw[7] ^= 0xFF
+    base.with_suffix(".bin").write_bytes(bytes(raw))
+    hashed: list[Path] = []
+    real = image_cache.sha256_file
+    monkeypatch.setattr(image_cache, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    cache, info = open_cache(samples, view, mode, folder=tmp_path, budget=0)  # type: ignore[arg-type]  # auto: no RAM, so disk
+    assert info.built and info.where == "disk" and "sha256" in (info.rebuilt_because or "")
+    assert [p.suffix for p in hashed] == [".bin"]  # once; the new copy is hashed as it is written
+    assert cache is not None and np.array_equal(cache[0], open_cache(samples, view, "ram")[0][0])  # type: ignore[index]
+
     header = base.with_suffix(".json")
     header.write_text(header.read_text().replace('"bytes": ', '"bytes": 1'))
     _, info = open_cache(samples, view, "disk", folder=tmp_path)

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -271,25 +271,34 @@ def open_cache(
     key = fingerprint(samples, view)
     folder = Path(folder) if folder is not None else user_cache_dir() / "images"
     base = folder / key_name(key)
-    held: tuple[BinaryIO, dict[str, Any]] | None = None
+    checked: _Checked | None = None
     if mode == "auto" and base.with_suffix(".json").is_file():  # a copy an earlier run left: used when it checks out
         with _cache_errors(folder):
-            held = _use_valid(base, key)
-    where = choose_where(mode, view.estimate_bytes(len(samples)), budget, shared=shared, on_disk=held is not None)
+            checked = _check_copy(base, key)
+    valid = checked is not None and checked.header is not None
+    where = choose_where(mode, view.estimate_bytes(len(samples)), budget, shared=shared, on_disk=valid)
     if where == "ram":
+        if checked is not None:
+            checked.lock.close()
         shapes, failures, arrays = _decode_all(samples, view, progress)
         cache = ImageCache(ids, shapes, failures, arrays, None)
         return cache, CacheInfo(mode, "ram", len(samples), cache.nbytes, None, True, time.perf_counter() - t0)
-    built, reason = False, None
-    if held is None:
-        limit = disk_limit()  # a bad setting is refused before any decoding
+    if valid:
+        assert checked is not None and checked.header is not None
+        lock, header, built, reason = checked.lock, checked.header, False, None
+        os.utime(base.with_suffix(".lock"))  # last use, for eviction
+    else:
+        try:
+            limit = disk_limit()  # a bad setting is refused before any decoding
+        except BaseException:
+            if checked is not None:
+                checked.lock.close()
+            raise
         with _cache_errors(folder):
             folder.mkdir(parents=True, exist_ok=True)
-            lock, header, built, reason = _open_or_build(base, key, samples, view, progress)
-            held = lock, header
+            lock, header, built, reason = _open_or_build(base, key, samples, view, progress, checked)
             if built:
                 evict(folder, limit, keep=base)
-    lock, header = held
     shapes = np.asarray(header["shapes"], dtype=np.int64).reshape(-1, 2)
     failures = {int(k): list(v) for k, v in header["failures"].items()}
     path = base.with_suffix(".bin")
@@ -347,42 +356,59 @@ def _lock(path: Path, how: int) -> BinaryIO | None:
         fh.close()
 
 
-def _use_valid(base: Path, key: dict[str, Any]) -> tuple[BinaryIO, dict[str, Any]] | None:
-    """A shared lock on the copy of ``key`` at ``base`` and its header when that copy is complete and undamaged, else None."""
+class _Checked(NamedTuple):
+    """A shared lock on ``<key>.lock`` and what was found under it: the header of a valid copy, or None and why not."""
+
+    lock: BinaryIO
+    header: dict[str, Any] | None
+    reason: str | None
+
+
+def _check_copy(base: Path, key: dict[str, Any]) -> _Checked:
+    """Take the shared lock on the copy of ``key`` at ``base`` (many processes at once) and check the copy under it."""
     import fcntl
 
     lock = _lock(base.with_suffix(".lock"), fcntl.LOCK_SH)
     assert lock is not None  # a blocking lock is always granted
-    header, _ = _valid_header(base, key)
-    if header is None:
+    try:
+        return _Checked(lock, *_valid_header(base, key))
+    except BaseException:
         lock.close()
+        raise
+
+
+def _identity(base: Path) -> tuple[tuple[int, int, int], ...] | None:
+    """Which files sit at ``base`` now (inode, size, mtime of header and pixels): a rebuild renames new ones in."""
+    try:
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in (base.with_suffix(x).stat() for x in (".json", ".bin")))
+    except FileNotFoundError:
         return None
-    os.utime(base.with_suffix(".lock"))  # last use, for eviction
-    return lock, header
 
 
 def _open_or_build(
-    base: Path, key: dict[str, Any], samples: Sequence[Sample], view: CacheView, progress: Callable[[int], None] | None
+    base: Path, key: dict[str, Any], samples: Sequence[Sample], view: CacheView, progress: Callable[[int], None] | None,
+    checked: _Checked | None = None,
 ) -> tuple[BinaryIO, dict[str, Any], bool, str | None]:
     """A shared lock on a valid copy of ``key`` at ``base``, its header, whether this process built it and why it had to.
 
-    The copy is checked under the shared lock on ``<key>.lock`` (many processes at once), which this process then keeps
-    while it maps the pixels. A missing or damaged copy is built under the exclusive lock on ``<key>.build``, checked
-    again once that is held (another process may have built it meanwhile): waiting for a builder never waits for the
-    processes that merely map a copy. The new files replace the old ones by rename, so those keep reading what they mapped.
+    ``checked`` is :func:`_check_copy`'s answer when the caller already has it (its lock passes to this function). The
+    copy is checked under the shared lock, which this process then keeps while it maps the pixels. A missing or damaged
+    copy is built under the exclusive lock on ``<key>.build``: waiting for a builder never waits for the processes that
+    merely map a copy. Once that lock is held the copy is checked again only if its files changed meanwhile (another
+    process built it), so a damaged copy is hashed once, not once per look. The new files replace the old ones by
+    rename, so processes that mapped the old ones keep reading what they mapped.
     """
     import fcntl
 
-    lock_path = base.with_suffix(".lock")
-    lock = _lock(lock_path, fcntl.LOCK_SH)
-    assert lock is not None  # a blocking lock is always granted
+    lock, header, reason = checked or _check_copy(base, key)
     try:
-        header, _ = _valid_header(base, key)
-        built, reason = False, None
+        built = False
         if header is None:
+            seen = _identity(base)
             build = _lock(base.with_suffix(".build"), fcntl.LOCK_EX)
             try:
-                header, reason = _valid_header(base, key)
+                if _identity(base) != seen:
+                    header, _ = _valid_header(base, key)
                 if header is None:
                     header, built = _build_file(base, key, samples, view, progress), True
             finally:
@@ -391,7 +417,7 @@ def _open_or_build(
     except BaseException:
         lock.close()
         raise
-    os.utime(lock_path)  # last use, for eviction
+    os.utime(base.with_suffix(".lock"))  # last use, for eviction
     return lock, header, built, reason
 
 
