@@ -34,10 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under python -P
 
 from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
 
+from proxyembed.data.torch_dataset import normalize_batch  # noqa: E402
 from proxyembed.losses import build_loss  # noqa: E402
 from proxyembed.models import ModelConfig, build_embedder  # noqa: E402
 from proxyembed.runtime.images import image_files  # noqa: E402
 from proxyembed.training.config import resolve_config  # noqa: E402
+from proxyembed.training.optim import build_optimizer  # noqa: E402
 from proxyembed.training.trainer import Trainer  # noqa: E402
 
 
@@ -154,14 +156,14 @@ def plain_loop(trainer: Trainer, steps: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_embedder(ModelConfig(cfg.backbone, cfg.embedding_dim, cfg.pool)).to(device).train()
     loss_fn = build_loss(cfg.loss, trainer.dataset.num_classes, cfg.embedding_dim, **cfg.loss_params).to(device)
-    params = [*model.parameters(), *loss_fn.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg, model, loss_fn)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     n = min(len(trainer.dataset), steps * cfg.batch_size)
     items = [trainer.dataset[i % len(trainer.dataset)] for i in range(n)]
-    xs = torch.stack([x for x, _ in items]).to(device)
+    xs = normalize_batch(torch.stack([x for x, _ in items]).to(device), trainer.spec)
     ys = torch.tensor([y for _, y in items]).to(device)
     if channels_last:
         xs = xs.contiguous(memory_format=torch.channels_last)

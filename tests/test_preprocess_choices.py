@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from proxyembed.data.torch_dataset import AUGMENT_PRESETS, train_transform
+from proxyembed.data.torch_dataset import AUGMENT_PRESETS, normalize_batch, train_transform
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec
 from proxyembed.training.config import TrainConfig, resolve_config
@@ -81,8 +81,28 @@ def test_augment_none_trains_on_exactly_the_evaluation_pixels(fit: str) -> None:
     img = _wide_image()
     expected = Preprocessor(spec).image(img)
     got = train_transform(spec, "none")(img)
-    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
-    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.uint8  # batches stay uint8 until the device
+    np.testing.assert_allclose(normalize_batch(got[None], spec)[0].numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.5, 1.0), (1.0, 1.0)])
+def test_the_crop_and_flip_are_torchvisions_pixel_for_pixel(scale: tuple[float, float]) -> None:
+    """One PIL resize over the crop box draws the random numbers torchvision's v2 transforms draw and gives their pixels."""
+    from torchvision.transforms import v2
+
+    spec = PreprocessSpec(resize=24, crop=24)
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    ours = train_transform(spec, "standard", crop_scale=scale)
+    theirs = v2.Compose([v2.RandomResizedCrop(24, scale=scale, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+                         v2.RandomHorizontalFlip(), v2.PILToTensor()])
+    torch.manual_seed(3)
+    got = [ours(img) for _ in range(30)]
+    torch.manual_seed(3)
+    want = [theirs(img) for _ in range(30)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    if scale[0] < 1:  # (1, 1) on a wide image falls back to the same centre crop every time
+        assert len({a.sum().item() for a in got}) > 20  # 30 different crops, not one
 
 
 def test_augment_presets() -> None:
@@ -118,11 +138,14 @@ def test_crop_scale_and_hflip_override_the_preset() -> None:
     whole = Preprocessor(spec).image(square)
     full = train_transform(spec, "standard", crop_scale=(1.0, 1.0), hflip=False)
     preset = train_transform(spec, "standard", hflip=False)  # the preset's own scale, 0.08..1 of the area
+    def model_input(x: torch.Tensor) -> np.ndarray:
+        return normalize_batch(x[None], spec)[0].numpy()
+
     torch.manual_seed(0)
     for _ in range(20):
-        np.testing.assert_allclose(full(square).numpy(), whole, atol=1e-6)
+        np.testing.assert_allclose(model_input(full(square)), whole, atol=1e-6)
     torch.manual_seed(0)
-    assert sum(not np.allclose(preset(square).numpy(), whole, atol=1e-6) for _ in range(20)) >= 15  # zooms in nearly every time
+    assert sum(not np.allclose(model_input(preset(square)), whole, atol=1e-6) for _ in range(20)) >= 15  # zooms in nearly every time
 
 
 def test_config_validates_and_round_trips_the_choices() -> None:

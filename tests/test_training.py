@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from proxyembed.cli import app
+from proxyembed.losses import build_loss
 from proxyembed.runtime.errors import BadInput
 from proxyembed.training.checkpoint import load_checkpoint
 from proxyembed.training.config import TrainConfig, resolve_config
@@ -27,7 +28,8 @@ def tiny_config(**over) -> TrainConfig:
     # The paper's alpha 32: these runs take 3 steps an epoch, where its sharper gradients move faster than the
     # default alpha 8, chosen for full runs on real photos (test_real_data.py keeps that one honest). No whitening:
     # fitted to 96 images of a 3-step network it only adds noise here (test_whitening.py tests it).
-    base = dict(data=TINY, epochs=2, batch_size=32, image_size=32, resize=36, embedding_dim=32, lr=2e-3, channels_last=False, whiten=0.0)
+    # fp32 (amp none): on a CPU with AMX, auto trains in bf16, whose rounding moves these 3-step runs more than their margins
+    base = dict(data=TINY, epochs=2, batch_size=32, image_size=32, resize=36, embedding_dim=32, lr=2e-3, channels_last=False, whiten=0.0, amp="none")
     base.update(over)
     if base.get("loss", "proxy_anchor") == "proxy_anchor":
         base.setdefault("loss_params", {"alpha": 32})
@@ -365,9 +367,60 @@ def test_cuda_runs_pick_native_bf16_only_and_autotune_convolutions(tmp_path: Pat
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated_only)
     monkeypatch.setattr(trainer_mod, "select_device", lambda choice, world=None: torch.device("cuda"))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    t = trainer_mod.Trainer(tiny_config(), tmp_path / "run")
+    t = trainer_mod.Trainer(tiny_config(amp="auto"), tmp_path / "run")
     assert t.amp_dtype == torch.float16 and asked == [False]
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_amp_auto_trains_in_bf16_on_a_cpu_with_amx_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxyembed.training import device as device_mod
+
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda native=native: native)
+        assert device_mod.amp_dtype("auto", cpu) is expected
+        assert device_mod.amp_dtype("bf16", cpu) is torch.bfloat16 and device_mod.amp_dtype("none", cpu) is None
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older or newer torch without the probe: fp32
+    assert device_mod.amp_dtype("auto", cpu) is None
+    with pytest.raises(BadInput, match="--amp fp16 needs a CUDA device"):
+        device_mod.amp_dtype("fp16", cpu)
+
+
+def test_the_run_records_its_autocast_and_steps_with_the_fused_optimizer(tmp_path: Path) -> None:
+    from proxyembed.training import trainer as trainer_mod
+
+    t = trainer_mod.Trainer(tiny_config(amp="bf16", epochs=1), tmp_path / "run")
+    t.run()
+    report = json.loads((tmp_path / "run" / "config.json").read_text())["input_pipeline"]
+    assert report["autocast"] == "bfloat16"
+    assert all(g["fused"] for g in t.optimizer.param_groups)
+
+
+def test_the_fused_optimizer_takes_the_per_tensor_step() -> None:
+    """Fused AdamW is a faster kernel for the same update: after a few steps the weights agree to float rounding."""
+    from proxyembed.models import ModelConfig, build_embedder
+    from proxyembed.training.optim import build_optimizer
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    nets = [build_embedder(ModelConfig("resnet18", 16, "avg")) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    losses = [build_loss("proxy_anchor", 4, 16) for _ in range(2)]
+    losses[1].load_state_dict(losses[0].state_dict())
+    fused = build_optimizer(cfg, nets[0], losses[0])
+    plain = build_optimizer(cfg, nets[1], losses[1])
+    for g in plain.param_groups:
+        g["fused"] = False
+    x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 3] * 2)
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    for _ in range(3):
+        for net, loss_fn, opt in zip(nets, losses, (fused, plain), strict=True):
+            opt.zero_grad()
+            loss_fn(net(x), y).backward()
+            opt.step()
+    moved = max((a - a0).abs().max().item() for a, a0 in zip(nets[0].parameters(), start, strict=True))
+    apart = max((a - b).abs().max().item() for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True))
+    assert moved > 5e-3 and apart < 1e-4  # 3 steps of lr 2e-3 moved the weights; the two kernels differ by rounding
 
 
 def test_the_untrained_network_is_evaluated_only_when_asked(tmp_path: Path) -> None:

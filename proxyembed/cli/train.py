@@ -98,7 +98,9 @@ def train_command(
     ] = _DEFAULTS.val_fraction,
     seed: Annotated[int, typer.Option(help="Random seed.")] = _DEFAULTS.seed,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = _DEFAULTS.device,
-    amp: Annotated[Amp, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or none.")] = _DEFAULTS.amp,
+    amp: Annotated[Amp, typer.Option(
+        help="Mixed precision of the training steps (evaluation stays fp32): auto (CUDA: bf16 where native, else fp16; "
+        "CPU: bf16 on Intel AMX, else none), bf16, fp16 (CUDA only) or none.")] = _DEFAULTS.amp,
     workers: Annotated[
         int | None, typer.Option(help="Data-loading worker processes (default: chosen for the device, see docs/benchmarks.md).")
     ] = None,

@@ -9,13 +9,13 @@ from __future__ import annotations
 import random
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, Sampler
-from torchvision.transforms import v2
+from torchvision.transforms import RandomResizedCrop, v2
 
 from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.preprocess import Preprocessor, PreprocessSpec, load_image
@@ -35,6 +35,33 @@ class _EvalGeometry:
         return self.pre.square(img)
 
 
+class _ResizedCrop:
+    """A random-resized crop drawn as torchvision draws it (same random numbers, same boxes), cut and resized
+    bilinearly by PIL: the pixels of ``v2.RandomResizedCrop`` on a PIL image without its per-call dispatch, which
+    cost more than the crop itself at small sizes (docs/benchmarks.md). (PIL's ``resize(box=...)`` is not the
+    same: its filter reads pixels beyond the box.)"""
+
+    def __init__(self, size: int, scale: tuple[float, float]) -> None:
+        self.size = size
+        self.scale = [float(scale[0]), float(scale[1])]
+        self.ratio = [3 / 4, 4 / 3]
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        top, left, h, w = RandomResizedCrop.get_params(img, self.scale, self.ratio)
+        return img.crop((left, top, left + w, top + h)).resize((self.size, self.size), Image.Resampling.BILINEAR)
+
+
+class _Flip:
+    """A horizontal flip with probability 1/2, drawing its coin as ``v2.RandomHorizontalFlip`` does."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img if torch.rand(1) >= 0.5 else img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def _to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+
+
 def augment_crop_scale(augment: str, crop_scale: tuple[float, float] | None = None) -> tuple[float, float] | None:
     """The random-resized-crop area range training draws from (None: the evaluation geometry, no crop)."""
     if augment not in AUGMENT_PRESETS:
@@ -49,28 +76,37 @@ def train_transform(
     crop_scale: tuple[float, float] | None = None,
     hflip: bool | None = None,
     squared: bool = False,
-) -> v2.Compose:
-    """The training transform: an augmentation preset (see ``AUGMENT_PRESETS``), then the spec's normalisation.
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The training transform: an augmentation preset (see ``AUGMENT_PRESETS``) from a PIL image to a uint8
+    (3, crop, crop) tensor; :func:`normalize_batch` turns a batch of them into model input on the device.
 
     ``none`` gives the evaluation geometry itself, so training sees exactly the pixels evaluation and the
     runtime will; the crop presets draw a random-resized crop of ``crop_scale`` of the image area.
     ``crop_scale`` and ``hflip`` override the preset's values. ``squared`` says the images arrive already
     squared by the evaluation geometry (the image cache's square view), so ``none`` does not square again.
+    Batches stay uint8 until the device: a quarter of the float bytes to collate and to copy to a GPU.
     """
     scale = augment_crop_scale(augment, crop_scale)
     _, preset_flip, jitter = AUGMENT_PRESETS[augment]
-    steps: list[Any] = []
+    steps: list[Callable[[Image.Image], Image.Image]] = []
     if scale is None:
         if not squared:
             steps.append(_EvalGeometry(spec))
     else:
-        steps.append(v2.RandomResizedCrop(spec.crop, scale=tuple(scale), interpolation=v2.InterpolationMode.BILINEAR, antialias=True))
+        steps.append(_ResizedCrop(spec.crop, scale))
     if preset_flip if hflip is None else hflip:
-        steps.append(v2.RandomHorizontalFlip())
+        steps.append(_Flip())
     if jitter:
         steps += [v2.ColorJitter(0.4, 0.4, 0.4, 0.05), v2.RandomGrayscale(0.1)]
-    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(spec.mean), list(spec.std))]
-    return v2.Compose(steps)
+    return v2.Compose([*steps, _to_uint8_tensor])
+
+
+def normalize_batch(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """A uint8 (N, 3, H, W) batch of :func:`train_transform` as float32 model input: scaled to [0, 1], then the
+    spec's mean and std, on ``x``'s device (the evaluation preprocessing's numbers)."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x.to(torch.float32) / 255.0 - mean) / std
 
 
 class TrainDataset(Dataset):
@@ -82,7 +118,7 @@ class TrainDataset(Dataset):
     cached pixels instead of a fresh decode; an image the cache could not decode fails the same way.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: v2.Compose, pixels: ImageCache | None = None) -> None:
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], torch.Tensor], pixels: ImageCache | None = None) -> None:
         if not samples:
             raise BadInput("no training images", hint="check --data: the training split is empty")
         self.samples = list(samples)

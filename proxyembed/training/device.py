@@ -32,10 +32,25 @@ def select_device(choice: str, world: World | None = None) -> torch.device:
     return torch.device("cuda", world.local_rank)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX), where bf16 autocast trains about a quarter
+    faster than fp32 (docs/benchmarks.md); elsewhere CPU bf16 is emulated and slower than fp32."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
 def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` (auto, bf16, fp16 or none) on ``device``; ``None`` (fp32) off CUDA."""
-    if device.type != "cuda" or choice == "none":
+    """The autocast dtype for ``--amp`` (auto, bf16, fp16 or none) on ``device``; ``None`` means fp32.
+
+    ``auto``: on CUDA bf16 where it is native, else fp16; on a CPU bf16 where :func:`native_cpu_bf16`, else fp32.
+    ``fp16`` needs CUDA (CPUs have no fp16 training path worth taking).
+    """
+    if choice == "none":
         return None
+    if device.type != "cuda":
+        if choice == "fp16":
+            raise BadInput("--amp fp16 needs a CUDA device", hint="use --amp bf16, auto or none on a CPU")
+        return torch.bfloat16 if choice == "bf16" or (choice == "auto" and device.type == "cpu" and native_cpu_bf16()) else None
     if choice == "auto":
         # By default is_bf16_supported() also counts bf16 emulated in fp32 (V100, T4): slower than fp16 there.
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16

@@ -19,7 +19,8 @@ from .config import TrainConfig
 
 
 def build_optimizer(cfg: TrainConfig, model: Embedder, loss_fn: MetricLoss) -> torch.optim.Optimizer:
-    """Adam or AdamW (``cfg.optimizer``) over the non-empty parameter groups of ``model`` and ``loss_fn``."""
+    """Adam or AdamW (``cfg.optimizer``) over the non-empty parameter groups of ``model`` and ``loss_fn``, with the
+    fused update where the parameters' device has one."""
     groups = [
         {"params": list(model.backbone.parameters()), "lr": cfg.lr, "name": "backbone"},
         {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult, "name": "head"},
@@ -27,8 +28,12 @@ def build_optimizer(cfg: TrainConfig, model: Embedder, loss_fn: MetricLoss) -> t
         # no weight decay on the loss's own weights either: the official NIR code gives its flow none
         {"params": list(loss_fn.other_parameters()), "lr": cfg.lr * cfg.aux_lr_mult, "name": "loss", "weight_decay": 0.0},
     ]
+    groups = [g for g in groups if g["params"]]
+    # The fused kernel updates every tensor in one pass: the same Adam step, a few percent of a CPU step faster than
+    # PyTorch's default per-tensor loop (docs/benchmarks.md); it exists for CPU and CUDA parameters.
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return optimizer([g for g in groups if g["params"]], weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    return optimizer(groups, weight_decay=cfg.weight_decay, eps=cfg.adam_eps, fused=fused)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:

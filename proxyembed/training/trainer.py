@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from proxyembed.data import resolve_data
 from proxyembed.data.shard_dataset import EpochStream, ShardDataset, shard_loader
-from proxyembed.data.torch_dataset import TrainDataset, train_transform
+from proxyembed.data.torch_dataset import TrainDataset, normalize_batch, train_transform
 from proxyembed.data.types import Sample
 from proxyembed.losses import build_loss
 from proxyembed.models import ModelConfig, build_embedder
@@ -305,7 +305,7 @@ class Trainer:
         total, count, seen, t0 = 0.0, 0, 0, time.perf_counter()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for step, (x, y) in enumerate(loader, 1):
-            x = x.to(self.device, non_blocking=True)
+            x = normalize_batch(x.to(self.device, non_blocking=True), self.spec)
             y = y.to(self.device, non_blocking=True)
             if self.cfg.channels_last and self.device.type == "cuda":
                 x = x.to(memory_format=torch.channels_last)
@@ -374,7 +374,8 @@ class Trainer:
         barrier(self.world)  # every rank has checked --out and --resume before rank 0 writes into it
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_config(self.out, self.cfg.to_dict(), {"loader": self.loader_settings, "cache": self.caches.info})
+            autocast = str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None
+            write_config(self.out, self.cfg.to_dict(), {"loader": self.loader_settings, "cache": self.caches.info, "autocast": autocast})
             self.tracking.start(self.out, self.cfg.to_dict())
         self.reporter.log(self.data.describe())
         self.reporter.log(_describe_pipeline(self.loader_settings, self.caches))
