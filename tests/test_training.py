@@ -436,3 +436,33 @@ def test_the_untrained_network_is_evaluated_only_when_asked(tmp_path: Path) -> N
                                    "eval_untrained": True}), tmp_path / "with0")
     assert result.initial and "recall@1" in result.initial
     assert [json.loads(x)["epoch"] for x in (tmp_path / "with0" / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_data_warnings_reach_the_reporter_as_warnings_with_the_file_names_literal(tmp_path: Path) -> None:
+    """A file name is data, not rich markup: the trainer hands its warnings to the reporter as kind="warning" lines,
+    which the reporter escapes (a name like "[red]x.jpg" must print as written)."""
+    import numpy as np
+    from PIL import Image
+
+    from proxyembed.runtime.progress import Reporter
+
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    (tmp_path / "data" / "c0" / "[red]x.jpg").write_bytes(b"not an image")
+
+    class Lines(Reporter):
+        def __init__(self) -> None:
+            self.lines: list[tuple[str, str]] = []
+
+        def log(self, message: str, *, kind: str = "info") -> None:  # type: ignore[override]
+            self.lines.append((kind, message))
+
+    shown = Lines()
+    cfg = resolve_config(dict(data=str(tmp_path / "data"), epochs=1, batch_size=8, image_size=16, embedding_dim=8, whiten=0.0, amp="none"))
+    train(cfg, tmp_path / "run", reporter=TrainingReporter(shown))
+    warned = [m for kind, m in shown.lines if kind == "warning"]
+    assert any("[red]x.jpg" in m for m in warned), shown.lines
+    assert not any("[yellow]" in m for _, m in shown.lines)

@@ -139,7 +139,7 @@ class Trainer:
         _seed_everything(cfg.seed)
         self.data = resolve_data(cfg.data, eval_data=cfg.eval_data)
         for w in self.data.warnings:
-            self.reporter.log(f"[yellow]warning:[/] {w}")
+            self.reporter.log(str(w), kind="warning")
         if not self.data.train and self.data.stream is None:
             raise BadInput(f"--data '{cfg.data}' has no training classes")
         self.spec = eval_spec(cfg, self.data.preprocess)
@@ -163,7 +163,7 @@ class Trainer:
             pretrained = "none" if self.resume_from else cfg.pretrained
             self.model = build_embedder(self.model_config, pretrained=pretrained)
         for w in caught:
-            self.reporter.log(f"[yellow]warning:[/] {w.message}")
+            self.reporter.log(str(w.message), kind="warning")
         self.unused: set[str] = set()
         if self.world.distributed:  # DDP needs every trainable parameter to get a gradient
             self.unused = set(unused_parameters(self.model, torch.zeros(2, 3, self.spec.crop, self.spec.crop)))
