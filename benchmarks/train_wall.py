@@ -7,6 +7,7 @@ wall times include loading; both are scored on the unseen classes with the same 
 
     python benchmarks/train_wall.py --size 64 --per-class 60 --seeds 0                  # Caltech-101 as stored
     python benchmarks/train_wall.py --size 64 --classes 10 --per-class 20 --megapixels 2   # 10 + 10 classes, upscaled to ~2 MP
+    python benchmarks/train_wall.py --size 64 --amp none      # proxyembed in fp32, as on a CPU without AMX
 
 ``--megapixels`` writes the upscaled copy once under ``--work`` (as ``decode_speed.py`` upscales: Lanczos,
 JPEG quality 90) and reuses it. Results: ``benchmarks/results/<--name>.{json,md}``.
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--loss", default="proxy_anchor", choices=["proxy_anchor", "proxy_nca"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--amp", default=None, choices=["auto", "bf16", "none"], help="proxyembed's --amp (default: its own default, auto)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "proxyembed-train-wall")
     ap.add_argument("--reference-only", action="store_true", help="time the reference loop alone (to pair with an earlier proxyembed run)")
     ap.add_argument("--note", default="")
@@ -93,7 +95,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="proxyembed-cache-") as cache:
             os.environ["PROXYEMBED_CACHE"] = cache  # cold: the one-time decode is part of the wall time
             t0 = time.perf_counter()
-            ours = proxyembed_run(str(root), args.size, args.loss, seed, args.epochs, args.batch, 128, "resnet18", {}, val=False)
+            overrides = {"amp": args.amp} if args.amp else {}
+            ours = proxyembed_run(str(root), args.size, args.loss, seed, args.epochs, args.batch, 128, "resnet18", overrides, val=False)
             ours["outer_wall_s"] = time.perf_counter() - t0
         ours["epoch_s"] = {h["epoch"]: h["time_s"] for h in histories[-1]}  # the last: training and the final evaluation
         rows.append({"seed": seed, "reference": ref, "proxyembed": ours, "ratio": ours["wall_s"] / ref["wall_s"]})
@@ -109,7 +112,8 @@ def main() -> None:
         f"`{command}`",
         "",
         f"{data}; resnet18 from scratch, {args.size} px, {args.epochs} epochs, batch {args.batch}, 128-d, {args.loss}, "
-        f"{args.threads} torch thread(s); proxyembed with a cold image cache. Machine: {machine_line(info)}.",
+        f"{args.threads} torch thread(s); proxyembed with a cold image cache"
+        + (f" and --amp {args.amp}" if args.amp else "") + f". Machine: {machine_line(info)}.",
         "",
         "| seed | reference s | proxyembed s | proxyembed / reference | reference R@1 | proxyembed R@1 | reference MAP@R | proxyembed MAP@R |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

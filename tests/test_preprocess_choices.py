@@ -101,6 +101,8 @@ def test_the_crop_and_flip_are_torchvisions_pixel_for_pixel(scale: tuple[float, 
     torch.manual_seed(3)
     want = [theirs(img) for _ in range(30)]
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    as_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(spec.mean), list(spec.std))])
+    assert torch.equal(normalize_batch(torch.stack(got), spec), torch.stack([as_float(a) for a in got]))  # the same floats too
     if scale[0] < 1:  # (1, 1) on a wide image falls back to the same centre crop every time
         assert len({a.sum().item() for a in got}) > 20  # 30 different crops, not one
 
