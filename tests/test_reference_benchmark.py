@@ -232,3 +232,41 @@ def test_the_reference_loop_repeats_itself_for_a_seed() -> None:
         np.random.seed(noise)
         runs.append(reference_pml.reference_run(split, 32, "proxy_anchor", seed=3, epochs=1, batch=16, dim=16, backbone="resnet18"))
     assert runs[0]["metrics"] == runs[1]["metrics"]
+
+
+def test_select_fraction_chooses_inside_the_rest_and_scores_on_the_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tune select_fraction=F: the run trains on the training classes outside the validation fold, holds F of those
+    out to choose best.pt (every epoch evaluated) and is scored on the fold; the unseen classes are not in it."""
+    from PIL import Image
+
+    src = tmp_path / "caltech"
+    train, unseen = [f"a{i:02d}" for i in range(10)], [f"b{i:02d}" for i in range(10)]
+    for name in train + unseen:
+        (src / "images" / name).mkdir(parents=True)
+        for j in range(3):
+            Image.new("RGB", (8, 8), (j, 0, 0)).save(src / "images" / name / f"{j}.jpg")
+    (src / "train_classes.txt").write_text("\n".join(train))
+    (src / "eval_classes.txt").write_text("\n".join(unseen))
+    monkeypatch.setattr(reference_pml, "CALTECH", src)
+    split = resolve_data(str(reference_pml.caltech_subset(tmp_path / "fold1", per_class=2, fold=1)))
+    nested = resolve_data(reference_pml.nested_list(split, tmp_path))
+    names = {part: sorted({nested.class_names[s.label].split("_", 1)[1] for s in samples}) for part, samples in
+             (("train", nested.train), ("eval", nested.eval))}
+    assert names == {"train": [c for c in train if c not in train[2:4]], "eval": train[2:4]}  # fold 1's two classes scored
+    assert len(nested.eval) == 4 and len(nested.train) == 16
+
+    calls: list[tuple[str, dict[str, Any], bool, bool]] = []
+
+    def fake(data: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        overrides = args[7]
+        calls.append((data, overrides, kwargs["val"], kwargs.get("chosen", False)))
+        return _run(0.5, 0.1)
+
+    monkeypatch.setattr(reference_pml, "proxyembed_run", fake)
+    monkeypatch.setattr(reference_pml, "write_results", lambda name, data, md: None)
+    reference_pml.main(["--datasets", "caltech101", "--sizes", "32", "--losses", "proxy_anchor", "--seeds", "0", "--per-class", "2",
+                        "--fold", "1", "--tune", "select_fraction=0", "--tune", "select_fraction=0.25,pool=max"])
+    (base_data, base, base_val, base_chosen), (sel_data, sel, sel_val, sel_chosen) = calls
+    assert base_data == sel_data and base_data.endswith("nested.csv") and not base_val and not sel_val
+    assert base == {"val_fraction": 0} and not base_chosen  # nothing held out: the last epoch, scored on the fold
+    assert sel == {"val_fraction": 0.25, "eval_every": 1, "pool": "max"} and sel_chosen  # best.pt chosen on 2 of the 8 classes
