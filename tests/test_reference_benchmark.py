@@ -154,7 +154,8 @@ def test_every_side_is_scored_by_the_same_metric_function(monkeypatch: pytest.Mo
     assert any(all(ours["metrics"][k] == v for k, v in call.items()) for call in calls[before:])
 
 
-def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_caltech(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """A Caltech-101 folder of 10 training and 10 unseen classes, 3 tiny images each, in place of the real one."""
     from PIL import Image
 
     src = tmp_path / "caltech"
@@ -166,6 +167,11 @@ def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkey
     (src / "train_classes.txt").write_text("\n".join(train))
     (src / "eval_classes.txt").write_text("\n".join(unseen))
     monkeypatch.setattr(reference_pml, "CALTECH", src)
+    return train, unseen
+
+
+def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, unseen = _fake_caltech(tmp_path, monkeypatch)
     for fold in range(reference_pml.FOLDS):
         split = resolve_data(str(reference_pml.caltech_subset(tmp_path / f"fold{fold}", per_class=2, fold=fold)))
         rest, held = hold_out_classes(split.train, reference_pml.VAL_FRACTION)
@@ -237,17 +243,7 @@ def test_the_reference_loop_repeats_itself_for_a_seed() -> None:
 def test_select_fraction_chooses_inside_the_rest_and_scores_on_the_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--tune select_fraction=F: the run trains on the training classes outside the validation fold, holds F of those
     out to choose best.pt (every epoch evaluated) and is scored on the fold; the unseen classes are not in it."""
-    from PIL import Image
-
-    src = tmp_path / "caltech"
-    train, unseen = [f"a{i:02d}" for i in range(10)], [f"b{i:02d}" for i in range(10)]
-    for name in train + unseen:
-        (src / "images" / name).mkdir(parents=True)
-        for j in range(3):
-            Image.new("RGB", (8, 8), (j, 0, 0)).save(src / "images" / name / f"{j}.jpg")
-    (src / "train_classes.txt").write_text("\n".join(train))
-    (src / "eval_classes.txt").write_text("\n".join(unseen))
-    monkeypatch.setattr(reference_pml, "CALTECH", src)
+    train, unseen = _fake_caltech(tmp_path, monkeypatch)
     split = resolve_data(str(reference_pml.caltech_subset(tmp_path / "fold1", per_class=2, fold=1)))
     nested = resolve_data(reference_pml.nested_list(split, tmp_path))
     names = {part: sorted({nested.class_names[s.label].split("_", 1)[1] for s in samples}) for part, samples in
