@@ -158,7 +158,7 @@ def proxyembed_run(
     chosen: bool = False,
 ) -> dict[str, Any]:
     """``proxyembed train`` with its defaults (plus ``overrides``); metrics of the last epoch, or with ``chosen`` of
-    the epoch ``best.pt`` holds (with its epoch and the last epoch's metrics beside them)."""
+    the epoch ``best.pt`` holds (with its epoch, the last epoch's metrics and each epoch's R@1 and MAP@R beside them)."""
     settings: dict[str, Any] = dict(
         data=data, loss=loss, seed=seed, epochs=epochs, batch_size=batch, embedding_dim=dim, backbone=backbone, eval_every=epochs
     )
@@ -179,8 +179,9 @@ def proxyembed_run(
         return {k[len(prefix) :]: v for k, v in reported.items() if k.startswith(prefix) and (val or not k.startswith("val/"))}
 
     out = {"metrics": scored(result.best if chosen else result.final), "wall_s": wall, "train_images_per_s": ips}
-    if chosen:
-        out |= {"best_epoch": result.best_epoch, "last_metrics": scored(result.final)}
+    if chosen:  # with each epoch's reported metrics, to replay what another --select-metric would have chosen
+        curve = [{k: h[k] for k in ("epoch", *REPORTED, *(f"val/{m}" for m in REPORTED)) if k in h} for h in history]
+        out |= {"best_epoch": result.best_epoch, "last_metrics": scored(result.final), "history": curve}
     return out
 
 
