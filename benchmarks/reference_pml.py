@@ -489,6 +489,13 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str], 
     print("\n".join(lines))
 
 
+def _base_variant(variant: str) -> str:
+    """The runs a tuning variant is paired with: the defaults (``''``), or for a variant run nested with ``select_fraction``
+    (trained outside the fold, scored on it) the defaults run the same way, ``select_fraction=0``."""
+    nested = SELECT_KEY in _parse_overrides(variant)
+    return f"{SELECT_KEY}=0" if nested and variant != f"{SELECT_KEY}=0" else ""
+
+
 def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None:
     """Tuning results of several processes (folds, seeds, variants) pooled per variant, each compared with the
     current defaults (the variant ``''``) on the same folds and seeds: the paired difference cancels most of
@@ -517,8 +524,8 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         *[f"`{c}`  " for c in commands],
         "",
         f"Metrics on the validation fifth of the *training* classes (`--val-fraction {VAL_FRACTION}`, `--fold` picks which fifth), last epoch, "
-        "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`) on the same "
-        "folds and seeds, mean ± standard error (pairs).",
+        "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`; for a "
+        f"`{SELECT_KEY}` variant, `{SELECT_KEY}=0`) on the same folds and seeds, mean ± standard error (pairs).",
         "",
         "| variant | data | px | loss | runs | val R@1 | val MAP@R | Δ R@1 | Δ MAP@R |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -526,7 +533,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
     # one block per data, size and loss, the defaults on its first line; variants in the order they came
     ordered = sorted(pooled.items(), key=lambda item: (item[0][1], str(item[0][2]), item[0][3], item[0][0] != ""))
     for (variant, dataset, size, loss), runs in ordered:
-        base = pooled.get(("", dataset, size, loss), {})
+        base = pooled.get((_base_variant(variant), dataset, size, loss), {})
         r1, mr = (100 * statistics.mean(r["metrics"][m] for r in runs.values()) for m in REPORTED)
         lines.append(
             f"| {f'`{variant}`' if variant else 'the defaults'} | {dataset} | {size or 'native'} | {loss} | {len(runs)} | {r1:.1f} | {mr:.1f} "

@@ -228,6 +228,19 @@ def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) ->
         reference_pml.main(["--combine", "max1", "again", "--name", "cv2"])
 
 
+def test_combine_tune_pairs_a_nested_variant_with_the_nested_defaults(results_dir: Path) -> None:
+    _tune_part(results_dir, "base", "", 0, [0.50, 0.60])
+    _tune_part(results_dir, "nested", "select_fraction=0", 0, [0.46, 0.56])
+    _tune_part(results_dir, "chosen", "select_fraction=0.2", 0, [0.42, 0.54])
+    _tune_part(results_dir, "ema", "select_fraction=0,ema_decay=0.98", 0, [0.47, 0.59])
+    reference_pml.main(["--combine", "base", "nested", "chosen", "ema", "--name", "cv"])
+    md = (results_dir / "cv.md").read_text()
+    # select_fraction=0 against the defaults; the other nested variants against select_fraction=0, not the defaults
+    assert "| `select_fraction=0` | caltech101 | 64 | proxy_anchor | 2 | 51.0 | 10.0 | -4.0 ± 0.0 (2) |" in md
+    assert "| `select_fraction=0.2` | caltech101 | 64 | proxy_anchor | 2 | 48.0 | 10.0 | -3.0 ± 1.0 (2) |" in md
+    assert "| `select_fraction=0,ema_decay=0.98` | caltech101 | 64 | proxy_anchor | 2 | 53.0 | 10.0 | +2.0 ± 1.0 (2) |" in md
+
+
 def test_the_reference_loop_repeats_itself_for_a_seed() -> None:
     pytest.importorskip("pytorch_metric_learning", reason='the reference loop needs pip install -e ".[bench]"')
     import numpy as np
