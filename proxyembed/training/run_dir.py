@@ -148,8 +148,9 @@ def selection_key(val_fraction: float, select_metric: str) -> str | None:
 
 def chosen_record(history: list[dict[str, Any]], key: str | None) -> dict[str, Any] | None:
     """The metrics.jsonl record of the epoch ``best.pt`` holds (see :func:`selection_key`): among the trained,
-    evaluated epochs, the first with the highest ``key``, or the last one when ``key`` is None; None before any."""
+    evaluated epochs, the one with the highest ``key`` (of tied ones the latest, which trained longest), or the last
+    one when ``key`` is None; None before any."""
     evaluated = [h for h in history if h.get("epoch", 0) > 0 and (key in h if key else metrics_of(h))]
     if not evaluated:
         return None
-    return max(evaluated, key=lambda h: h[key]) if key else evaluated[-1]
+    return max(reversed(evaluated), key=lambda h: h[key]) if key else evaluated[-1]

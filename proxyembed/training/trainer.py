@@ -413,7 +413,7 @@ class Trainer:
                 last_metrics, whitening = self._evaluate(epoch)
                 times["eval_s"] = time.perf_counter() - t_eval
                 record.update(last_metrics)
-                if key is None or last_metrics[key] > self.best_value:
+                if key is None or last_metrics[key] >= self.best_value:  # a tie goes to the later, longer-trained epoch
                     if key:
                         self.best_value = last_metrics[key]
                     self._save(BEST, epoch, last_metrics, whitening, full=False)
