@@ -472,7 +472,7 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str], 
             f"`{_command(sys.argv[1:])}`",
             "",
             f"`--val-fraction {VAL_FRACTION}`: metrics on the {'last' if args.fold is None else f'fold-{args.fold}'} fifth of the *training* "
-            "classes, last epoch; the unseen classes are not looked at.",
+            f"classes, last epoch (`{SELECT_KEY}` above 0: the epoch best.pt holds); the unseen classes are not looked at.",
             "",
             "| variant | data | px | loss | val R@1 | val MAP@R | s |",
             "| --- | --- | ---: | --- | ---: | ---: | ---: |",
@@ -523,7 +523,8 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         "",
         *[f"`{c}`  " for c in commands],
         "",
-        f"Metrics on the validation fifth of the *training* classes (`--val-fraction {VAL_FRACTION}`, `--fold` picks which fifth), last epoch, "
+        f"Metrics on the validation fifth of the *training* classes (`--val-fraction {VAL_FRACTION}`, `--fold` picks which fifth), last epoch "
+        f"(`{SELECT_KEY}` above 0: the epoch best.pt holds), "
         "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`; for a "
         f"`{SELECT_KEY}` variant, `{SELECT_KEY}=0`) on the same folds and seeds, mean ± standard error (pairs).",
         "",
