@@ -17,7 +17,8 @@ last epoch (no model selection on any side).
 
 ``--tune KEY=VALUE,...`` instead runs proxyembed variants with ``--val-fraction 0.2`` and reports the
 metrics on the held-out *training* classes only, which is how the defaults were chosen (docs/defaults.md):
-the unseen classes never decide a default. ``--tune reference[,augment=true,sampler=random,weight_decay=X]`` scores the
+the unseen classes never decide a default. ``--tune select_fraction=F`` (0 or, say, 0.2) measures choosing ``best.pt`` on
+held-out training classes: see ``SELECT_KEY``. ``--tune reference[,augment=true,sampler=random,weight_decay=X]`` scores the
 reference loop (or a variant of it, ``augment=true`` for the augmented one) on the same validation classes.
 
 Results: benchmarks/results/reference_pml.{md,json} (tuning: reference_pml_tune.{md,json}).
@@ -59,6 +60,10 @@ REFERENCES = SIDES[:2]  # "the reference" is the better of these on each metric
 PRELOAD = 1.25  # the augmented loop preloads its training images at this multiple of the input size ...
 CROP_SCALE = (0.25, 1.0)  # ... and crops this share of their area (torchvision's ratio range, 3/4 to 4/3)
 CROP_RATIO = (3 / 4, 4 / 3)
+# --tune select_fraction=F (benchmark-only key): train on the training classes outside the validation fold, hold out the
+# fraction F of them to choose best.pt (every epoch evaluated), and score best.pt on the fold; F = 0 holds nothing
+# out and scores the last epoch, the pair that measures what choosing best.pt on held-out classes buys and costs.
+SELECT_KEY = "select_fraction"
 
 
 # ---- the hand-written reference ------------------------------------------------------------------------
@@ -149,9 +154,11 @@ def reference_run(
 
 # ---- proxyembed -------------------------------------------------------------------------------------------
 def proxyembed_run(
-    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, overrides: dict[str, Any], val: bool
+    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, overrides: dict[str, Any], val: bool,
+    chosen: bool = False,
 ) -> dict[str, Any]:
-    """``proxyembed train`` with its defaults (plus ``overrides``); metrics of the last epoch."""
+    """``proxyembed train`` with its defaults (plus ``overrides``); metrics of the last epoch, or with ``chosen`` of
+    the epoch ``best.pt`` holds (with its epoch, the last epoch's metrics and each epoch's R@1 and MAP@R beside them)."""
     settings: dict[str, Any] = dict(
         data=data, loss=loss, seed=seed, epochs=epochs, batch_size=batch, embedding_dim=dim, backbone=backbone, eval_every=epochs
     )
@@ -167,8 +174,32 @@ def proxyembed_run(
         history = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     ips = statistics.mean(h["images_per_s"] for h in history if h["epoch"] > 0)
     prefix = "val/" if val else ""
-    metrics = {k[len(prefix) :]: v for k, v in result.final.items() if k.startswith(prefix) and (val or not k.startswith("val/"))}
-    return {"metrics": metrics, "wall_s": wall, "train_images_per_s": ips}
+
+    def scored(reported: dict[str, float]) -> dict[str, float]:
+        return {k[len(prefix) :]: v for k, v in reported.items() if k.startswith(prefix) and (val or not k.startswith("val/"))}
+
+    out = {"metrics": scored(result.best if chosen else result.final), "wall_s": wall, "train_images_per_s": ips}
+    if chosen:  # with each epoch's reported metrics, to replay what another --select-metric would have chosen
+        curve = [{k: h[k] for k in ("epoch", *REPORTED, *(f"val/{m}" for m in REPORTED)) if k in h} for h in history]
+        out |= {"best_epoch": result.best_epoch, "last_metrics": scored(result.final), "history": curve}
+    return out
+
+
+def nested_list(split: DataSplit, work: Path) -> str:
+    """The validation fold of ``split`` as the evaluation classes of a list file (``work``/nested.csv), the other
+    training classes as its training classes: a run on it may hold out some of *those* to choose ``best.pt``
+    (``--tune select_fraction=F``) and is still scored on classes it neither trained nor chose on. The unseen
+    classes are left out."""
+    import csv
+
+    rest, held = hold_out_classes(split.train, VAL_FRACTION)
+    path = work / "nested.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        rows = csv.writer(fh)
+        rows.writerow(["path", "label", "split"])
+        for part, samples in (("train", rest), ("eval", held)):
+            rows.writerows([str(s.source), split.class_names[s.label], part] for s in samples)
+    return str(path)
 
 
 # ---- orchestration ------------------------------------------------------------------------------------
@@ -327,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as work:
         data = {d: _data_spec(d, Path(work), args.per_class or None, args.fold) for d in args.datasets}
         if args.tune:
-            return _tune(args, info, data)
+            return _tune(args, info, data, Path(work))
         _compare(args, info, data)
 
 
@@ -393,15 +424,18 @@ def _combine(args: argparse.Namespace) -> None:
     print(md)
 
 
-def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) -> None:
+def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str], work: Path) -> None:
     """proxyembed variants scored on held-out training classes (never the unseen ones)."""
     rows = []
     lines: list[str] = []
     val_splits = {}  # the reference's validation split per dataset, resolved once
+    nested: dict[str, str] = {}  # select_fraction's list file per dataset
     for dataset in args.datasets:
         full = resolve_data(data[dataset])
         rest, held = hold_out_classes(full.train, VAL_FRACTION)
         val_splits[dataset] = DataSplit(name=f"{full.name} validation classes", train=rest, eval=held, ks=full.ks)
+        if any(SELECT_KEY in _parse_overrides(v) for v in args.tune):
+            nested[dataset] = nested_list(full, work)
     for variant in args.tune:
         overrides = _parse_overrides(variant)
         for dataset in args.datasets:
@@ -414,6 +448,15 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
                             run = reference_run(
                                 val_splits[dataset], size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, knobs,
                                 augment=overrides.get("augment") is True,
+                            )
+                        elif SELECT_KEY in overrides:  # nested: choose best.pt on part of the rest, score on the fold
+                            fraction = overrides[SELECT_KEY]
+                            settings = {k: v for k, v in overrides.items() if k != SELECT_KEY} | {"val_fraction": fraction}
+                            if fraction:
+                                settings["eval_every"] = 1
+                            run = proxyembed_run(
+                                nested[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, settings, val=False,
+                                chosen=bool(fraction),
                             )
                         else:
                             run = proxyembed_run(
@@ -429,7 +472,7 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
             f"`{_command(sys.argv[1:])}`",
             "",
             f"`--val-fraction {VAL_FRACTION}`: metrics on the {'last' if args.fold is None else f'fold-{args.fold}'} fifth of the *training* "
-            "classes, last epoch; the unseen classes are not looked at.",
+            f"classes, last epoch (`{SELECT_KEY}` above 0: the epoch best.pt holds); the unseen classes are not looked at.",
             "",
             "| variant | data | px | loss | val R@1 | val MAP@R | s |",
             "| --- | --- | ---: | --- | ---: | ---: | ---: |",
@@ -444,6 +487,13 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str]) 
         payload = {"machine": info, "args": vars(args), "argv": sys.argv[1:], "results": rows}
         write_results(args.name or "reference_pml_tune", payload, "\n".join(lines))
     print("\n".join(lines))
+
+
+def _base_variant(variant: str) -> str:
+    """The runs a tuning variant is paired with: the defaults (``''``), or for a variant run nested with ``select_fraction``
+    (trained outside the fold, scored on it) the defaults run the same way, ``select_fraction=0``."""
+    nested = SELECT_KEY in _parse_overrides(variant)
+    return f"{SELECT_KEY}=0" if nested and variant != f"{SELECT_KEY}=0" else ""
 
 
 def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None:
@@ -473,9 +523,10 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
         "",
         *[f"`{c}`  " for c in commands],
         "",
-        f"Metrics on the validation fifth of the *training* classes (`--val-fraction {VAL_FRACTION}`, `--fold` picks which fifth), last epoch, "
-        "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`) on the same "
-        "folds and seeds, mean ± standard error (pairs).",
+        f"Metrics on the validation fifth of the *training* classes (`--val-fraction {VAL_FRACTION}`, `--fold` picks which fifth), last epoch "
+        f"(`{SELECT_KEY}` above 0: the epoch best.pt holds), "
+        "mean over every fold and seed run; Δ: the paired difference from the current defaults (variant `''`; for a "
+        f"`{SELECT_KEY}` variant, `{SELECT_KEY}=0`) on the same folds and seeds, mean ± standard error (pairs).",
         "",
         "| variant | data | px | loss | runs | val R@1 | val MAP@R | Δ R@1 | Δ MAP@R |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -483,7 +534,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
     # one block per data, size and loss, the defaults on its first line; variants in the order they came
     ordered = sorted(pooled.items(), key=lambda item: (item[0][1], str(item[0][2]), item[0][3], item[0][0] != ""))
     for (variant, dataset, size, loss), runs in ordered:
-        base = pooled.get(("", dataset, size, loss), {})
+        base = pooled.get((_base_variant(variant), dataset, size, loss), {})
         r1, mr = (100 * statistics.mean(r["metrics"][m] for r in runs.values()) for m in REPORTED)
         lines.append(
             f"| {f'`{variant}`' if variant else 'the defaults'} | {dataset} | {size or 'native'} | {loss} | {len(runs)} | {r1:.1f} | {mr:.1f} "

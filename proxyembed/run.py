@@ -18,7 +18,16 @@ from proxyembed.runtime.errors import BadInput
 from proxyembed.runtime.files import read_json_object
 from proxyembed.runtime.preprocess import ImageLike
 from proxyembed.training.config import TrainConfig
-from proxyembed.training.run_dir import CONFIG_NAME, Which, checkpoint_name, config_settings, metrics_of, read_history
+from proxyembed.training.run_dir import (
+    CONFIG_NAME,
+    Which,
+    checkpoint_name,
+    chosen_record,
+    config_settings,
+    metrics_of,
+    read_history,
+    selection_key,
+)
 
 if TYPE_CHECKING:
     from proxyembed.models import Embedder
@@ -52,13 +61,12 @@ class Run:
 
     @property
     def best_metrics(self) -> dict[str, float]:
-        """Metrics of the epoch that chose ``best.pt`` (by ``select_metric``, on ``val/`` when classes were held out)."""
+        """Metrics of the epoch ``best.pt`` holds: the best ``select_metric`` on the validation classes when the run held
+        some out (``val_fraction``), else the last evaluated epoch (:func:`~proxyembed.training.run_dir.selection_key`)."""
         cfg = self.config
-        metric = ("val/" if cfg.val_fraction > 0 else "") + cfg.select_metric
-        trained = [h for h in self.history if h.get("epoch", 0) > 0 and metric in h]
-        if not trained:
+        best = chosen_record(self.history, selection_key(cfg.val_fraction, cfg.select_metric))
+        if best is None:
             raise BadInput(f"run {self.path} has no evaluated epoch yet", hint="train for at least one epoch")
-        best = max(trained, key=lambda h: h[metric])
         return metrics_of(best) | {"epoch": best["epoch"]}
 
     def load_model(self, which: Which = "best") -> Embedder:

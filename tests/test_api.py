@@ -83,6 +83,13 @@ def test_run_reads_history_and_rejects_what_is_not_a_run(tmp_path: Path) -> None
     run = proxyembed.Run(run_dir)
     assert run.config.epochs == 2 and len(run.history) == 3
     assert run.best_metrics == {"val/recall@1": 0.5, "recall@1": 0.4, "epoch": 1}  # chosen on the held-out classes
+    records.append({"epoch": 3, "loss": 0.9, "val/recall@1": 0.5, "recall@1": 0.3})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert proxyembed.Run(run_dir).best_metrics["epoch"] == 3  # a tie goes to the later epoch, as the trainer saves it
+    (run_dir / "config.json").write_text('{"epochs": 3}')  # no validation classes: the last evaluated epoch, never the test peak
+    records = [{"epoch": 1, "loss": 2.0, "recall@1": 0.6}, {"epoch": 2, "loss": 1.0, "recall@1": 0.4}, {"epoch": 3, "loss": 0.9}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert proxyembed.Run(run_dir).best_metrics == {"recall@1": 0.4, "epoch": 2}  # epoch 3 was not evaluated
     with pytest.raises(BadInput, match="is not a run dir"):
         proxyembed.Run(tmp_path)
 

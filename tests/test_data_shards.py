@@ -110,6 +110,21 @@ def test_single_process_epoch_streams_every_image_once_and_refuses_balanced(shar
         shard_loader(dataset, 16, "balanced", 1, workers=0, pin_memory=False)
 
 
+def test_a_run_from_shards_keeps_its_last_epoch_and_refuses_validation_classes(tmp_path: Path, shards: Path) -> None:
+    """Streamed shards do not list their classes up front, so no validation classes can be held out: the default
+    (--val-fraction 0) trains and keeps the last epoch in best.pt; --val-fraction is refused before anything is written."""
+    from proxyembed.training.checkpoint import load_checkpoint
+    from proxyembed.training.config import resolve_config
+    from proxyembed.training.trainer import train
+
+    settings = dict(data=str(shards / PATTERN), epochs=2, batch_size=16, image_size=32, embedding_dim=16, whiten=0.0, channels_last=False)
+    result = train(resolve_config(settings), tmp_path / "run")
+    assert result.best_epoch == 2 == load_checkpoint(tmp_path / "run").epoch and result.best == result.final
+    with pytest.raises(BadInput, match="--val-fraction needs the training classes listed up front"):
+        train(resolve_config({**settings, "val_fraction": 0.25}), tmp_path / "val")
+    assert not (tmp_path / "val").exists()
+
+
 RANK_SCRIPT = """
 import os, sys
 from pathlib import Path

@@ -154,7 +154,8 @@ def test_every_side_is_scored_by_the_same_metric_function(monkeypatch: pytest.Mo
     assert any(all(ours["metrics"][k] == v for k, v in call.items()) for call in calls[before:])
 
 
-def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_caltech(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """A Caltech-101 folder of 10 training and 10 unseen classes, 3 tiny images each, in place of the real one."""
     from PIL import Image
 
     src = tmp_path / "caltech"
@@ -166,6 +167,11 @@ def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkey
     (src / "train_classes.txt").write_text("\n".join(train))
     (src / "eval_classes.txt").write_text("\n".join(unseen))
     monkeypatch.setattr(reference_pml, "CALTECH", src)
+    return train, unseen
+
+
+def test_fold_holds_out_its_fifth_of_the_training_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, unseen = _fake_caltech(tmp_path, monkeypatch)
     for fold in range(reference_pml.FOLDS):
         split = resolve_data(str(reference_pml.caltech_subset(tmp_path / f"fold{fold}", per_class=2, fold=fold)))
         rest, held = hold_out_classes(split.train, reference_pml.VAL_FRACTION)
@@ -222,6 +228,19 @@ def test_combine_tune_pairs_each_variant_with_the_defaults(results_dir: Path) ->
         reference_pml.main(["--combine", "max1", "again", "--name", "cv2"])
 
 
+def test_combine_tune_pairs_a_nested_variant_with_the_nested_defaults(results_dir: Path) -> None:
+    _tune_part(results_dir, "base", "", 0, [0.50, 0.60])
+    _tune_part(results_dir, "nested", "select_fraction=0", 0, [0.46, 0.56])
+    _tune_part(results_dir, "chosen", "select_fraction=0.2", 0, [0.42, 0.54])
+    _tune_part(results_dir, "ema", "select_fraction=0,ema_decay=0.98", 0, [0.47, 0.59])
+    reference_pml.main(["--combine", "base", "nested", "chosen", "ema", "--name", "cv"])
+    md = (results_dir / "cv.md").read_text()
+    # select_fraction=0 against the defaults; the other nested variants against select_fraction=0, not the defaults
+    assert "| `select_fraction=0` | caltech101 | 64 | proxy_anchor | 2 | 51.0 | 10.0 | -4.0 ± 0.0 (2) |" in md
+    assert "| `select_fraction=0.2` | caltech101 | 64 | proxy_anchor | 2 | 48.0 | 10.0 | -3.0 ± 1.0 (2) |" in md
+    assert "| `select_fraction=0,ema_decay=0.98` | caltech101 | 64 | proxy_anchor | 2 | 53.0 | 10.0 | +2.0 ± 1.0 (2) |" in md
+
+
 def test_the_reference_loop_repeats_itself_for_a_seed() -> None:
     pytest.importorskip("pytorch_metric_learning", reason='the reference loop needs pip install -e ".[bench]"')
     import numpy as np
@@ -232,3 +251,31 @@ def test_the_reference_loop_repeats_itself_for_a_seed() -> None:
         np.random.seed(noise)
         runs.append(reference_pml.reference_run(split, 32, "proxy_anchor", seed=3, epochs=1, batch=16, dim=16, backbone="resnet18"))
     assert runs[0]["metrics"] == runs[1]["metrics"]
+
+
+def test_select_fraction_chooses_inside_the_rest_and_scores_on_the_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tune select_fraction=F: the run trains on the training classes outside the validation fold, holds F of those
+    out to choose best.pt (every epoch evaluated) and is scored on the fold; the unseen classes are not in it."""
+    train, unseen = _fake_caltech(tmp_path, monkeypatch)
+    split = resolve_data(str(reference_pml.caltech_subset(tmp_path / "fold1", per_class=2, fold=1)))
+    nested = resolve_data(reference_pml.nested_list(split, tmp_path))
+    names = {part: sorted({nested.class_names[s.label].split("_", 1)[1] for s in samples}) for part, samples in
+             (("train", nested.train), ("eval", nested.eval))}
+    assert names == {"train": [c for c in train if c not in train[2:4]], "eval": train[2:4]}  # fold 1's two classes scored
+    assert len(nested.eval) == 4 and len(nested.train) == 16
+
+    calls: list[tuple[str, dict[str, Any], bool, bool]] = []
+
+    def fake(data: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        overrides = args[7]
+        calls.append((data, overrides, kwargs["val"], kwargs.get("chosen", False)))
+        return _run(0.5, 0.1)
+
+    monkeypatch.setattr(reference_pml, "proxyembed_run", fake)
+    monkeypatch.setattr(reference_pml, "write_results", lambda name, data, md: None)
+    reference_pml.main(["--datasets", "caltech101", "--sizes", "32", "--losses", "proxy_anchor", "--seeds", "0", "--per-class", "2",
+                        "--fold", "1", "--tune", "select_fraction=0", "--tune", "select_fraction=0.25,pool=max"])
+    (base_data, base, base_val, base_chosen), (sel_data, sel, sel_val, sel_chosen) = calls
+    assert base_data == sel_data and base_data.endswith("nested.csv") and not base_val and not sel_val
+    assert base == {"val_fraction": 0} and not base_chosen  # nothing held out: the last epoch, scored on the fold
+    assert sel == {"val_fraction": 0.25, "eval_every": 1, "pool": "max"} and sel_chosen  # best.pt chosen on 2 of the 8 classes

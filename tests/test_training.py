@@ -138,12 +138,22 @@ def test_weight_averaged_run_saves_evaluates_and_resumes_the_average(tmp_path: P
         train(tiny_config(ema_decay=1.0), tmp_path / "bad")
 
 
+def test_without_validation_classes_best_pt_is_the_last_epoch(trained: Path) -> None:
+    """No --val-fraction (the default): the evaluation classes are reported every epoch but never choose best.pt,
+    which holds the last epoch's network, as last.pt does."""
+    best, last = load_checkpoint(trained, prefer=BEST), load_checkpoint(trained, prefer=LAST)
+    assert best.epoch == last.epoch == 3
+    assert all(torch.equal(best.data["model"][k], last.data["model"][k]) for k in last.data["model"])
+    history = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert best.metrics == {k: v for k, v in history[-1].items() if k not in ("epoch", "loss", "lr", "images_per_s", "time_s")}
+
+
 def test_validation_classes_pick_the_best_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "val"
     result = train(tiny_config(epochs=2, val_fraction=0.25), out)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("val/recall@1" in h and "recall@1" in h for h in lines)
-    best = max(lines, key=lambda h: h["val/recall@1"])  # every record an evaluated, trained epoch (no epoch 0 by default)
+    best = max(reversed(lines), key=lambda h: h["val/recall@1"])  # every record an evaluated, trained epoch; ties: the later
     assert result.best_epoch == best["epoch"] == load_checkpoint(out).epoch
     assert load_checkpoint(out).data["train_classes"] == 9  # 12 training classes minus 3 held out
     with pytest.raises(BadInput, match="--val-fraction"):

@@ -91,10 +91,12 @@ def train_command(
         NmiMode, typer.Option(help=f"NMI in evaluation: auto (only up to {NMI_AUTO_MAX_ITEMS:,} images: k-means costs more above), always or never.")
     ] = _DEFAULTS.nmi,
     select_metric: Annotated[
-        str, typer.Option("--select-metric", help="Metric that picks best.pt: recall@K, map@r, r_precision or nmi.")
+        str,
+        typer.Option("--select-metric", help="Metric that picks best.pt on the --val-fraction classes: recall@K, map@r, r_precision or nmi."),
     ] = _DEFAULTS.select_metric,
     val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Hold out this fraction of training classes to pick best.pt (not the test classes).")
+        float,
+        typer.Option("--val-fraction", help="Hold out this fraction of training classes to pick best.pt on (0: best.pt is the last epoch)."),
     ] = _DEFAULTS.val_fraction,
     seed: Annotated[int, typer.Option(help="Random seed.")] = _DEFAULTS.seed,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = _DEFAULTS.device,

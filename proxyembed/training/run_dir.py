@@ -24,7 +24,9 @@ BEST, LAST = "best.pt", "last.pt"
 DEFAULT_RUN_DIR = Path("runs/default")
 """Where ``proxyembed train`` and ``proxyembed.train()`` write when no ``--out`` / ``out`` is given."""
 Which = Literal["best", "last"]
-"""Which checkpoint of a run to read: ``best.pt`` (chosen by ``select_metric``) or ``last.pt``."""
+"""Which checkpoint of a run to read: ``best.pt`` (see :func:`selection_key`) or ``last.pt``."""
+VAL_PREFIX = "val/"
+"""metrics.jsonl's prefix for the metrics on the validation classes (``--val-fraction``)."""
 BOOKKEEPING = ("epoch", "loss", "lr", "images_per_s", "time_s")
 """The keys of a metrics.jsonl record that are not retrieval metrics."""
 
@@ -133,3 +135,22 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
 def metrics_of(record: dict[str, Any]) -> dict[str, float]:
     """The retrieval metrics of a metrics.jsonl record, without its bookkeeping (epoch, loss, lr, speed, time)."""
     return {k: v for k, v in record.items() if k not in BOOKKEEPING}
+
+
+def selection_key(val_fraction: float, select_metric: str) -> str | None:
+    """The metrics.jsonl key whose best epoch ``best.pt`` holds: ``select_metric`` on the validation classes when the
+    run holds some of its training classes out (``val_fraction`` > 0); otherwise None, and ``best.pt`` is the last
+    evaluated epoch. The evaluation classes never choose: a checkpoint picked on them makes their numbers optimistic,
+    and the default (no validation classes) trains on every class, since a constant learning rate over a short run
+    keeps improving to its end (docs/defaults.md, "Choosing best.pt")."""
+    return VAL_PREFIX + select_metric if val_fraction > 0 else None
+
+
+def chosen_record(history: list[dict[str, Any]], key: str | None) -> dict[str, Any] | None:
+    """The metrics.jsonl record of the epoch ``best.pt`` holds (see :func:`selection_key`): among the trained,
+    evaluated epochs, the one with the highest ``key`` (of tied ones the latest, which trained longest), or the last
+    one when ``key`` is None; None before any."""
+    evaluated = [h for h in history if h.get("epoch", 0) > 0 and (key in h if key else metrics_of(h))]
+    if not evaluated:
+        return None
+    return max(reversed(evaluated), key=lambda h: h[key]) if key else evaluated[-1]

@@ -69,9 +69,11 @@ from .run_dir import (
     CURVES_NAME,
     LAST,
     CheckpointPayload,
+    chosen_record,
     holds_run,
     metrics_of,
     read_history,
+    selection_key,
     write_config,
     write_history,
 )
@@ -388,7 +390,9 @@ class Trainer:
                 f"data-parallel over {self.world.size} processes ({torch.distributed.get_backend()}): batch {self.cfg.batch_size} "
                 f"per process, global batch {self.cfg.batch_size * self.world.size}, SyncBatchNorm {'on' if self.sync_bn else 'off'}"
             )
-        metric = ("val/" if self.val else "") + self.cfg.select_metric
+        key = selection_key(self.cfg.val_fraction, self.cfg.select_metric)  # None: best.pt is the last evaluated epoch
+        if key is None:
+            self.reporter.log("best.pt: the last evaluated epoch (--val-fraction 0.2 would choose among epochs on held-out training classes)")
         if self.start_epoch == 0 and self.cfg.eval_untrained:
             t0 = time.perf_counter()
             initial, _ = self._evaluate(0)
@@ -410,14 +414,15 @@ class Trainer:
                 last_metrics, whitening = self._evaluate(epoch)
                 times["eval_s"] = time.perf_counter() - t_eval
                 record.update(last_metrics)
-                if last_metrics[metric] > self.best_value:
-                    self.best_value = last_metrics[metric]
+                if key is None or last_metrics[key] >= self.best_value:  # a tie goes to the later, longer-trained epoch
+                    if key:
+                        self.best_value = last_metrics[key]
                     self._save(BEST, epoch, last_metrics, whitening, full=False)
             record["time_s"] = time.perf_counter() - t0
             self._save(LAST, epoch, last_metrics, whitening, full=True)
             self._record(record, times)
         self.tracking.log_artifact(self.out / BEST, "checkpoints")
-        best_rec = max((h for h in self.history if metric in h and h["epoch"] > 0), key=lambda h: h[metric], default=self.history[-1])
+        best_rec = chosen_record(self.history, key) or self.history[-1]
         return TrainResult(self.out, initial, metrics_of(self.history[-1]), metrics_of(best_rec), best_rec["epoch"])
 
 
