@@ -331,7 +331,7 @@ def main() -> None:
 
     for n in [0] if args.bundle and args.images else [int(s) for s in args.sizes.split(",")]:
         if args.bundle and args.images:
-            gallery, queries = real_embeddings(args.bundle, args.images, args.queries)
+            gallery, queries = real_embeddings(args.bundle, args.images, args.queries, threads=args.build_threads)
             n = len(gallery)
         else:
             gallery, queries = clustered(n, args.dim, args.queries)
