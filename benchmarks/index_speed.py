@@ -49,12 +49,12 @@ def clustered(n: int, dim: int, n_queries: int, *, per_class: int = 50, seed: in
     return draw(n), draw(n_queries)
 
 
-def real_embeddings(bundle: str, images: str, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def real_embeddings(bundle: str, images: str, n_queries: int, seed: int = 0, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     from proxyembed.runtime import Encoder
 
     exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
     paths = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in exts)
-    enc = Encoder(bundle)
+    enc = Encoder(bundle, threads=threads)
     print(f"embedding {len(paths)} images with {enc.describe()}")
     x = enc.encode(paths, batch_size=64)
     order = np.random.default_rng(seed).permutation(len(x))

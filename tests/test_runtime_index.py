@@ -384,3 +384,19 @@ def test_quantized_storage_without_usearch_names_the_extra(monkeypatch: pytest.M
     assert len(Index(DIM)) == 0  # float32 galleries never need it
     with pytest.raises(BadInput, match="unknown vector storage 'f8'"):
         Index(DIM, vectors="f8")  # type: ignore[arg-type]
+
+
+def test_int8_hits_are_ordered_by_the_float_query_against_the_stored_codes(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """An int8 index re-ranks its candidates by the float query's cosine with each stored code (only the gallery is rounded).
+
+    The re-ranking reads the codes as stored and divides by their length instead of decoding unit vectors,
+    so each score must still be that cosine, and the hits must come in its order, on any number of threads.
+    """
+    gallery, queries = data
+    index = Index(DIM, vectors="i8", exact_below=0)
+    index._hnsw.set_num_threads(1)  # the benchmark builds and searches both graphs on one thread through this call
+    index.add(gallery, list(range(len(gallery))))
+    for query, hits in zip(queries[:20], index.search(queries[:20], 10), strict=True):
+        cosines = [float(query / np.linalg.norm(query) @ index.vector(hit.id)) for hit in hits]
+        assert [hit.score for hit in hits] == pytest.approx(cosines, abs=1e-5)
+        assert cosines == sorted(cosines, reverse=True)

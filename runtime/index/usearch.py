@@ -71,6 +71,7 @@ class QuantizedGraph:
         self.space, self.dim, self.vectors = space, dim, vectors
         self._usearch = _import_usearch()
         self._graph = None
+        self._threads = 0  # usearch: 0 is every core, as hnswlib's default
 
     def init_index(self, max_elements: int, ef_construction: int, M: int, allow_replace_deleted: bool = True) -> None:
         self._graph = self._usearch.Index(
@@ -91,6 +92,10 @@ class QuantizedGraph:
             raise IntegrityError(f"{path} does not hold a graph of {self.vectors} vectors of dim {self.dim}")
         self._graph = graph
 
+    def set_num_threads(self, threads: int) -> None:
+        """Threads for adds and for searches that name none, as hnswlib's call (0 or less: every core)."""
+        self._threads = max(int(threads), 0)
+
     def set_ef(self, ef: int) -> None:
         self._graph.expansion_search = ef
 
@@ -110,11 +115,12 @@ class QuantizedGraph:
         """usearch grows by itself on add; nothing to do (kept so :class:`Index` treats both graphs alike)."""
 
     def _code(self, x: np.ndarray) -> np.ndarray:
-        x = in_space(np.asarray(x, dtype=np.float32), self.space)
-        return quantize_i8(x) if self.vectors == "i8" else x
+        """Rows as the graph stores them: int8 codes (their per-row scaling makes normalising first pointless), else in the space."""
+        x = np.asarray(x, dtype=np.float32)
+        return quantize_i8(x) if self.vectors == "i8" else in_space(x, self.space)
 
     def add_items(self, vectors: np.ndarray, labels: np.ndarray, replace_deleted: bool = True) -> None:
-        self._graph.add(np.asarray(labels, dtype=np.uint64), self._code(vectors), threads=0)  # usearch: 0 is every core, as hnswlib's default
+        self._graph.add(np.asarray(labels, dtype=np.uint64), self._code(vectors), threads=self._threads)
 
     def mark_deleted(self, label: int) -> None:
         self._graph.remove(int(label))
@@ -131,7 +137,7 @@ class QuantizedGraph:
         """(labels, distances), each (N, k); raises RuntimeError when fewer than k are found, as hnswlib does."""
         wanted = k * (_FILTER_OVERSAMPLE if filter is not None else 1) * (_I8_RERANK if self.vectors == "i8" else 1)
         count = min(wanted, len(self._graph))
-        found = self._graph.search(self._code(queries), count, threads=max(num_threads, 0))
+        found = self._graph.search(self._code(queries), count, threads=num_threads if num_threads > 0 else self._threads)
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         dists = np.asarray(found.distances, dtype=np.float32).reshape(len(queries), -1)
         # one query row comes back as a Matches (no counts), several as BatchMatches
@@ -163,12 +169,17 @@ class QuantizedGraph:
         return in_space(x, self.space)
 
     def _rescore(self, queries: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Order int8 candidates by the float query against their decoded codes (asymmetric: only the gallery side is rounded)."""
-        q = in_space(np.asarray(queries, dtype=np.float32), "cosine")  # int8 storage is cosine only
+        """Order int8 candidates by the float query against their codes (asymmetric: only the gallery side is rounded).
+
+        The cosine of a unit query with a code is their dot product over the code's length, so the codes are
+        read as they are stored (no decoded float copy, no normalised query copy per candidate).
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)  # int8 storage is cosine only
         valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
         safe = np.where(valid, keys, keys[:, :1])
-        stored = self.get_items(safe.reshape(-1)).reshape(*keys.shape, self.dim)
-        sims = np.where(valid, np.einsum("nd,ncd->nc", q, stored), -np.inf)
+        codes = np.asarray(self._graph.get(safe.reshape(-1).astype(np.uint64)), dtype=np.float32).reshape(*keys.shape, self.dim)
+        sims = np.where(valid, np.einsum("nd,ncd->nc", q, codes) / np.linalg.norm(codes, axis=2), -np.inf)
         order = np.argsort(-sims, axis=1, kind="stable")
         return np.take_along_axis(keys, order, axis=1), (1.0 - np.take_along_axis(sims, order, axis=1)).astype(np.float32)
 
