@@ -174,12 +174,12 @@ class QuantizedGraph:
         The cosine of a unit query with a code is their dot product over the code's length, so the codes are
         read as they are stored (no decoded float copy, no normalised query copy per candidate).
         """
-        q = np.asarray(queries, dtype=np.float32)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)  # int8 storage is cosine only
+        q = in_space(np.asarray(queries, dtype=np.float32), "cosine")  # int8 storage is cosine only
         valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
         safe = np.where(valid, keys, keys[:, :1])
         codes = np.asarray(self._graph.get(safe.reshape(-1).astype(np.uint64)), dtype=np.float32).reshape(*keys.shape, self.dim)
-        sims = np.where(valid, np.einsum("nd,ncd->nc", q, codes) / np.linalg.norm(codes, axis=2), -np.inf)
+        lengths = np.maximum(np.linalg.norm(codes, axis=2), np.float32(1e-12))  # an all-zero code (a zero vector) scores 0
+        sims = np.where(valid, np.einsum("nd,ncd->nc", q, codes) / lengths, -np.inf)
         order = np.argsort(-sims, axis=1, kind="stable")
         return np.take_along_axis(keys, order, axis=1), (1.0 - np.take_along_axis(sims, order, axis=1)).astype(np.float32)
 
