@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from proxyembed.data import resolve_data
+from proxyembed.data import DataSplit, resolve_data
 from proxyembed.data.shard_dataset import EpochStream, ShardDataset, shard_loader
 from proxyembed.data.torch_dataset import TrainDataset, normalize_batch, train_transform
 from proxyembed.data.types import Sample
@@ -68,6 +68,7 @@ from .run_dir import (
     BEST,
     CURVES_NAME,
     LAST,
+    VAL_PREFIX,
     CheckpointPayload,
     chosen_record,
     holds_run,
@@ -147,8 +148,8 @@ class Trainer:
         self.spec = eval_spec(cfg, self.data.preprocess)
         self.val = hold_out_validation(self.data, cfg.val_fraction)
         computed = self._metric_names()  # a wrong --select-metric stops the run before any image is decoded
-        if ("val/" if self.val else "") + cfg.select_metric not in computed:
-            choices = sorted(k for k in computed if not k.startswith("val/"))
+        if (VAL_PREFIX if self.val else "") + cfg.select_metric not in computed:
+            choices = sorted(k for k in computed if not k.startswith(VAL_PREFIX))
             raise BadInput(f"--select-metric '{cfg.select_metric}' is not computed", hint=f"choose one of {choices}")
         self.fit_on = self._whitening_images()
         evaluated = eval_samples(self.data, self.val, self.fit_on)
@@ -247,7 +248,7 @@ class Trainer:
         Data-parallel runs first give every rank rank 0's BatchNorm statistics (those it saves), then
         split the embedding over the ranks; progress shows rank 0's share.
         """
-        splits = [("", self.data)] + ([("val/", self.val)] if self.val else [])
+        splits = self._splits()
         sizes = [len(d.eval) for _, d in splits] + [len(d.gallery) for _, d in splits if d.gallery is not None] + [len(self.fit_on)]
         shares = [shard_bounds(n, self.world) for n in sizes]
         self.reporter.epoch_start(epoch, sum(hi - lo for lo, hi in shares), "eval")
@@ -264,11 +265,15 @@ class Trainer:
             out.update({prefix + k: v for k, v in metrics.items()})
         return out, whitening
 
+    def _splits(self) -> list[tuple[str, DataSplit]]:
+        """The splits an evaluation scores, with their metrics.jsonl prefix: the test classes, then the validation classes."""
+        return [("", self.data)] + ([(VAL_PREFIX, self.val)] if self.val else [])
+
     def _metric_names(self) -> set[str]:
         """The keys an evaluation returns (as :func:`~proxyembed.runtime.metrics.retrieval_metrics` names them), known
         before any evaluation runs."""
         names: set[str] = set()
-        for prefix, split in [("", self.data)] + ([("val/", self.val)] if self.val else []):
+        for prefix, split in self._splits():
             names |= {f"{prefix}recall@{k}" for k in split.ks} | {prefix + "map@r", prefix + "r_precision"}
             if not split.gallery and nmi_wanted(len(split.eval), self.cfg.nmi):
                 names.add(prefix + "nmi")
