@@ -346,7 +346,10 @@ def main(argv: list[str] | None = None) -> None:
         "--fold", type=int, default=None, help=f"with --tune: validate on the fold-th fifth of the training classes (0 to {FOLDS - 1}; default: last)"
     )
     ap.add_argument("--name", default=None, help="results file name (default reference_pml, or reference_pml_tune with --tune)")
-    ap.add_argument("--combine", nargs="+", default=None, help="merge earlier results files (names) into --name, e.g. runs split over processes")
+    ap.add_argument(
+        "--combine", nargs="+", default=None,
+        help="merge earlier results files (names) into --name, e.g. runs split over processes; NAME:SIDE+SIDE takes only those sides of a file",
+    )
     args = ap.parse_args(argv)
     if args.fold is not None and (not args.tune or args.datasets != ["caltech101"]):
         ap.error("--fold needs --tune and --datasets caltech101: it picks which Caltech-101 training classes validate")
@@ -389,14 +392,28 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
     print(md)
 
 
+def _combine_part(spec: str) -> tuple[str, dict[str, Any]]:
+    """A results file named by a ``--combine`` entry, ``NAME`` or ``NAME:SIDE+SIDE``; the latter keeps only those
+    sides, so a comparison can reuse one side of an older file (its reference loops, say) beside newer runs."""
+    name, _, sides = spec.partition(":")
+    part = json.loads((RESULTS / f"{name}.json").read_text())
+    if sides:
+        keep = sides.split("+")
+        if unknown := sorted(set(keep) - set(SIDES)):
+            raise SystemExit(f"--combine {spec}: unknown side(s) {unknown}; choose from {list(SIDES)}")
+        for row in part["results"]:
+            row["runs"] = {side: runs for side, runs in row["runs"].items() if side in keep}
+    return name, part
+
+
 def _combine(args: argparse.Namespace) -> None:
     """One table from results written by several processes (each ran some sides, losses, datasets, sizes or seeds)."""
-    parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in args.combine]
+    names, parts = (list(x) for x in zip(*map(_combine_part, args.combine), strict=True))
     tuning = {"variant" in row for part in parts for row in part["results"]}
     if tuning == {True, False}:
         raise SystemExit(f"--combine: {args.combine} mix tuning results (--tune) with comparisons; combine each kind on its own")
     if tuning == {True}:
-        return _combine_tune(args, parts)
+        return _combine_tune(args, names, parts)
     merged: dict[tuple[Any, ...], dict[str, dict[int, dict[str, Any]]]] = {}  # data, size, loss -> side -> seed -> run
     for part in parts:
         for row in part["results"]:
@@ -417,7 +434,7 @@ def _combine(args: argparse.Namespace) -> None:
         _summarise(row)
         results.append(row)
     first = argparse.Namespace(**parts[0]["args"])
-    files, commands = _provenance(args.combine, parts)
+    files, commands = _provenance(names, parts)
     md = _markdown(results, first, [part["machine"] for part in parts], commands)
     payload = {"machine": parts[0]["machine"], "args": vars(first), "parts": files, "commands": commands, "results": results}
     write_results(args.name or "reference_pml", payload, md)
@@ -496,7 +513,7 @@ def _base_variant(variant: str) -> str:
     return f"{SELECT_KEY}=0" if nested and variant != f"{SELECT_KEY}=0" else ""
 
 
-def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None:
+def _combine_tune(args: argparse.Namespace, names: list[str], parts: list[dict[str, Any]]) -> None:
     """Tuning results of several processes (folds, seeds, variants) pooled per variant, each compared with the
     current defaults (the variant ``''``) on the same folds and seeds: the paired difference cancels most of
     what one fold's classes and one seed do to both."""
@@ -517,7 +534,7 @@ def _combine_tune(args: argparse.Namespace, parts: list[dict[str, Any]]) -> None
             return ""
         return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f} ({len(diffs)})"
 
-    files, commands = _provenance(args.combine, parts)
+    files, commands = _provenance(names, parts)
     lines = [
         "# Choosing defaults on held-out training classes, pooled over folds and seeds",
         "",

@@ -90,6 +90,19 @@ def test_combine_measures_the_lead_against_the_better_loop_on_each_metric(result
         reference_pml.main(["--combine", "all", "aug_again", "--name", "twice"])
 
 
+def test_combine_takes_only_the_named_sides_of_a_file(results_dir: Path) -> None:
+    """An older file's reference loops beside newer proxyembed runs: its own proxyembed runs are left out, not pooled."""
+    _part(results_dir, "old", [0, 1], 64, [0.40, 0.42])  # plain loop 30.0 / 7.0 and an older proxyembed 41.0
+    _part(results_dir, "new", [0, 1], 64, [0.44, 0.46])  # a newer proxyembed 45.0 (and the plain loop again)
+    reference_pml.main(["--combine", "old:reference", "new:proxyembed", "--name", "mixed"])
+    row = json.loads((results_dir / "mixed.json").read_text())["results"][0]
+    assert row["proxyembed"]["recall@1"]["mean"] == pytest.approx(0.45)
+    assert row["lead"]["recall@1"] == pytest.approx(0.15)
+    assert json.loads((results_dir / "mixed.json").read_text())["parts"] == ["old", "new"]
+    with pytest.raises(SystemExit, match="unknown side"):
+        reference_pml.main(["--combine", "old:plain", "--name", "bad"])
+
+
 def _coordinate_image(height: int, width: int) -> torch.Tensor:
     """Channel 0 the row, channel 1 the column of each pixel, channel 2 noise: every box of it looks different."""
     rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)

@@ -1,0 +1,240 @@
+"""Training levers and post-training linear maps, scored on held-out training classes (docs/defaults.md, round 10).
+
+``run`` trains proxyembed's defaults (plus ``--set KEY=JSON`` overrides) on one Caltech-101 fold exactly as
+``reference_pml.py --tune ... --fold F`` does (the fold's fifth of the training classes held out with
+``--val-fraction 0.2``, last epoch) and keeps the unwhitened network's pooled backbone features and head outputs
+of the training, validation and unseen images, at one or more input sizes. ``report`` then scores
+
+- each training variant (a ``--tag``) by the validation metrics its run reported, paired by fold and seed with
+  the ``base`` runs (the defaults);
+- on the ``base`` runs, linear maps fitted on the training images instead of the default within-class
+  whitening of the head output: other shrinkages, LDA (whitening, then the leading directions of the whitened
+  class means), whitening the pooled features (512-d) or reducing them to 128-d, and evaluating at larger
+  input sizes than the network trained at.
+
+Only the validation classes are scored; the unseen classes are kept in the files and never read here.
+
+    python benchmarks/fold_maps.py run --out runs/base_f0_s0 --fold 0 --seed 0 --res 64,72,80
+    python benchmarks/fold_maps.py run --out runs/ema_f0_s0 --fold 0 --seed 0 --set ema_decay=0.98
+    python benchmarks/fold_maps.py report runs --name tune_round10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, machine_line, write_results  # noqa: E402
+from reference_pml import VAL_FRACTION, caltech_subset  # noqa: E402
+
+from proxyembed.data import resolve_data  # noqa: E402
+from proxyembed.models import build_embedder  # noqa: E402
+from proxyembed.runtime.metrics import retrieval_metrics  # noqa: E402
+from proxyembed.runtime.preprocess import PreprocessSpec  # noqa: E402
+from proxyembed.training.checkpoint import load_checkpoint  # noqa: E402
+from proxyembed.training.config import resolve_config  # noqa: E402
+from proxyembed.training.loaders import hold_out_validation  # noqa: E402
+from proxyembed.training.model_eval import input_batches  # noqa: E402
+from proxyembed.training.trainer import train  # noqa: E402
+from proxyembed.training.whitening import whitening_from_embeddings  # noqa: E402
+
+PER_CLASS = 60  # as reference_pml.py caps Caltech-101
+RUN_NAME = re.compile(r"(?P<tag>.+)_f(?P<fold>\d+)_s(?P<seed>\d+)$")
+
+
+# ---- run: train one fold and keep its embeddings -----------------------------------------------------------
+def run(out: Path, fold: int, seed: int, size: int, sizes: list[int], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train the defaults (plus ``overrides``) on ``fold`` and write ``emb.npz`` and ``result.json`` to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    root = caltech_subset(out / "caltech101", PER_CLASS, fold=fold)
+    settings: dict[str, Any] = dict(data=str(root), loss="proxy_anchor", seed=seed, epochs=8, batch_size=64, embedding_dim=128,
+                                    backbone="resnet18", eval_every=8, image_size=size, val_fraction=VAL_FRACTION)
+    cfg = resolve_config({**settings, **overrides})
+    t0 = time.perf_counter()
+    result = train(cfg, out / "run")
+    wall = time.perf_counter() - t0
+    ckpt = load_checkpoint(out / "run", prefer="last.pt")
+    model = build_embedder(ckpt.model_config)
+    model.load_state_dict(ckpt.data["model"])  # the unwhitened weights: the maps below replace the whitening
+    model.eval()
+    data = resolve_data(cfg.data)
+    val = hold_out_validation(data, VAL_FRACTION)
+    assert val is not None
+    parts = {"train": data.train, "val": val.eval, "unseen": data.eval}
+    arrays: dict[str, np.ndarray] = {f"{name}_y": np.array([s.label for s in samples]) for name, samples in parts.items()}
+    base = ckpt.preprocess
+    for px in sizes:
+        spec = PreprocessSpec(resize=round(px * 8 / 7), crop=px, fit=base.fit, mean=base.mean, std=base.std,
+                              interpolation=base.interpolation, decode=base.decode)
+        for name, samples in parts.items():
+            feats, heads = [], []
+            with torch.no_grad():
+                for batch in input_batches(samples, spec, 128):
+                    f = model.features(torch.from_numpy(batch))
+                    feats.append(f.numpy())
+                    heads.append(model.head(f).numpy())
+            arrays[f"{name}_feat_{px}"], arrays[f"{name}_head_{px}"] = np.concatenate(feats), np.concatenate(heads)
+    np.savez(out / "emb.npz", **arrays)
+    record = {"fold": fold, "seed": seed, "size": size, "overrides": overrides, "final": result.final, "wall_s": wall}
+    (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# ---- report: score the variants -------------------------------------------------------------------------------
+def _whitening(z: np.ndarray, y: np.ndarray, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+    """The trainer's own within-class whitening (mean, matrix) fitted to ``z``."""
+    w = whitening_from_embeddings(z, y.tolist(), shrink)
+    assert w is not None
+    return w.mean.double().numpy(), w.matrix.double().numpy()
+
+
+def _lda(z: np.ndarray, y: np.ndarray, shrink: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whitening, then the ``k`` leading directions of the whitened class means (mean, (k, D) map)."""
+    mean, a = _whitening(z, y, shrink)
+    labels, keys = np.unique(y, return_inverse=True)
+    centres = np.zeros((len(labels), z.shape[1]))
+    np.add.at(centres, keys, z)
+    centres = (centres / np.bincount(keys)[:, None] - mean) @ a.T
+    eigval, eigvec = np.linalg.eigh(centres.T @ centres)
+    return mean, eigvec[:, np.argsort(eigval)[::-1][:k]].T @ a
+
+
+def _score(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    m = retrieval_metrics(z.astype(np.float32), y, ks=(1,))
+    return m["recall@1"], m["map@r"]
+
+
+Map = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (train z, train y) -> (mean, matrix)
+
+
+def _maps() -> dict[str, tuple[str, Map | None]]:
+    """Each map by name, with the embedding it applies to (``head`` output or pooled ``feat``ures)."""
+    out: dict[str, tuple[str, Map | None]] = {}
+    for where, label in (("head", "head"), ("feat", "pooled features (512-d)")):
+        out[f"{label}, no map"] = (where, None)
+        for shrink in (1.0, 2.0, 4.0):
+            out[f"{label}, within-class whitening {shrink:g}"] = (where, partial(_whitening, shrink=shrink))
+        for k in (32, 64, 96, 128):
+            out[f"{label}, LDA to {k}-d (whitening 2)"] = (where, partial(_lda, shrink=2.0, k=k))
+    return out
+
+
+MAPS = _maps()
+DEFAULT_MAP = "head, within-class whitening 2"  # what --whiten 2 does
+VARIANT_MAPS = (DEFAULT_MAP, "head, LDA to 128-d (whitening 2)")  # scored on every training variant's runs too
+
+
+def map_scores(emb: Any, px: int, names: tuple[str, ...] | None = None) -> dict[str, tuple[float, float]]:
+    """Validation R@1 and MAP@R of the maps in MAPS (or those ``names``) at input size ``px``, each fitted on the
+    training images."""
+    out = {}
+    for name in names or tuple(MAPS):
+        where, fit = MAPS[name]
+        train_z, val_z = emb[f"train_{where}_{px}"].astype(np.float64), emb[f"val_{where}_{px}"].astype(np.float64)
+        if fit is not None:
+            mean, matrix = fit(train_z, emb["train_y"])
+            val_z = (val_z - mean) @ matrix.T
+        out[name] = _score(val_z, emb["val_y"])
+    return out
+
+
+def _paired(rows: dict[str, dict[tuple[int, int], tuple[float, float]]], base: str) -> list[dict[str, Any]]:
+    """Mean of each variant and its change against ``base`` over the (fold, seed) pairs both have."""
+    table = []
+    for name, runs in rows.items():
+        pairs = sorted(set(runs) & set(rows[base]))
+        if not pairs:
+            continue
+        d = np.array([np.subtract(runs[p], rows[base][p]) for p in pairs]) * 100
+        v = np.array([runs[p] for p in pairs]) * 100
+        se = d.std(0, ddof=1) / np.sqrt(len(pairs)) if len(pairs) > 1 else np.zeros(2)
+        table.append({"variant": name, "runs": len(pairs), "pairs": [list(p) for p in pairs], "r1": v[:, 0].mean(), "map": v[:, 1].mean(),
+                      "d_r1": d[:, 0].mean(), "se_r1": se[0], "d_map": d[:, 1].mean(), "se_map": se[1], "d_map_each": d[:, 1].round(2).tolist()})
+    return table
+
+
+def _lines(table: list[dict[str, Any]]) -> list[str]:
+    lines = ["| variant | runs | val R@1 | val MAP@R | Δ R@1 (paired) | Δ MAP@R (paired) | Δ MAP@R of each run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in table:
+        each = " ".join(f"{x:+.1f}" for x in r["d_map_each"])
+        lines.append(f"| {r['variant']} | {r['runs']} | {r['r1']:.1f} | {r['map']:.2f} | {r['d_r1']:+.1f} ± {r['se_r1']:.1f} "
+                     f"| {r['d_map']:+.2f} ± {r['se_map']:.2f} | {each} |")
+    return lines
+
+
+def report(folder: Path, name: str, argv: list[str]) -> None:
+    """Both tables of the module docstring from the runs under ``folder`` (one sub-folder per run)."""
+    trained: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
+    maps: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
+    overrides: dict[str, Any] = {}
+    for d in sorted(p for p in folder.iterdir() if (p / "result.json").is_file()):
+        m = RUN_NAME.match(d.name)
+        if not m:
+            continue
+        rec = json.loads((d / "result.json").read_text())
+        key = (int(m["fold"]), int(m["seed"]))
+        trained.setdefault(m["tag"], {})[key] = (rec["final"]["val/recall@1"], rec["final"]["val/map@r"])
+        overrides[m["tag"]] = rec["overrides"]
+        emb = np.load(d / "emb.npz")
+        if m["tag"] != "base":  # a training variant under the default map and under a reduction to 128-d
+            for variant, score in map_scores(emb, rec["size"], VARIANT_MAPS).items():
+                maps.setdefault(f"{m['tag']}: {variant}", {})[key] = score
+            continue
+        for px in sorted({int(k.rsplit("_", 1)[1]) for k in emb.files if k.startswith("val_head_")}):
+            suffix = "" if px == rec["size"] else f", evaluated at {px} px"
+            for variant, score in map_scores(emb, px).items():
+                maps.setdefault(variant + suffix, {})[key] = score
+    levers = _paired({f"{t} {json.dumps(overrides[t]) if overrides[t] else '(the defaults)'}": v for t, v in trained.items()},
+                     "base (the defaults)")
+    posthoc = _paired(maps, DEFAULT_MAP)
+    command = "python benchmarks/" + Path(__file__).name + " " + " ".join(argv)
+    md = ["# Training levers and linear maps after training, on held-out training classes", "", f"`{command}`", "",
+          "Proxy-Anchor, resnet18 from scratch, 64 px, 8 epochs, batch 64, 128-d; each run validates on one fold (a fifth of "
+          "Caltech-101's training classes) and trains on the rest; last epoch. Δ: against the defaults' run of the same fold and "
+          "seed, mean ± standard error over the pairs, in points.", "", "## Training levers", "", *_lines(levers), "",
+          "## Maps fitted on the training images after training (on the defaults' runs, then on each variant's)", "", *_lines(posthoc), "",
+          f"Machine: {machine_line(machine())}; shared with other jobs.", ""]
+    write_results(name, {"argv": argv, "levers": levers, "maps": posthoc}, "\n".join(md))
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train one fold and keep its embeddings")
+    r.add_argument("--out", type=Path, required=True, help="run folder, named TAG_fFOLD_sSEED for `report`")
+    r.add_argument("--fold", type=int, required=True)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--size", type=int, default=64, help="training input size (px)")
+    r.add_argument("--res", default="", help="comma-separated input sizes to keep embeddings at (default: --size)")
+    r.add_argument("--set", action="append", default=[], help="KEY=JSON override of the training config")
+    r.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("report", help="score every run under a folder")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--name", default="fold_maps")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        torch.set_num_threads(args.threads)
+        overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+        sizes = [int(x) for x in args.res.split(",")] if args.res else [args.size]
+        record = run(args.out, args.fold, args.seed, args.size, sizes, overrides)
+        print(json.dumps({k: record[k] for k in ("fold", "seed", "overrides", "wall_s")} | {"final": record["final"]}))
+    else:
+        report(args.folder, args.name, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
