@@ -343,8 +343,9 @@ class Index:
         difference is recorded as the gallery's ``gap``. Without held-out items up to ``queries`` stored
         vectors are the queries (each excluding itself from both answers) and must reach ``target`` plus
         the recorded gap (:data:`.recall.DEFAULT_GAP` if none). A quantized index also measures exact search on
-        its stored vectors (``ceiling``): no ef or M can beat it, so below the target they are raised only
-        until the graph comes within :data:`.recall.CEILING_SLACK` of it.
+        its stored vectors (``ceiling``): no ef or M can beat it, so when it is below the target they are
+        raised only until the graph comes within :data:`.recall.CEILING_SLACK` of it; when it is at or above
+        the target, ef is raised towards the target and M only while the graph is farther than that from it.
         ``ef`` and ``M`` are never lowered. Searches wait while it runs. The result is recorded
         (:meth:`recall`) and returned.
         """
