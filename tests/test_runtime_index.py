@@ -17,6 +17,7 @@ import pytest
 from proxyembed.runtime import BadInput, Index, IntegrityError
 from proxyembed.runtime.files import sealed_json
 from proxyembed.runtime.index import INDEX_FILE, SIDECAR_FILE
+from proxyembed.runtime.index import core as index_core
 from proxyembed.runtime.index import recall as index_recall
 from proxyembed.runtime.metrics import knn
 
@@ -367,6 +368,29 @@ def test_calibration_raises_m_when_ef_alone_cannot(storage: str, tmp_path: Path)
     saved = build()
     saved.save(tmp_path / "ix")  # a save (what a live service does) raises ef only: no rebuild under its lock
     assert saved.M == 3 and saved.recall()["ef"] == index_recall.MAX_EF
+
+
+def test_live_matrix_read_in_blocks(monkeypatch: pytest.MonkeyPatch, storage: str) -> None:
+    """The live vectors are read from the graph a block at a time (hnswlib returns Python lists, 32 B a value) and land in label order."""
+    x = clustered(300, seed=12)
+    idx = Index(DIM, vectors=storage, exact_below=0)
+    idx.add(x, list(range(300)))
+    idx.remove(list(range(0, 300, 7)))  # holes in the labels
+    monkeypatch.setattr(index_core, "_GET_BLOCK", 16)  # several blocks and a short last one
+    graph, asked = idx._hnsw, []
+
+    class Recording:  # the graph, noting how many items each get_items call asks for
+        def get_items(self, labels: np.ndarray) -> object:
+            asked.append(len(labels))
+            return graph.get_items(labels)
+
+    monkeypatch.setattr(idx, "_hnsw", Recording())
+    idx._matrix = None
+    labels, vectors = idx._live_matrix()
+    kept = [i for i in range(300) if i % 7]
+    assert max(asked) == 16 and sum(asked) == len(kept)
+    assert labels.tolist() == kept and vectors.dtype == np.float32 and vectors.shape == (len(kept), DIM)
+    assert np.allclose(vectors, x[kept], atol=SCORE_ATOL[storage] * 3)
 
 
 def test_ceiling_just_above_the_target_raises_ef_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
