@@ -17,6 +17,7 @@ import pytest
 from proxyembed.runtime import BadInput, Index, IntegrityError
 from proxyembed.runtime.files import sealed_json
 from proxyembed.runtime.index import INDEX_FILE, SIDECAR_FILE
+from proxyembed.runtime.index import core as index_core
 from proxyembed.runtime.index import recall as index_recall
 from proxyembed.runtime.metrics import knn
 
@@ -367,6 +368,58 @@ def test_calibration_raises_m_when_ef_alone_cannot(storage: str, tmp_path: Path)
     saved = build()
     saved.save(tmp_path / "ix")  # a save (what a live service does) raises ef only: no rebuild under its lock
     assert saved.M == 3 and saved.recall()["ef"] == index_recall.MAX_EF
+
+
+def test_live_matrix_read_in_blocks(monkeypatch: pytest.MonkeyPatch, storage: str) -> None:
+    """The live vectors are read from the graph a block at a time (hnswlib returns Python lists, 32 B a value) and land in label order."""
+    x = clustered(300, seed=12)
+    idx = Index(DIM, vectors=storage, exact_below=0)
+    idx.add(x, list(range(300)))
+    idx.remove(list(range(0, 300, 7)))  # holes in the labels
+    monkeypatch.setattr(index_core, "_GET_BLOCK", 16)  # several blocks and a short last one
+    graph, asked = idx._hnsw, []
+
+    class Recording:  # the graph, noting how many items each get_items call asks for
+        def get_items(self, labels: np.ndarray) -> object:
+            asked.append(len(labels))
+            return graph.get_items(labels)
+
+    monkeypatch.setattr(idx, "_hnsw", Recording())
+    idx._matrix = None
+    labels, vectors = idx._live_matrix()
+    kept = [i for i in range(300) if i % 7]
+    assert max(asked) == 16 and sum(asked) == len(kept)
+    assert labels.tolist() == kept and vectors.dtype == np.float32 and vectors.shape == (len(kept), DIM)
+    assert np.allclose(vectors, x[kept], atol=SCORE_ATOL[storage] * 3)
+
+
+def test_ceiling_just_above_the_target_raises_ef_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quantized ceiling at or just above the target (within CEILING_SLACK): ef keeps rising to the target; M only while far from the ceiling.
+
+    The graph's recall at each ef and the ceiling are set here, so the rule is what is tested (at 512-d int8's
+    ceiling sat 0.0009 above the target and calibration stopped below it).
+    """
+    x = clustered(600, seed=11)
+
+    def build() -> Index:
+        idx = Index(DIM, vectors="i8", ef=8, M=8, exact_below=0)
+        idx.add(x[:500], list(range(500)))
+        idx.add(x[500:], list(range(500, 600)), held_out=True)
+        return idx
+
+    ceiling = 0.991  # 0.001 above the target 0.99, so ceiling - CEILING_SLACK = 0.989 is below it
+    by_ef = {8: 0.9860, 16: 0.9895, 32: 0.9902}
+    real_truth = index_recall._truth
+    monkeypatch.setattr(index_recall, "_truth", lambda *a: (real_truth(*a)[0], ceiling))
+    monkeypatch.setattr(index_recall, "_graph_recall", lambda graph, probe, own, truth, ef: by_ef.get(ef, by_ef[32]))
+    reached = build().calibrate(target=0.99)
+    assert reached["ef"] == 32 and reached["recall@10"] == 0.9902 and reached["M"] == 8
+    # ef exhausted within the slack of the ceiling: no rebuild (more links win almost nothing), reported below the target
+    capped = build().calibrate(target=0.99, max_ef=16)
+    assert capped["ef"] == 16 and capped["M"] == 8 and capped["recall@10"] < capped["target"]
+    # a ceiling below the target: ef stops once the graph is within the slack of it, as before
+    below = build().calibrate(target=0.995)
+    assert below["ef"] == 16 and below["M"] == 8 and below["ceiling@10"] == ceiling
 
 
 def test_expected_size_picks_m(storage: str) -> None:

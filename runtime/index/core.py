@@ -36,6 +36,8 @@ LARGE_GALLERY = 250_000
 # this size (same benchmark), so hnswlib's approximation would buy nothing worth a missed neighbour.
 EXACT_BELOW = 2000
 _INITIAL_CAPACITY = 1024
+# Items read from the graph at a time when the live matrix is assembled (_live_matrix).
+_GET_BLOCK = 8192
 
 
 class Index:
@@ -308,9 +310,14 @@ class Index:
         with self._matrix_lock:
             if self._matrix is None:
                 labels = self._items.labels()
-                # get_items returns lists in every hnswlib build we install (chroma-hnswlib 0.7 has no return_type)
-                vectors = np.asarray(self._hnsw.get_items(labels) if len(labels) else [], dtype=np.float32).reshape(-1, self.dim)
-                self._matrix = (labels, np.ascontiguousarray(vectors))
+                # get_items returns lists of Python floats in every hnswlib build we install (chroma-hnswlib 0.7
+                # has no return_type), 32 B a value: read in blocks into one float32 array, so the peak stays
+                # near the matrix (2 GB at 1M x 512) instead of 16 GB of lists, which killed a 1M x 512 calibration
+                vectors = np.empty((len(labels), self.dim), np.float32)
+                for start in range(0, len(labels), _GET_BLOCK):
+                    block = labels[start : start + _GET_BLOCK]
+                    vectors[start : start + len(block)] = np.asarray(self._hnsw.get_items(block), dtype=np.float32).reshape(-1, self.dim)
+                self._matrix = (labels, vectors)
             return self._matrix
 
     def _check_vectors(self, x: Any, what: str) -> np.ndarray:
@@ -343,8 +350,9 @@ class Index:
         difference is recorded as the gallery's ``gap``. Without held-out items up to ``queries`` stored
         vectors are the queries (each excluding itself from both answers) and must reach ``target`` plus
         the recorded gap (:data:`.recall.DEFAULT_GAP` if none). A quantized index also measures exact search on
-        its stored vectors (``ceiling``): no ef or M can beat it, so below the target they are raised only
-        until the graph comes within :data:`.recall.CEILING_SLACK` of it.
+        its stored vectors (``ceiling``): no ef or M can beat it, so when it is below the target they are
+        raised only until the graph comes within :data:`.recall.CEILING_SLACK` of it; when it is at or above
+        the target, ef is raised towards the target and M only while the graph is farther than that from it.
         ``ef`` and ``M`` are never lowered. Searches wait while it runs. The result is recorded
         (:meth:`recall`) and returned.
         """
