@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, machine_line, write_results  # noqa: E402
-from reference_pml import VAL_FRACTION, caltech_subset  # noqa: E402
+from reference_pml import PER_CLASS, VAL_FRACTION, caltech_subset, proxyembed_settings  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
 from proxyembed.models import build_embedder  # noqa: E402
@@ -50,7 +50,6 @@ from proxyembed.training.model_eval import input_batches  # noqa: E402
 from proxyembed.training.trainer import train  # noqa: E402
 from proxyembed.training.whitening import whitening_from_embeddings  # noqa: E402
 
-PER_CLASS = 60  # as reference_pml.py caps Caltech-101
 RUN_NAME = re.compile(r"(?P<tag>.+)_f(?P<fold>\d+)_s(?P<seed>\d+)$")
 
 
@@ -59,8 +58,7 @@ def run(out: Path, fold: int, seed: int, size: int, sizes: list[int], overrides:
     """Train the defaults (plus ``overrides``) on ``fold`` and write ``emb.npz`` and ``result.json`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     root = caltech_subset(out / "caltech101", PER_CLASS, fold=fold)
-    settings: dict[str, Any] = dict(data=str(root), loss="proxy_anchor", seed=seed, epochs=8, batch_size=64, embedding_dim=128,
-                                    backbone="resnet18", eval_every=8, image_size=size, val_fraction=VAL_FRACTION)
+    settings = proxyembed_settings(str(root), size, "proxy_anchor", seed, epochs=8, batch=64, dim=128, backbone="resnet18", val=True)
     cfg = resolve_config({**settings, **overrides})
     t0 = time.perf_counter()
     result = train(cfg, out / "run")

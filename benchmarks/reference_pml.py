@@ -53,6 +53,7 @@ from proxyembed.training.trainer import train  # noqa: E402
 
 CALTECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "caltech101"
 REPORTED = ("recall@1", "map@r")
+PER_CLASS = 60  # --per-class: Caltech-101's images a class, capped as its README suggests against uneven class sizes
 VAL_FRACTION = 0.2  # --tune's --val-fraction: the share of the training classes that validates
 FOLDS = round(1 / VAL_FRACTION)  # --fold: the training classes in as many parts as hold-outs cover them
 SIDES = ("reference", "reference_augmented", "proxyembed")  # the plain loop, the augmented loop, proxyembed's defaults
@@ -153,12 +154,11 @@ def reference_run(
 
 
 # ---- proxyembed -------------------------------------------------------------------------------------------
-def proxyembed_run(
-    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, overrides: dict[str, Any], val: bool,
-    chosen: bool = False,
+def proxyembed_settings(
+    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, val: bool
 ) -> dict[str, Any]:
-    """``proxyembed train`` with its defaults (plus ``overrides``); metrics of the last epoch, or with ``chosen`` of
-    the epoch ``best.pt`` holds (with its epoch, the last epoch's metrics and each epoch's R@1 and MAP@R beside them)."""
+    """The ``proxyembed train`` settings every proxyembed run of the benchmarks pins (the rest are the defaults, which
+    ``resolve_config`` fills in as the CLI does, the loss's own included); ``val`` holds out VAL_FRACTION of the classes."""
     settings: dict[str, Any] = dict(
         data=data, loss=loss, seed=seed, epochs=epochs, batch_size=batch, embedding_dim=dim, backbone=backbone, eval_every=epochs
     )
@@ -166,7 +166,16 @@ def proxyembed_run(
         settings["image_size"] = size
     if val:
         settings["val_fraction"] = VAL_FRACTION
-    cfg = resolve_config({**settings, **overrides})  # as `proxyembed train` resolves it, the loss's own defaults included
+    return settings
+
+
+def proxyembed_run(
+    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, overrides: dict[str, Any], val: bool,
+    chosen: bool = False,
+) -> dict[str, Any]:
+    """``proxyembed train`` with its defaults (plus ``overrides``); metrics of the last epoch, or with ``chosen`` of
+    the epoch ``best.pt`` holds (with its epoch, the last epoch's metrics and each epoch's R@1 and MAP@R beside them)."""
+    cfg = resolve_config({**proxyembed_settings(data, size, loss, seed, epochs, batch, dim, backbone, val), **overrides})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         result = train(cfg, Path(tmp) / "run")
@@ -338,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--per-class", type=int, default=60, help="cap on Caltech-101 images per class (0: all)")
+    ap.add_argument("--per-class", type=int, default=PER_CLASS, help="cap on Caltech-101 images per class (0: all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES, help="which of the three to run (--combine joins the rest)")
     ap.add_argument("--tune", action="append", default=[], help="proxyembed variant KEY=VALUE,... scored on held-out training classes")
