@@ -30,7 +30,7 @@ from _common import machine, machine_line, write_results
 from index_speed import clustered, real_embeddings
 
 from proxyembed.runtime import Index
-from proxyembed.runtime.index import CALIBRATION_QUERIES, INDEX_FILE, SIDECAR_FILE
+from proxyembed.runtime.index import CALIBRATION_QUERIES, INDEX_FILE, RESIDUAL_FILE, SIDECAR_FILE
 from proxyembed.runtime.index.recall import MAX_M
 from proxyembed.runtime.metrics import knn
 
@@ -86,9 +86,16 @@ elif params["vectors"] == "f32":
     kept.load_index(folder + "/index.bin")
 else:
     kept = usearch.Index.restore(folder + "/index.bin")
+    if params["vectors"] == "i8":  # the graph needs its residual bits to re-rank
+        bits = np.load(folder + "/index.residual.npy")
 gc.collect()
 print(int((rss_mib() - before) * 2**20))
 """
+
+
+def graph_bytes(folder: str) -> int:
+    """Bytes of the saved graph: ``index.bin``, plus an int8 gallery's residual bits."""
+    return sum((Path(folder) / name).stat().st_size for name in (INDEX_FILE, RESIDUAL_FILE) if (Path(folder) / name).is_file())
 
 
 def resident_bytes(folder: str, what: str) -> int:
@@ -133,7 +140,7 @@ def proxyembed_row(storage: str, gallery: np.ndarray, queries: np.ndarray, truth
     index._hnsw.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         index.save(tmp, calibrate=False)
-        size = (Path(tmp) / INDEX_FILE).stat().st_size
+        size = graph_bytes(tmp)
         sidecar = (Path(tmp) / SIDECAR_FILE).stat().st_size
         memory = {"graph_resident": resident_bytes(tmp, "graph") / n, "index_resident": resident_bytes(tmp, "index") / n} if args.resident else {}
     position = {gid: r for r, gid in enumerate(ids)}
@@ -201,7 +208,7 @@ def bytes_grid(n: int, dims: list[int], ms: list[int], resident: bool) -> list[d
                 index.add(x, ids, metas)
                 with tempfile.TemporaryDirectory() as tmp:
                     index.save(tmp, calibrate=False)
-                    sizes[storage] = {"file": (Path(tmp) / INDEX_FILE).stat().st_size / n, "sidecar": (Path(tmp) / SIDECAR_FILE).stat().st_size / n}
+                    sizes[storage] = {"file": graph_bytes(tmp) / n, "sidecar": (Path(tmp) / SIDECAR_FILE).stat().st_size / n}
                     if resident:
                         sizes[storage] |= {"graph_resident": resident_bytes(tmp, "graph") / n, "index_resident": resident_bytes(tmp, "index") / n}
             rows.append({"dim": dim, "M": M, "n": n, "bytes_per_item": sizes})
@@ -215,7 +222,7 @@ def code_ceilings(gallery: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
     int8 rounding moves each score by about step/sqrt(12) (step: the code's peak over 127); a query whose
     10th and 11th neighbours are closer than that can swap them whatever the graph does.
     """
-    from proxyembed.runtime.index.usearch import quantize_i8
+    from proxyembed.runtime.index.usearch import decode_i8, encode_i8, quantize_i8
 
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -230,7 +237,8 @@ def code_ceilings(gallery: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
     coded_queries = unit(quantize_i8(queries).astype(np.float32))
     codings = {
         "f16": lambda: ceiling(gallery.astype(np.float16)),
-        "i8, per-vector peak = 127 (proxyembed), float query": lambda: ceiling(quantize_i8(gallery)),
+        "i8 + a residual bit per value (proxyembed: code +- 1/4), float query": lambda: ceiling(decode_i8(*encode_i8(gallery))),
+        "i8, per-vector peak = 127, float query (no residual bit)": lambda: ceiling(quantize_i8(gallery)),
         "i8, per-vector peak, query coded too (usearch's own distances)": lambda: ceiling(quantize_i8(gallery), coded_queries),
         "i8, per-vector, 90% of the peak = 127 (clipped)": lambda: ceiling(np.clip(np.rint(gallery * (127 / (0.9 * peak))), -127, 127)),
         "i8, per-dimension range (affine, faiss SQ8-like)": lambda: ceiling(np.rint((gallery - lo) / step) * step + lo),
@@ -238,12 +246,16 @@ def code_ceilings(gallery: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
     }  # fmt: skip
     sims = knn(queries, gallery, K + 1)[1]
     gap = sims[:, K - 1] - sims[:, K]
-    coded = unit(quantize_i8(gallery).astype(np.float32))
     sample = queries[: min(200, len(queries))]
-    noise = float((sample @ coded.T - sample @ gallery.T).std())
+
+    def score_noise(stored: np.ndarray) -> float:
+        return float((sample @ unit(stored).T - sample @ gallery.T).std())
+
+    noise = score_noise(quantize_i8(gallery).astype(np.float32))
     return {
         "ceilings": {name: fn() for name, fn in codings.items()},
         "i8_score_noise_std": noise,
+        "i8_residual_score_noise_std": score_noise(decode_i8(*encode_i8(gallery))),
         "median_gap_10_11": float(np.median(gap)),
         "share_gap_below_noise": float((gap < noise).mean()),
     }
@@ -264,9 +276,10 @@ def codes_markdown(result: dict[str, Any], command: str, data: str) -> str:
     lines += [f"| {name} | {value:.4f} |" for name, value in result["ceilings"].items()]
     lines += [
         "",
-        f"int8 (per-vector peak) moves a query's scores by {result['i8_score_noise_std']:.2e} (std); the median gap between the 10th and 11th",
+        f"int8 (per-vector peak) moves a query's scores by {result['i8_score_noise_std']:.2e} (std), "
+        f"{result['i8_residual_score_noise_std']:.2e} with the residual bit; the median gap between the 10th and 11th",
         f"neighbour is {result['median_gap_10_11']:.2e}, and {100 * result['share_gap_below_noise']:.1f}% of queries have a gap smaller",
-        "than that noise.",
+        "than the noise without the bit.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -319,7 +332,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], command: str, dat
         "process's resident growth loading the graph file alone / the whole gallery with `Index.load` (graph + id table), over the item count.",
         "ceiling: recall@10 of exact search on the stored vectors (what no ef or M can beat), from the calibration's queries.",
         "proxyembed rows: built as `proxyembed index` builds (1000 items held out, calibration on them, then added); "
-        "add s is adding the rest, calibrate s the calibration (ef doubling, M raised if needed).",
+        "add s is adding the rest, calibrate s the calibration (ef raised by half a step, M raised if needed).",
         "Bare rows: the library alone with the M and ef the proxyembed f32 row calibrated to.",
         "",
         "| n | row | M | ef | bytes/item | x f32 | graph RAM B | gallery RAM B | x f32 | add s | calibrate s | latency ms | x f32 "

@@ -64,6 +64,8 @@ def test_checkpoints_hold_the_typed_payload(trained: Path) -> None:
     fields = {f.name for f in dataclasses.fields(CheckpointPayload)} - {"training_model", "ema_updates", "whitening"}
     best, last = load_checkpoint(trained, prefer=BEST).data, load_checkpoint(trained, prefer=LAST).data
     assert set(best) == fields - resume | {"format_version"} and set(last) == fields | {"format_version"}
+    with pytest.raises(BadInput, match="prefer='last' names no checkpoint"):
+        load_checkpoint(trained, prefer="last")  # once a silent fall-back to best.pt
 
 
 def test_training_improves_recall_on_unseen_classes(trained: Path) -> None:

@@ -23,11 +23,12 @@ One concern a module:
 - :mod:`.storage`: the metric space and the vector storage, and the graph that holds them.
 - :mod:`.usearch`: float16 / int8 storage in usearch behind hnswlib's calls (the ``quantized`` extra).
 - :mod:`.recall`: recall calibration against exact search (:meth:`Index.calibrate`).
-- :mod:`.persist`: ``index.bin`` and the sealed ``index.json`` sidecar (:meth:`Index.save`, :meth:`Index.load`).
+- :mod:`.persist`: ``index.bin``, an int8 gallery's ``index.residual.npy`` and the sealed ``index.json`` sidecar
+  (:meth:`Index.save`, :meth:`Index.load`).
 """
 
 from .core import DEFAULT_EF, EXACT_BELOW, LARGE_GALLERY, Index
-from .persist import FORMAT_VERSION, INDEX_FILE, SIDECAR_FILE
+from .persist import FORMAT_VERSION, INDEX_FILE, RESIDUAL_FILE, SIDECAR_FILE
 from .recall import CALIBRATION_QUERIES, RECALL_K, TARGET_RECALL
 from .search import Filter, Hit, ItemId
 from .storage import SPACES, VECTOR_STORAGE, Space, VectorStorage
@@ -38,6 +39,7 @@ __all__ = [
     "EXACT_BELOW",
     "FORMAT_VERSION",
     "INDEX_FILE",
+    "RESIDUAL_FILE",
     "LARGE_GALLERY",
     "RECALL_K",
     "SIDECAR_FILE",

@@ -158,8 +158,8 @@ class Index:
         }
 
     def vector_bytes(self) -> int:
-        """Bytes one stored vector takes in the graph (dim x 4, 2 or 1): what the storage choice changes."""
-        return self.dim * BYTES_PER_VALUE[self.vectors]
+        """Bytes one stored vector takes (dim x 4, 2 or 1, and int8's residual bit a value): what the storage choice changes."""
+        return self.dim * BYTES_PER_VALUE[self.vectors] + ((self.dim + 7) // 8 if self.vectors == "i8" else 0)
 
     # -- mutation ------------------------------------------------------------------------------------
 
@@ -343,7 +343,7 @@ class Index:
         max_M: int = MAX_M,
         seed: int = 0,
     ) -> dict[str, Any]:
-        """Measure recall@10 against exact float32 search; raise ``ef`` (doubling), then ``M`` (a rebuild), until it reaches ``target``.
+        """Measure recall@10 against exact float32 search; raise ``ef`` (by half a step), then ``M`` (a rebuild), until it reaches ``target``.
 
         With items held out (``add(..., held_out=True)``) up to ``queries`` of them are the queries and
         all are inserted afterwards; the same ef is also measured with stored items as queries, and the

@@ -2,7 +2,9 @@
 
 hnswlib's file holds neither space, dim nor a checksum, so the sidecar records the parameters, the live
 items (label, id, metadata), the recall measured and the sha256 of ``index.bin``; it is written last, so
-a crash in between is detected at load, and the graph file is hashed before any library reads it.
+a crash in between is detected at load, and the graph file is hashed before any library reads it. An
+int8 gallery also writes its residual bits (``index.residual.npy``, :mod:`.usearch`), named by its own
+hash in the sidecar and checked the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "index.bin"
 SIDECAR_FILE = "index.json"
+RESIDUAL_FILE = "index.residual.npy"
 FORMAT_VERSION = 2  # 2: sealed sidecar, live items only with their labels, recorded recall
 
 SIDECAR_SCHEMA: dict[str, Any] = {
@@ -34,6 +37,7 @@ SIDECAR_SCHEMA: dict[str, Any] = {
     "count": int,
     "capacity": int,
     "index_sha256": str,
+    "residual_sha256": Field(str, required=False),  # int8 galleries only
     "recall": dict,
     "next_label": int,
     "labels": list,
@@ -53,6 +57,14 @@ def write(index: Index, folder: Path) -> None:
         digest = sha256_file(tmp)
 
     atomic_write(folder / INDEX_FILE, write_graph)
+    residual: dict[str, str] = {}
+    if index.vectors == "i8":
+
+        def write_residual(tmp: Path) -> None:
+            index._hnsw.save_residual(str(tmp))
+            residual.update(residual_file=RESIDUAL_FILE, residual_sha256=sha256_file(tmp))
+
+        atomic_write(folder / RESIDUAL_FILE, write_residual)
     sidecar = {
         "format_version": FORMAT_VERSION,
         **index.params(),
@@ -60,6 +72,7 @@ def write(index: Index, folder: Path) -> None:
         "capacity": index._hnsw.get_max_elements(),
         "index_file": INDEX_FILE,
         "index_sha256": digest,
+        **residual,
         "recall": index._recall,
         **index._items.to_json(),
     }
@@ -88,11 +101,28 @@ def read(cls: type[Index], folder: Path, *, exact_below: int) -> Index:
         vectors=side.get("vectors", "f32"),
         _load_from=index_file,
     )
+    if index.vectors == "i8":
+        _read_residual(index, folder, side)
     ids, where = side["ids"], folder / SIDECAR_FILE
     if not (len(side["labels"]) == len(ids) == len(side["metadata"]) == side["count"]) or index._hnsw.element_count < len(ids):
         raise IntegrityError(f"{where} lists {len(ids)} items, {index_file} holds {index._hnsw.element_count}")
     index._items, index._recall = ItemTable.from_json(side, where), side["recall"]
     return index
+
+
+def _read_residual(index: Index, folder: Path, side: dict[str, Any]) -> None:
+    """Give an int8 index the residual bits its sidecar names, checked against the recorded sha256 first."""
+    path = folder / RESIDUAL_FILE
+    if "residual_sha256" not in side:
+        raise IntegrityError(
+            f"{folder / SIDECAR_FILE} records int8 vectors but no residual bits (a gallery from before they were kept)",
+            hint="rebuild the gallery",
+        )
+    if not path.is_file():
+        raise IntegrityError(f"residual bits missing: {path}", hint="rebuild the gallery")
+    if sha256_file(path) != side["residual_sha256"]:
+        raise IntegrityError(f"residual bits altered or truncated: {path} does not match {SIDECAR_FILE}", hint="rebuild the gallery")
+    index._hnsw.load_residual(str(path))
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
