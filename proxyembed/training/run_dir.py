@@ -75,7 +75,13 @@ def holds_run(path: Path) -> bool:
 
 
 def find_checkpoint(run_or_file: str | os.PathLike, prefer: str = BEST) -> Path:
-    """The checkpoint file for a run dir (``prefer``, else the other one) or the file itself."""
+    """The checkpoint file for a run dir (``prefer``, else the other one) or the file itself.
+
+    ``prefer`` is a file name, ``best.pt`` or ``last.pt``; anything else is refused rather than read as
+    "no preference" (``prefer="last"`` once fell back to best.pt without a word).
+    """
+    if prefer not in (BEST, LAST):
+        raise BadInput(f"prefer='{prefer}' names no checkpoint", hint=f"use '{BEST}' or '{LAST}' (or checkpoint_name('best' / 'last'))")
     p = Path(run_or_file)
     if p.is_file():
         return p
