@@ -2,10 +2,11 @@
 
 A gallery folder holds ``gallery.json`` (format version, the bundle's signature — manifest sha256 and
 dim — and where the bundle was, the index parameters with the vector storage (f32, f16 or i8) and
-measured recall, the item count, the sha256 of the item table), ``index.bin`` (hnswlib, or usearch for
-f16 / i8), for i8 ``index.residual.npy`` (the codes' residual bits) and ``index.json`` (the item table:
-id and metadata such as label and path, per label, and the sha256 of each index file). Both JSON files are sealed (their own checksum is their last field), so
-every byte of a gallery is checked before it answers a search.
+measured recall, the item count, the sha256 of the item table), ``index.bin`` (hnswlib, or usearch
+for f16 / i8), for i8 ``index.residual.npy`` (the codes' residual bits) and ``index.json`` (the item
+table: id and metadata such as label and path, per label, and the sha256 of each index file). Both
+JSON files are sealed (their own checksum is their last field), so every byte of a gallery is checked
+before it answers a search.
 A gallery only makes sense with the model that embedded it, so loading it with another bundle is
 refused. Saves are built in a temporary sibling folder, fsynced, and renamed into place.
 

@@ -153,7 +153,8 @@ def test_index_quantized_gallery_searches_and_appends(bundle_dir: Path, images: 
     res = _index(bundle_dir, images / "red", gal, "--vectors", vectors, "--json")
     assert res.exit_code == 0, res.output
     index = json.loads(res.stdout)["index"]
-    assert index["vectors"] == vectors and index["memory_saved_bytes"] == 3 * (16 * 4 - {"f16": 16 * 2, "i8": 16 + 16 // 8}[vectors])  # i8: codes and residual bits
+    stored = {"f16": 16 * 2, "i8": 16 + 16 // 8}[vectors]  # bytes per 16-d item; i8: codes and residual bits
+    assert index["vectors"] == vectors and index["memory_saved_bytes"] == 3 * (16 * 4 - stored)
     assert json.loads((gal / "gallery.json").read_text())["index"]["vectors"] == vectors
     assert _index(bundle_dir, images / "blue", gal, "--append").exit_code == 0  # keeps the gallery's storage
     res = runner.invoke(app, ["search", str(gal), str(images / "blue"), "-k", "1", "--json"])
