@@ -22,6 +22,11 @@ VECTOR_STORAGE: tuple[VectorStorage, ...] = get_args(VectorStorage)
 BYTES_PER_VALUE: dict[str, int] = {"f32": 4, "f16": 2, "i8": 1}
 
 
+def residual_bytes(dim: int) -> int:
+    """Bytes of one int8 vector's residual bits (one a value, packed; :mod:`.usearch`)."""
+    return (dim + 7) // 8
+
+
 def check_storage(vectors: str, space: str) -> None:
     """Refuse an unknown space or storage, and int8 for inner products (its per-vector scaling discards the norm)."""
     if space not in SPACES:

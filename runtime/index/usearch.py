@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInput, IntegrityError, require
-from .storage import Space, VectorStorage, check_storage, in_space
+from .storage import Space, VectorStorage, check_storage, in_space, residual_bytes
 
 _I8_MAX = 127
 # An int8 search asks usearch for this many times k candidates on the coded query, then orders them by the
@@ -114,7 +114,7 @@ class QuantizedGraph:
         self._graph = None
         self._threads = 0  # usearch: 0 is every core, as hnswlib's default
         # int8 only: residual bits by label (row = label); labels only grow, so rows are never reused
-        self._bits = np.zeros((0, (dim + 7) // 8), np.uint8) if vectors == "i8" else None
+        self._bits = np.zeros((0, residual_bytes(dim)), np.uint8) if vectors == "i8" else None
 
     def init_index(self, max_elements: int, ef_construction: int, M: int, allow_replace_deleted: bool = True) -> None:
         self._graph = self._usearch.Index(
@@ -124,8 +124,6 @@ class QuantizedGraph:
             connectivity=M,
             expansion_add=ef_construction,
         )
-        if self._bits is not None:
-            self._bits = self._bits[:0]
 
     def load_index(self, path: str, max_elements: int = 0, allow_replace_deleted: bool = True) -> None:
         """Read a graph written by :meth:`save_index`; the file records its own dim, metric and storage."""
@@ -257,6 +255,6 @@ class QuantizedGraph:
         except (ValueError, OSError) as exc:
             raise IntegrityError(f"cannot read residual bits {path}: {exc}") from exc
         rows = int(np.asarray(self._graph.keys, dtype=np.int64).max()) + 1 if len(self._graph) else 0
-        if bits.dtype != np.uint8 or bits.ndim != 2 or bits.shape[1] != (self.dim + 7) // 8 or len(bits) < rows:
+        if bits.dtype != np.uint8 or bits.ndim != 2 or bits.shape[1] != residual_bytes(self.dim) or len(bits) < rows:
             raise IntegrityError(f"{path} does not hold residual bits for {rows} items of dim {self.dim}")
         self._bits = np.ascontiguousarray(bits)
