@@ -72,6 +72,7 @@ sys.path.insert(0, sys.argv[3])
 from _common import rss_mib
 import numpy as np, hnswlib
 from proxyembed.runtime import Index
+from proxyembed.runtime.index import RESIDUAL_FILE
 from proxyembed.runtime.index.usearch import _import_usearch
 folder, what = sys.argv[1], sys.argv[2]
 params = json.load(open(folder + "/index.json"))
@@ -87,7 +88,7 @@ elif params["vectors"] == "f32":
 else:
     kept = usearch.Index.restore(folder + "/index.bin")
     if params["vectors"] == "i8":  # the graph needs its residual bits to re-rank
-        bits = np.load(folder + "/index.residual.npy")
+        bits = np.load(folder + "/" + RESIDUAL_FILE)
 gc.collect()
 print(int((rss_mib() - before) * 2**20))
 """

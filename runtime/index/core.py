@@ -21,7 +21,7 @@ from . import persist, recall
 from .items import ItemTable
 from .recall import CALIBRATION_QUERIES, MAX_EF, MAX_M, TARGET_RECALL
 from .search import Filter, Hit, ItemId, exact_search, make_filter
-from .storage import BYTES_PER_VALUE, Space, VectorStorage, check_storage, in_space, residual_bytes
+from .storage import Space, VectorStorage, check_storage, in_space, vector_bytes
 
 # Chosen from benchmarks/index_speed.py (results/index_speed.md): the smallest ef with recall@10 >= 0.99
 # against exact search on clustered unit vectors, dim 128, M=16, ef_construction=200 — at 100k items
@@ -159,7 +159,7 @@ class Index:
 
     def vector_bytes(self) -> int:
         """Bytes one stored vector takes (dim x 4, 2 or 1, and int8's residual bit a value): what the storage choice changes."""
-        return self.dim * BYTES_PER_VALUE[self.vectors] + (residual_bytes(self.dim) if self.vectors == "i8" else 0)
+        return vector_bytes(self.dim, self.vectors)
 
     # -- mutation ------------------------------------------------------------------------------------
 

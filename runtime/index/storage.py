@@ -27,6 +27,11 @@ def residual_bytes(dim: int) -> int:
     return (dim + 7) // 8
 
 
+def vector_bytes(dim: int, vectors: str) -> int:
+    """Bytes one stored vector of ``dim`` values takes: dim x 4, 2 or 1, and int8's residual bits."""
+    return dim * BYTES_PER_VALUE[vectors] + (residual_bytes(dim) if vectors == "i8" else 0)
+
+
 def check_storage(vectors: str, space: str) -> None:
     """Refuse an unknown space or storage, and int8 for inner products (its per-vector scaling discards the norm)."""
     if space not in SPACES:

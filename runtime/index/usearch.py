@@ -242,11 +242,14 @@ class QuantizedGraph:
     def save_index(self, path: str) -> None:
         self._graph.save(path)
 
+    def _label_rows(self) -> int:
+        """Rows of residual bits the graph's items need: its largest label plus one."""
+        return int(np.asarray(self._graph.keys, dtype=np.int64).max()) + 1 if len(self._graph) else 0
+
     def save_residual(self, path: str) -> None:
         """Write an int8 graph's residual bits (one row per label up to the largest in the graph) as a .npy file."""
-        rows = int(np.asarray(self._graph.keys, dtype=np.int64).max()) + 1 if len(self._graph) else 0
         with open(path, "wb") as f:
-            np.save(f, self._bits[:rows], allow_pickle=False)
+            np.save(f, self._bits[: self._label_rows()], allow_pickle=False)
 
     def load_residual(self, path: str) -> None:
         """Read the residual bits :meth:`save_residual` wrote for this graph (after :meth:`load_index`), refusing a mismatch."""
@@ -254,7 +257,7 @@ class QuantizedGraph:
             bits = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise IntegrityError(f"cannot read residual bits {path}: {exc}") from exc
-        rows = int(np.asarray(self._graph.keys, dtype=np.int64).max()) + 1 if len(self._graph) else 0
+        rows = self._label_rows()
         if bits.dtype != np.uint8 or bits.ndim != 2 or bits.shape[1] != residual_bytes(self.dim) or len(bits) < rows:
             raise IntegrityError(f"{path} does not hold residual bits for {rows} items of dim {self.dim}")
         self._bits = np.ascontiguousarray(bits)
