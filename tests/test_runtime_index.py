@@ -442,6 +442,23 @@ def test_quantized_storage_without_usearch_names_the_extra(monkeypatch: pytest.M
         Index(DIM, vectors="f8")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("vectors", ["f16", "i8"])
+def test_every_item_of_a_threaded_add_is_found_by_a_search_for_itself(vectors: str) -> None:
+    """usearch 2.26's concurrent add strands a few new items where no search reaches them (USearch issue 735).
+
+    Before the graph added those again on one thread, 4,500 items added on several threads here left 3-9 of them
+    unreachable in every build (one thread: none), and held-out recall then stopped below the target at any ef.
+    """
+    x = clustered(4500, seed=9, n_classes=60)
+    for _ in range(2):
+        index = Index(DIM, vectors=vectors, M=16, ef_construction=200, exact_below=0)  # type: ignore[arg-type]
+        index._hnsw.set_num_threads(4)
+        index.add(x, list(range(len(x))))
+        index._hnsw.set_ef(len(x))  # a walk this wide reaches every item linked to the graph
+        labels, _ = index._hnsw.knn_query(x, k=1)
+        assert np.flatnonzero(labels[:, 0] != np.arange(len(x))).tolist() == []
+
+
 def test_int8_hits_are_ordered_by_the_float_query_against_the_stored_codes(data: tuple[np.ndarray, np.ndarray]) -> None:
     """An int8 index re-ranks its candidates by the float query's cosine with each stored code (only the gallery is rounded).
 

@@ -42,6 +42,12 @@ _I8_RERANK = 2
 # A filtered search asks usearch for this many times k candidates, keeps the ones the filter accepts and
 # reports a short answer when fewer than k remain, so Index falls back to its exact search.
 _FILTER_OVERSAMPLE = 8
+# usearch 2.26's concurrent add can leave a new item stored but unreachable by any search (unum-cloud/USearch
+# issue 735; the fix, pull request 772, is not released). After a threaded add each new item searches for itself
+# at this ef and the ones not found are added again on one thread. On 100k clustered 128-d vectors (M=16, two
+# threads) it found all 8 stranded items among 626 re-added, for 5.5 s on a 29 s build; ef=8 re-added 4,397
+# (11 s), ef=32 re-added 21 but searched for 6 s.
+_RELINK_EF = 16
 
 
 def _import_usearch() -> Any:
@@ -165,16 +171,33 @@ class QuantizedGraph:
     def add_items(self, vectors: np.ndarray, labels: np.ndarray, replace_deleted: bool = True) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         if self._bits is None:
-            self._graph.add(labels.astype(np.uint64), self._code(vectors), threads=self._threads)
-            return
-        codes, bits = encode_i8(np.asarray(vectors, dtype=np.float32))
-        end = int(labels.max()) + 1 if len(labels) else 0
-        if end > len(self._bits):  # grow by half, not double: these rows are resident memory on a device
-            grown = np.zeros((max(end, len(self._bits) * 3 // 2), self._bits.shape[1]), np.uint8)
-            grown[: len(self._bits)] = self._bits
-            self._bits = grown
-        self._bits[labels] = bits
-        self._graph.add(labels.astype(np.uint64), codes, threads=self._threads)
+            rows = self._code(vectors)
+        else:
+            rows, bits = encode_i8(np.asarray(vectors, dtype=np.float32))
+            end = int(labels.max()) + 1 if len(labels) else 0
+            if end > len(self._bits):  # grow by half, not double: these rows are resident memory on a device
+                grown = np.zeros((max(end, len(self._bits) * 3 // 2), self._bits.shape[1]), np.uint8)
+                grown[: len(self._bits)] = self._bits
+                self._bits = grown
+            self._bits[labels] = bits
+        self._graph.add(labels.astype(np.uint64), rows, threads=self._threads)
+        if self._threads != 1 and len(labels) > 1:
+            self._relink(labels, rows)
+
+    def _relink(self, labels: np.ndarray, rows: np.ndarray) -> None:
+        """Add again, on one thread, the items of a threaded add that a search for themselves does not find (see _RELINK_EF)."""
+        ef = self._graph.expansion_search
+        self._graph.expansion_search = _RELINK_EF
+        try:
+            found = self._graph.search(rows, 1, threads=self._threads)
+        finally:
+            self._graph.expansion_search = ef
+        keys = np.asarray(found.keys, dtype=np.int64).reshape(-1)
+        # another item at distance 0 holds the same stored vector: any search that wants one finds the other
+        lost = np.flatnonzero((keys != labels) & (np.asarray(found.distances).reshape(-1) > 1e-6))
+        for row in lost:
+            self._graph.remove(int(labels[row]))
+            self._graph.add(int(labels[row]), rows[row], threads=1)
 
     def mark_deleted(self, label: int) -> None:
         self._graph.remove(int(label))
