@@ -181,7 +181,8 @@ class QuantizedGraph:
                 self._bits = grown
             self._bits[labels] = bits
         self._graph.add(labels.astype(np.uint64), rows, threads=self._threads)
-        if self._threads != 1 and len(labels) > 1:
+        # an inner product ranks a longer vector above a row's own, so only a cosine graph can test itself this way
+        if self._threads != 1 and len(labels) > 1 and self.space == "cosine":
             self._relink(labels, rows)
 
     def _relink(self, labels: np.ndarray, rows: np.ndarray) -> None:
