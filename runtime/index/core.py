@@ -353,6 +353,8 @@ class Index:
         its stored vectors (``ceiling``): no ef or M can beat it, so when it is below the target they are
         raised only until the graph comes within :data:`.recall.CEILING_SLACK` of it; when it is at or above
         the target, ef is raised towards the target and M only while the graph is farther than that from it.
+        The recall must pass with a margin for its sample: the mean minus :data:`.recall.CONFIDENCE_Z` standard
+        errors, except within the slack of a quantized ceiling.
         ``ef`` and ``M`` are never lowered. Searches wait while it runs. The result is recorded
         (:meth:`recall`) and returned.
         """

@@ -180,9 +180,11 @@ class QuantizedGraph:
                 grown[: len(self._bits)] = self._bits
                 self._bits = grown
             self._bits[labels] = bits
-        self._graph.add(labels.astype(np.uint64), rows, threads=self._threads)
-        # an inner product ranks a longer vector above a row's own, so only a cosine graph can test itself this way
-        if self._threads != 1 and len(labels) > 1 and self.space == "cosine":
+        # An inner product ranks a longer vector above a row's own, so only a cosine graph can find its stranded
+        # items by searching for them; an inner-product graph is built on one thread instead.
+        threads = self._threads if self.space == "cosine" else 1
+        self._graph.add(labels.astype(np.uint64), rows, threads=threads)
+        if threads != 1 and len(labels) > 1:
             self._relink(labels, rows)
 
     def _relink(self, labels: np.ndarray, rows: np.ndarray) -> None:
