@@ -415,8 +415,8 @@ def test_ceiling_just_above_the_target_raises_ef_to_it(monkeypatch: pytest.Monke
     real_truth = index_recall._truth
     monkeypatch.setattr(index_recall, "_truth", lambda *a: (real_truth(*a)[0], ceiling))
     monkeypatch.setattr(index_recall, "_graph_recall", lambda graph, probe, own, truth, ef: (by_ef(ef), 0.0))
-    reached = build().calibrate(target=0.99)  # ef 8, 12, 18, 27, 40: half a step each time
-    assert reached["ef"] == 40 and reached["recall@10"] == 0.9902 and reached["M"] == 8
+    reached = build().calibrate(target=0.99)  # ef 8, 10, 12, 15, 18, 22, 27, 33: a quarter more each time
+    assert reached["ef"] == 33 and reached["recall@10"] == 0.9902 and reached["M"] == 8
     # ef exhausted within the slack of the ceiling: no rebuild (more links win almost nothing), reported below the target
     capped = build().calibrate(target=0.99, max_ef=16)
     assert capped["ef"] == 16 and capped["M"] == 8 and capped["recall@10"] < capped["target"]
@@ -435,10 +435,10 @@ def test_calibration_passes_only_with_a_margin_for_its_sample(monkeypatch: pytes
     idx = Index(DIM, ef=8, M=8, exact_below=0)
     idx.add(x[:500], list(range(500)))
     idx.add(x[500:], list(range(500, 600)), held_out=True)
-    readings = {8: (0.991, 0.002), 12: (0.993, 0.002), 18: (0.995, 0.002)}  # lower bounds 0.9877, 0.9897, 0.9917
+    readings = {8: (0.991, 0.002), 10: (0.993, 0.002), 12: (0.995, 0.002)}  # lower bounds 0.9877, 0.9897, 0.9917
     monkeypatch.setattr(index_recall, "_graph_recall", lambda graph, probe, own, truth, ef: readings.get(ef, (0.999, 0.0)))
     rec = idx.calibrate(target=0.99)
-    assert rec["ef"] == 18 and rec["recall@10"] == 0.995 and rec["M"] == 8
+    assert rec["ef"] == 12 and rec["recall@10"] == 0.995 and rec["M"] == 8
 
 
 def test_expected_size_picks_m(storage: str) -> None:

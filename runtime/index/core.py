@@ -343,7 +343,7 @@ class Index:
         max_M: int = MAX_M,
         seed: int = 0,
     ) -> dict[str, Any]:
-        """Measure recall@10 against exact float32 search; raise ``ef`` (by half a step), then ``M`` (a rebuild), until it reaches ``target``.
+        """Measure recall@10 against exact float32 search; raise ``ef`` (by a quarter a step), then ``M`` (a rebuild), until it reaches ``target``.
 
         With items held out (``add(..., held_out=True)``) up to ``queries`` of them are the queries and
         all are inserted afterwards; the same ef is also measured with stored items as queries, and the

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .core import Index
 
 # What save() calibrates to reach: recall@10 of held-out queries against exact float32 search, on up to
-# CALIBRATION_QUERIES queries; ef grows by half (EF_STEP) up to MAX_EF, then M doubles (a rebuild) up to MAX_M.
+# CALIBRATION_QUERIES queries; ef grows by a quarter (EF_STEP) up to MAX_EF, then M doubles (a rebuild) up to MAX_M.
 TARGET_RECALL = 0.99
 # Stored vectors are easier queries than new images (they are linked into the graph): at 100k the
 # self-measured recall@10 was 0.9986 where held-out queries gave 0.9938. A calibration on stored items
@@ -33,8 +33,10 @@ CALIBRATION_QUERIES = 1000
 MAX_EF = 1024
 # ef rises by this factor a step. Doubling landed up to 2x above the ef a gallery needs, and search time grows
 # with ef: at 1M 128-d items f32 passed at 1024 where 512 read 0.9919 on other held-out queries. A step of
-# 1.5 lands at most 1.5x above, for a few more rounds of the calibration's searches (no rebuild).
-EF_STEP = 1.5
+# 1.25 lands at most 1.25x above, for a few more rounds of the calibration's searches (no rebuild, each a
+# search of the calibration's queries): at 100k 512-d int8 it stopped at ef=80 in two builds where 1.5 went
+# from 64 to 96 (held-out recall@10 0.9953 at 80; docs/benchmarks.md, "Calibration noise").
+EF_STEP = 1.25
 MAX_M = 64
 # A quantized index cannot beat exact search on its own stored vectors; when that ceiling is below the
 # target, calibration stops raising ef and M once the graph is this close to it (the gate then refuses).
