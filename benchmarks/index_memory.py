@@ -12,6 +12,7 @@ Index's checks and bookkeeping cost. Vectors are clustered unit vectors like met
 
     python benchmarks/index_memory.py --sizes 100000                     # all five rows at 100k
     python benchmarks/index_memory.py --sizes 1000000 --rows f32,i8,f16  # a subset at 1M
+    python benchmarks/index_memory.py --rows f32,i8,faiss                # faiss's int8 HNSW beside ours (pip install faiss-cpu)
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from index_speed import clustered, real_embeddings
 
 from proxyembed.runtime import Index
 from proxyembed.runtime.index import CALIBRATION_QUERIES, INDEX_FILE, RESIDUAL_FILE, SIDECAR_FILE
-from proxyembed.runtime.index.recall import MAX_M
+from proxyembed.runtime.index.recall import EF_STEP, MAX_M
 from proxyembed.runtime.metrics import knn
 
 K = 10
 ROWS = ("f32", "f16", "i8", "hnswlib", "usearch")
+# Rows run only when named: faiss-cpu is not a dependency of proxyembed, only the engine it was measured against.
+OPTIONAL_ROWS = ("faiss",)
 CHUNK = 50_000
 
 
@@ -191,6 +194,41 @@ def usearch_row(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, M: 
             "calibrate_s": None, "latency_ms": lat, "recall@10": recall(found, truth)}  # fmt: skip
 
 
+def faiss_row(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, M: int, ef: int, args: argparse.Namespace) -> dict[str, Any]:
+    """faiss's own int8 HNSW (``IndexHNSWSQ``, 8 bits over each dimension's range) at the M and ef the proxyembed i8 row used.
+
+    The other well-kept library with a quantized HNSW: its ceiling (exact search on the vectors it stores) and
+    its latency at the same M and ef show whether it would have served the int8 gallery better than usearch.
+    """
+    try:
+        import faiss
+    except ImportError as exc:
+        raise SystemExit("the faiss row needs faiss-cpu (pip install faiss-cpu); leave it out of --rows otherwise") from exc
+
+    n, dim = gallery.shape
+    faiss.omp_set_num_threads(args.build_threads)
+    # unit vectors, so the inner product ranks as cosine does
+    index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = args.ef_construction
+    t = time.perf_counter()
+    index.train(gallery)
+    index.add(gallery)
+    add_s = time.perf_counter() - t
+    size = faiss.serialize_index(index).size
+    faiss.omp_set_num_threads(1)
+
+    def at(e: int) -> tuple[float, float]:
+        index.hnsw.efSearch = e
+        found = index.search(queries, K)[1].astype(np.int64)
+        return recall(found, truth), latency_ms(lambda q: index.search(q, K), queries[: args.latency_queries])
+
+    curve = [dict(zip(("ef", "recall@10", "latency_ms"), (e, *at(e)), strict=True)) for e in args.curve]
+    rec, lat = at(ef)
+    ceiling = recall(knn(queries, index.storage.reconstruct_n(0, n), K)[0], truth)
+    return {"row": "bare faiss i8 (HNSW SQ8)", "n": n, "dim": dim, "M": M, "ef": ef, "bytes_per_item": size / n, "add_s": add_s,
+            "calibrate_s": None, "latency_ms": lat, "recall@10": rec, "ceiling@10": ceiling, "curve": curve}  # fmt: skip
+
+
 def bytes_grid(n: int, dims: list[int], ms: list[int], resident: bool) -> list[dict[str, Any]]:
     """Bytes per item for each dim, M and storage on ``n`` random unit vectors: the layout, not the data, sets them.
 
@@ -332,9 +370,9 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], command: str, dat
         "Bytes per item: the saved graph file (links + vectors) over the item count; graph RAM / gallery RAM (where measured): a fresh",
         "process's resident growth loading the graph file alone / the whole gallery with `Index.load` (graph + id table), over the item count.",
         "ceiling: recall@10 of exact search on the stored vectors (what no ef or M can beat), from the calibration's queries.",
-        "proxyembed rows: built as `proxyembed index` builds (1000 items held out, calibration on them, then added); "
-        "add s is adding the rest, calibrate s the calibration (ef raised by half a step, M raised if needed).",
-        "Bare rows: the library alone with the M and ef the proxyembed f32 row calibrated to.",
+        f"proxyembed rows: built as `proxyembed index` builds ({CALIBRATION_QUERIES} items held out, calibration on them, then added); "
+        f"add s is adding the rest, calibrate s the calibration (ef raised {EF_STEP}x a step, M raised if needed).",
+        "Bare rows: the library alone with the M and ef the proxyembed f32 row calibrated to (faiss: the i8 row's).",
         "",
         "| n | row | M | ef | bytes/item | x f32 | graph RAM B | gallery RAM B | x f32 | add s | calibrate s | latency ms | x f32 "
         "| recall@10 | ceiling |",
@@ -348,7 +386,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], command: str, dat
         graph_ram = f"{r['graph_resident']:.0f}" if "graph_resident" in r else ""
         gallery_ram = f"{r['index_resident']:.0f}" if "index_resident" in r else ""
         ratio_ram = f"{r['index_resident'] / base['index_resident']:.3f}" if base and "index_resident" in r and "index_resident" in base else ""
-        ceiling = f"{r['calibration']['ceiling@10']:.4f}" if r.get("calibration") else ""
+        ceiling = f"{r['calibration']['ceiling@10']:.4f}" if r.get("calibration") else f"{r['ceiling@10']:.4f}" if "ceiling@10" in r else ""
         lines.append(
             f"| {r['n']:,} | {r['row']} | {r['M']} | {r['ef']} | {r['bytes_per_item']:.0f} | {ratio_b} | {graph_ram} | {gallery_ram} | {ratio_ram} | "
             f"{r['add_s']:.1f} | {cal} | {r['latency_ms']:.3f} | {ratio_l} | {r['recall@10']:.4f} | {ceiling} |"
@@ -368,7 +406,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--sizes", default="100000", help="comma-separated gallery sizes")
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"which of {','.join(ROWS)} (the bare rows need f32 first)")
+    ap.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"which of {','.join(ROWS + OPTIONAL_ROWS)} (the bare rows need f32 first, faiss needs i8 and faiss-cpu installed)",
+    )
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--latency-queries", type=int, default=500)
     ap.add_argument("--build-threads", type=int, default=1)
@@ -445,6 +487,11 @@ def main() -> None:
                 rows.append(fn(gallery, queries, truth, base["M"], base["ef"], args))
                 save()
                 gc.collect()
+        quantized = next((r for r in rows if r["n"] == n and r["row"] == "proxyembed i8"), None)
+        if "faiss" in wanted and quantized is not None:
+            rows.append(faiss_row(gallery, queries, truth, quantized["M"], quantized["ef"], args))
+            save()
+            gc.collect()
         del gallery
         gc.collect()
 
