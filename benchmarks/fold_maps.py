@@ -196,12 +196,15 @@ def report(folder: Path, name: str, argv: list[str]) -> None:
             suffix = "" if px == rec["size"] else f", evaluated at {px} px"
             for variant, score in map_scores(emb, px).items():
                 maps.setdefault(variant + suffix, {})[key] = score
-    levers = _paired({f"{t} {json.dumps(overrides[t]) if overrides[t] else '(the defaults)'}": v for t, v in trained.items()},
-                     "base (the defaults)")
+    # the base runs may override the loss (the same folds for Proxy-NCA): every variant is paired with them
+    labels = {t: f"{t} {json.dumps(o) if o else '(the defaults)'}" for t, o in overrides.items()}
+    levers = _paired({labels[t]: v for t, v in trained.items()}, labels["base"])
+    loss = (overrides.get("base") or {}).get("loss", "proxy_anchor")
+    setting = "Proxy-Anchor" if loss == "proxy_anchor" else f"`{loss}` (every run here, the base included, sets the loss)"
     posthoc = _paired(maps, DEFAULT_MAP)
     command = "python benchmarks/" + Path(__file__).name + " " + " ".join(argv)
     md = ["# Training levers and linear maps after training, on held-out training classes", "", f"`{command}`", "",
-          "Proxy-Anchor, resnet18 from scratch, 64 px, 8 epochs, batch 64, 128-d; each run validates on one fold (a fifth of "
+          f"{setting}, resnet18 from scratch, 64 px, 8 epochs, batch 64, 128-d; each run validates on one fold (a fifth of "
           "Caltech-101's training classes) and trains on the rest; last epoch. Δ: against the defaults' run of the same fold and "
           "seed, mean ± standard error over the pairs, in points.", "", "## Training levers", "", *_lines(levers), "",
           "## Maps fitted on the training images after training (on the defaults' runs, then on each variant's)", "", *_lines(posthoc), "",
