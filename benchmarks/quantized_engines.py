@@ -115,6 +115,8 @@ def faiss_engine(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, a:
     def search(q: np.ndarray, ef: int) -> np.ndarray:
         index.hnsw.efSearch = ef
         labels = index.search(q, K * _I8_RERANK)[1]
+        if (labels < 0).any():  # faiss pads a short answer with -1, which would index the last item's bits
+            raise SystemExit(f"faiss found fewer than {K * _I8_RERANK} candidates at ef={ef}; raise --efs")
         cands = refined(labels.reshape(-1)).reshape(*labels.shape, dim)
         sims = np.einsum("nd,ncd->nc", q, cands) / np.sqrt(np.einsum("ncd,ncd->nc", cands, cands))
         return np.take_along_axis(labels, np.argsort(-sims, axis=1, kind="stable")[:, :K], axis=1)
