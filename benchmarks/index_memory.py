@@ -194,28 +194,38 @@ def usearch_row(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, M: 
             "calibrate_s": None, "latency_ms": lat, "recall@10": recall(found, truth)}  # fmt: skip
 
 
+def faiss_sq8(gallery: np.ndarray, M: int, ef_construction: int, threads: int) -> tuple[Any, float]:
+    """faiss's int8 HNSW (``IndexHNSWSQ``, 8 bits over each dimension's trained range) built on ``gallery``, and the seconds it took.
+
+    The vectors are unit length, so faiss's inner product ranks as cosine does. Search runs on one thread afterwards.
+    """
+    try:
+        import faiss
+    except ImportError as exc:
+        raise SystemExit("the faiss rows need faiss-cpu (pip install faiss-cpu); leave them out otherwise") from exc
+
+    faiss.omp_set_num_threads(threads)
+    index = faiss.IndexHNSWSQ(gallery.shape[1], faiss.ScalarQuantizer.QT_8bit, M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    t = time.perf_counter()
+    index.train(gallery)
+    index.add(gallery)
+    build_s = time.perf_counter() - t
+    faiss.omp_set_num_threads(1)
+    return index, build_s
+
+
 def faiss_row(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, M: int, ef: int, args: argparse.Namespace) -> dict[str, Any]:
     """faiss's own int8 HNSW (``IndexHNSWSQ``, 8 bits over each dimension's range) at the M and ef the proxyembed i8 row used.
 
     The other well-kept library with a quantized HNSW: its ceiling (exact search on the vectors it stores) and
     its latency at the same M and ef show whether it would have served the int8 gallery better than usearch.
     """
-    try:
-        import faiss
-    except ImportError as exc:
-        raise SystemExit("the faiss row needs faiss-cpu (pip install faiss-cpu); leave it out of --rows otherwise") from exc
+    import faiss
 
     n, dim = gallery.shape
-    faiss.omp_set_num_threads(args.build_threads)
-    # unit vectors, so the inner product ranks as cosine does
-    index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, M, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = args.ef_construction
-    t = time.perf_counter()
-    index.train(gallery)
-    index.add(gallery)
-    add_s = time.perf_counter() - t
+    index, add_s = faiss_sq8(gallery, M, args.ef_construction, args.build_threads)
     size = faiss.serialize_index(index).size
-    faiss.omp_set_num_threads(1)
 
     def at(e: int) -> tuple[float, float]:
         index.hnsw.efSearch = e

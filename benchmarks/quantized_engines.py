@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, machine_line, write_results  # noqa: E402
-from index_memory import K, latency_ms, recall  # noqa: E402
+from index_memory import K, faiss_sq8, latency_ms, recall  # noqa: E402
 from index_speed import clustered  # noqa: E402
 
 from proxyembed.runtime.index.usearch import _I8_RERANK, QuantizedGraph  # noqa: E402  (onnxruntime before usearch)
@@ -85,19 +85,10 @@ def usearch_engine(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, 
 
 
 def faiss_engine(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, a: argparse.Namespace) -> dict[str, Any]:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise SystemExit("the faiss engine needs faiss-cpu (pip install faiss-cpu); leave it out of --engines otherwise") from exc
+    index, build_s = faiss_sq8(gallery, a.M, a.ef_construction, threads=1)
+    import faiss  # faiss_sq8 has checked it is installed
 
     n, dim = gallery.shape
-    faiss.omp_set_num_threads(1)
-    index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, a.M, faiss.METRIC_INNER_PRODUCT)  # unit vectors: IP ranks as cosine
-    index.hnsw.efConstruction = a.ef_construction
-    start = time.perf_counter()
-    index.train(gallery)
-    index.add(gallery)
-    build_s = time.perf_counter() - start
     storage = faiss.downcast_index(index.storage)
     # QT_8bit stores each dimension's minimum and range; a code's value is min + (code + 0.5) / 255 * range
     quarter = (faiss.vector_to_array(storage.sq.trained)[dim:] / 255 / 4).astype(np.float32)
