@@ -58,7 +58,7 @@ def run(out: Path, fold: int, seed: int, size: int, sizes: list[int], overrides:
     """Train the defaults (plus ``overrides``) on ``fold`` and write ``emb.npz`` and ``result.json`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     root = caltech_subset(out / "caltech101", PER_CLASS, fold=fold)
-    settings = proxyembed_settings(str(root), size, "proxy_anchor", seed, epochs=8, batch=64, dim=128, backbone="resnet18", val=True)
+    settings = proxyembed_settings(str(root), size, "proxy_anchor", seed, epochs=8, batch=None, dim=128, backbone="resnet18", val=True)
     cfg = resolve_config({**settings, **overrides})
     t0 = time.perf_counter()
     result = train(cfg, out / "run")
@@ -85,7 +85,7 @@ def run(out: Path, fold: int, seed: int, size: int, sizes: list[int], overrides:
                     heads.append(model.head(f).numpy())
             arrays[f"{name}_feat_{px}"], arrays[f"{name}_head_{px}"] = np.concatenate(feats), np.concatenate(heads)
     np.savez(out / "emb.npz", **arrays)
-    record = {"fold": fold, "seed": seed, "size": size, "overrides": overrides, "final": result.final, "wall_s": wall}
+    record = {"fold": fold, "seed": seed, "size": size, "batch": cfg.batch_size, "overrides": overrides, "final": result.final, "wall_s": wall}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -179,6 +179,7 @@ def report(folder: Path, name: str, argv: list[str]) -> None:
     trained: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
     maps: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
     overrides: dict[str, Any] = {}
+    base_batches: set[int] = set()
     for d in sorted(p for p in folder.iterdir() if (p / "result.json").is_file()):
         m = RUN_NAME.match(d.name)
         if not m:
@@ -187,6 +188,9 @@ def report(folder: Path, name: str, argv: list[str]) -> None:
         key = (int(m["fold"]), int(m["seed"]))
         trained.setdefault(m["tag"], {})[key] = (rec["final"]["val/recall@1"], rec["final"]["val/map@r"])
         overrides[m["tag"]] = rec["overrides"]
+        if m["tag"] == "base":
+            # runs from before they recorded their batch pinned 64 unless their overrides set one
+            base_batches.add(rec["batch"] if "batch" in rec else rec["overrides"].get("batch_size", 64))
         emb = np.load(d / "emb.npz")
         if m["tag"] != "base":  # a training variant under the default map and under a reduction to 128-d
             for variant, score in map_scores(emb, rec["size"], VARIANT_MAPS).items():
@@ -204,7 +208,8 @@ def report(folder: Path, name: str, argv: list[str]) -> None:
     posthoc = _paired(maps, DEFAULT_MAP)
     command = "python benchmarks/" + Path(__file__).name + " " + " ".join(argv)
     md = ["# Training levers and linear maps after training, on held-out training classes", "", f"`{command}`", "",
-          f"{setting}, resnet18 from scratch, 64 px, 8 epochs, batch 64, 128-d; each run validates on one fold (a fifth of "
+          f"{setting}, resnet18 from scratch, 64 px, 8 epochs, batch {'/'.join(map(str, sorted(base_batches)))} "
+          "(the base runs'), 128-d; each run validates on one fold (a fifth of "
           "Caltech-101's training classes) and trains on the rest; last epoch. Δ: against the defaults' run of the same fold and "
           "seed, mean ± standard error over the pairs, in points.", "", "## Training levers", "", *_lines(levers), "",
           "## Maps fitted on the training images after training (on the defaults' runs, then on each variant's)", "", *_lines(posthoc), "",

@@ -6,9 +6,10 @@ square), PML's ``ProxyAnchorLoss`` / ``ProxyNCALoss``, ``MPerClassSampler`` (m=4
 later, with the standard augmentation (training images preloaded at 1.25x the input size, then a per-sample
 RandomResizedCrop of 25-100% of the area and a horizontal flip on every batch). The better of the two on
 each metric is "the reference" the lead is measured against. proxyembed runs its defaults with the same
-backbone, image size, epochs, batch and embedding size. All three are scored on the unseen classes with the
-same metric code (``proxyembed.runtime.metrics.retrieval_metrics``, which proxyembed's evaluation calls too), after the
-last epoch (no model selection on any side).
+backbone, image size, epochs and embedding size. Each side keeps its own batch unless ``--batch`` pins both: the
+loop 64 (as users write it and the issue's tables ran it), proxyembed its default (``TrainConfig.batch_size``).
+All three are scored on the unseen classes with the same metric code (``proxyembed.runtime.metrics.retrieval_metrics``,
+which proxyembed's evaluation calls too), after the last epoch (no model selection on any side).
 
     pip install -e ".[train,bench]"
     python benchmarks/reference_pml.py                        # Caltech-101 at 64 and 128 px + synthetic, 3 seeds
@@ -57,7 +58,9 @@ PER_CLASS = 60  # --per-class: Caltech-101's images a class, capped as its READM
 VAL_FRACTION = 0.2  # --tune's --val-fraction: the share of the training classes that validates
 FOLDS = round(1 / VAL_FRACTION)  # --fold: the training classes in as many parts as hold-outs cover them
 SIDES = ("reference", "reference_augmented", "proxyembed")  # the plain loop, the augmented loop, proxyembed's defaults
+SIDE_NAMES = {"reference": "plain", "reference_augmented": "augmented", "proxyembed": "proxyembed"}  # as the table heads them
 REFERENCES = SIDES[:2]  # "the reference" is the better of these on each metric
+REFERENCE_BATCH = 64  # the hand-written loop's batch when --batch does not pin both sides
 PRELOAD = 1.25  # the augmented loop preloads its training images at this multiple of the input size ...
 CROP_SCALE = (0.25, 1.0)  # ... and crops this share of their area (torchvision's ratio range, 3/4 to 4/3)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -150,18 +153,19 @@ def reference_run(
     with torch.no_grad():
         emb = torch.cat([torch.nn.functional.normalize(model(x_eval[i : i + 256]), dim=1) for i in range(0, len(x_eval), 256)])
     metrics = retrieval_metrics(emb.numpy(), y_eval.numpy(), ks=split.ks)
-    return {"metrics": metrics, "wall_s": time.perf_counter() - t_start, "train_images_per_s": seen / t_train}
+    return {"metrics": metrics, "wall_s": time.perf_counter() - t_start, "train_images_per_s": seen / t_train, "batch": batch}
 
 
 # ---- proxyembed -------------------------------------------------------------------------------------------
 def proxyembed_settings(
-    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, val: bool
+    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int | None, dim: int, backbone: str, val: bool
 ) -> dict[str, Any]:
     """The ``proxyembed train`` settings every proxyembed run of the benchmarks pins (the rest are the defaults, which
-    ``resolve_config`` fills in as the CLI does, the loss's own included); ``val`` holds out VAL_FRACTION of the classes."""
-    settings: dict[str, Any] = dict(
-        data=data, loss=loss, seed=seed, epochs=epochs, batch_size=batch, embedding_dim=dim, backbone=backbone, eval_every=epochs
-    )
+    ``resolve_config`` fills in as the CLI does, the loss's own included); ``batch`` None keeps the default batch;
+    ``val`` holds out VAL_FRACTION of the classes."""
+    settings: dict[str, Any] = dict(data=data, loss=loss, seed=seed, epochs=epochs, embedding_dim=dim, backbone=backbone, eval_every=epochs)
+    if batch is not None:
+        settings["batch_size"] = batch
     if size:
         settings["image_size"] = size
     if val:
@@ -170,7 +174,7 @@ def proxyembed_settings(
 
 
 def proxyembed_run(
-    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int, dim: int, backbone: str, overrides: dict[str, Any], val: bool,
+    data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int | None, dim: int, backbone: str, overrides: dict[str, Any], val: bool,
     chosen: bool = False,
 ) -> dict[str, Any]:
     """``proxyembed train`` with its defaults (plus ``overrides``); metrics of the last epoch, or with ``chosen`` of
@@ -187,7 +191,7 @@ def proxyembed_run(
     def scored(reported: dict[str, float]) -> dict[str, float]:
         return {k[len(prefix) :]: v for k, v in reported.items() if k.startswith(prefix) and (val or not k.startswith("val/"))}
 
-    out = {"metrics": scored(result.best if chosen else result.final), "wall_s": wall, "train_images_per_s": ips}
+    out = {"metrics": scored(result.best if chosen else result.final), "wall_s": wall, "train_images_per_s": ips, "batch": cfg.batch_size}
     if chosen:  # with each epoch's reported metrics, to replay what another --select-metric would have chosen
         curve = [{k: h[k] for k in ("epoch", *REPORTED, *(f"val/{m}" for m in REPORTED)) if k in h} for h in history]
         out |= {"best_epoch": result.best_epoch, "last_metrics": scored(result.final), "history": curve}
@@ -302,6 +306,18 @@ def _summarise(row: dict[str, Any]) -> None:
             row["lead"][key] = row["proxyembed"][key]["mean"] - row[best][key]["mean"]
 
 
+def _batches(results: list[dict[str, Any]]) -> str:
+    """Each side's batch as the table's header states it, e.g. "batch 64 (plain, augmented), 32 (proxyembed)"."""
+    by_side = {side: sorted({run["batch"] for r in results for run in r["runs"].get(side) or []}) for side in SIDES}
+    groups: dict[str, list[str]] = {}
+    for side, batches in by_side.items():
+        if batches:
+            groups.setdefault("/".join(map(str, batches)), []).append(SIDE_NAMES[side])
+    if len(groups) == 1:
+        return f"batch {next(iter(groups))}"
+    return "batch " + ", ".join(f"{b} ({', '.join(names)})" for b, names in groups.items())
+
+
 def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, infos: list[dict[str, Any]], commands: list[str] | None = None) -> str:
     """The comparison table; ``infos``: the machine of each run's results file (combined runs may come from several)."""
     def cell(s: dict[str, Any] | None, key: str) -> str:
@@ -317,7 +333,7 @@ def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, infos: li
         "",
         *[f"`{c}`  " for c in commands or [_command(sys.argv[1:])]],
         "",
-        f"{args.backbone} from scratch, {args.epochs} epochs, batch {args.batch}, {args.dim}-d; Caltech-101 capped at "
+        f"{args.backbone} from scratch, {args.epochs} epochs, {_batches(results)}, {args.dim}-d; Caltech-101 capped at "
         f"{args.per_class or 'all'} images a class; unseen classes, last epoch, mean ± std in percent over the seeds of each "
         "row. *plain*: the loop without augmentation; *augmented*: the same loop with RandomResizedCrop (25-100%) and flips "
         f"on images preloaded at {PRELOAD}x; *lead*: proxyembed minus the better of the two loops on that metric. Same split, "
@@ -344,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--losses", nargs="+", default=["proxy_anchor", "proxy_nca"], choices=["proxy_anchor", "proxy_nca"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--batch", type=int, default=None, help=f"pin both sides' batch (default: the loop {REFERENCE_BATCH}, proxyembed its own default)"
+    )
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--per-class", type=int, default=PER_CLASS, help="cap on Caltech-101 images per class (0: all)")
@@ -389,7 +407,9 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
                             run = proxyembed_run(data[dataset], size, loss, seed, args.epochs, args.batch, args.dim, args.backbone, {}, val=False)
                         else:
                             augment = side == "reference_augmented"
-                            run = reference_run(split, size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, augment=augment)
+                            run = reference_run(
+                                split, size or 64, loss, seed, args.epochs, args.batch or REFERENCE_BATCH, args.dim, args.backbone, augment=augment
+                            )
                         runs[side].append({**run, "seed": seed})
                         print(f"{dataset} {size} {loss} seed {seed} {side}: R@1 {run['metrics']['recall@1']:.4f} "
                               f"MAP@R {run['metrics']['map@r']:.4f} ({run['wall_s']:.0f} s)", flush=True)
@@ -434,7 +454,7 @@ def _combine(args: argparse.Namespace) -> None:
                     seed = run.get("seed", seeds[i])
                     if seed in into[side]:
                         raise SystemExit(f"--combine: seed {seed} of {key}, side {side}, appears in two results files")
-                    into[side][seed] = {**run, "seed": seed}
+                    into[side][seed] = {"batch": part["args"]["batch"], **run, "seed": seed}  # runs from before they named their batch
     results = []
     for (dataset, size, loss), sides in merged.items():
         seeds = sorted(set().union(*sides.values()))
@@ -472,7 +492,8 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str], 
                         if "reference" in overrides:
                             knobs = {k: v for k, v in overrides.items() if k not in ("reference", "augment")}
                             run = reference_run(
-                                val_splits[dataset], size or 64, loss, seed, args.epochs, args.batch, args.dim, args.backbone, knobs,
+                                val_splits[dataset], size or 64, loss, seed, args.epochs, args.batch or REFERENCE_BATCH, args.dim,
+                                args.backbone, knobs,
                                 augment=overrides.get("augment") is True,
                             )
                         elif SELECT_KEY in overrides:  # nested: choose best.pt on part of the rest, score on the fold

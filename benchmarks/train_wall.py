@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_pml  # noqa: E402
 from _common import machine, machine_line, write_results  # noqa: E402
 from decode_speed import camera_jpeg  # noqa: E402
-from reference_pml import caltech_subset, proxyembed_run, reference_run  # noqa: E402
+from reference_pml import REFERENCE_BATCH, caltech_subset, proxyembed_run, reference_run  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
 
@@ -61,6 +61,15 @@ def record_histories(into: list[list[dict[str, Any]]]) -> None:
     reference_pml.train = train
 
 
+def _batches(rows: list[dict[str, Any]]) -> str:
+    """Each side's batch as the header states it: "batch 64" when both trained at it, else "batch 64 (reference), 32 (proxyembed)"."""
+    sides = {side: "/".join(map(str, sorted({r[side]["batch"] for r in rows if side in r}))) for side in ("reference", "proxyembed")}
+    sides = {side: b for side, b in sides.items() if b}
+    if len(set(sides.values())) == 1:
+        return f"batch {next(iter(sides.values()))}"
+    return "batch " + ", ".join(f"{b} ({side})" for side, b in sides.items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64)
@@ -69,7 +78,9 @@ def main() -> None:
     ap.add_argument("--megapixels", type=float, default=None, help="upscale every photo to about this many megapixels first")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--batch", type=int, default=None, help=f"pin both sides' batch (default: the loop {REFERENCE_BATCH}, proxyembed its own default)"
+    )
     ap.add_argument("--loss", default="proxy_anchor", choices=["proxy_anchor", "proxy_nca"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--amp", default=None, choices=["auto", "bf16", "none"], help="proxyembed's --amp (default: its own default, auto)")
@@ -87,7 +98,7 @@ def main() -> None:
     histories: list[list[dict[str, Any]]] = []
     record_histories(histories)
     for seed in args.seeds:
-        ref = reference_run(split, args.size, args.loss, seed, args.epochs, args.batch, 128, "resnet18")
+        ref = reference_run(split, args.size, args.loss, seed, args.epochs, args.batch or REFERENCE_BATCH, 128, "resnet18")
         if args.reference_only:
             print(f"seed {seed}: reference {ref['wall_s']:.0f} s R@1 {ref['metrics']['recall@1']:.4f}", flush=True)
             rows.append({"seed": seed, "reference": ref})
@@ -111,7 +122,7 @@ def main() -> None:
         "",
         f"`{command}`",
         "",
-        f"{data}; resnet18 from scratch, {args.size} px, {args.epochs} epochs, batch {args.batch}, 128-d, {args.loss}, "
+        f"{data}; resnet18 from scratch, {args.size} px, {args.epochs} epochs, {_batches(rows)}, 128-d, {args.loss}, "
         f"{args.threads} torch thread(s); proxyembed with a cold image cache"
         + (f" and --amp {args.amp}" if args.amp else "") + f". Machine: {machine_line(info)}.",
         "",

@@ -45,7 +45,7 @@ def test_version_and_short_help() -> None:
 # What `proxyembed train --help` shows and what a run given no options trains with, written out by hand.
 TRAIN_DEFAULTS = {
     "--epochs": ("epochs", 6, "6"),
-    "--batch-size": ("batch_size", 64, "64"),
+    "--batch-size": ("batch_size", 32, "32"),
     "--lr": ("lr", 1e-3, "0.001"),
     "--backbone": ("backbone", "resnet18", "resnet18"),
     "--loss": ("loss", "proxy_anchor", "proxy_anchor"),

@@ -54,3 +54,9 @@ def test_report_pairs_each_variant_with_the_defaults_of_the_same_fold(tmp_path: 
     assert levers["base (the defaults)"]["runs"] == 2
     maps = {row["variant"] for row in written["data"]["maps"]}  # type: ignore[index]
     assert f"ema: {fold_maps.DEFAULT_MAP}" in maps and "head, LDA to 64-d (whitening 2)" in maps
+    assert "batch 64 (the base runs')" in written["md"]  # runs that do not record their batch ran at the old pinned 64
+    for name in ("base_f0_s0", "base_f1_s0"):  # the same runs as written today, at the default batch they record
+        record = json.loads((runs / name / "result.json").read_text())
+        (runs / name / "result.json").write_text(json.dumps({**record, "batch": 32}))
+    fold_maps.report(runs, "t", ["report", str(runs)])
+    assert "batch 32 (the base runs')" in written["md"]

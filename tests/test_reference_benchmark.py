@@ -17,6 +17,7 @@ import torch
 from helpers.benchmarks import benchmark_module
 from proxyembed.data import resolve_data
 from proxyembed.data.types import hold_out_classes
+from proxyembed.training.config import TrainConfig
 
 reference_pml = benchmark_module("reference_pml")
 
@@ -101,6 +102,29 @@ def test_combine_takes_only_the_named_sides_of_a_file(results_dir: Path) -> None
     assert json.loads((results_dir / "mixed.json").read_text())["parts"] == ["old", "new"]
     with pytest.raises(SystemExit, match="unknown side"):
         reference_pml.main(["--combine", "old:plain", "--name", "bad"])
+
+
+def test_each_side_keeps_its_own_batch_unless_one_is_pinned(results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop trains at 64 as users write it, proxyembed at its default; --batch pins both; the table says which ran what."""
+    batches: dict[str, list[int | None]] = {"reference": [], "proxyembed": []}
+
+    def fake(side: str, batch: int | None) -> dict[str, Any]:
+        batches[side].append(batch)
+        return {**_run(0.5, 0.1), "batch": batch or TrainConfig().batch_size}
+
+    monkeypatch.setattr(reference_pml, "reference_run", lambda split, size, loss, seed, epochs, batch, *a, **k: fake("reference", batch))
+    monkeypatch.setattr(reference_pml, "proxyembed_run", lambda data, size, loss, seed, epochs, batch, *a, **k: fake("proxyembed", batch))
+    common = ["--datasets", "synthetic", "--losses", "proxy_anchor", "--seeds", "0"]
+    reference_pml.main([*common, "--name", "own"])
+    assert batches == {"reference": [reference_pml.REFERENCE_BATCH] * 2, "proxyembed": [None]}
+    default = TrainConfig().batch_size
+    assert f"batch {reference_pml.REFERENCE_BATCH} (plain, augmented), {default} (proxyembed)" in (results_dir / "own.md").read_text()
+    reference_pml.main([*common, "--batch", "16", "--name", "pinned"])
+    assert batches["reference"][2:] == [16, 16] and batches["proxyembed"][1:] == [16]
+    assert "epochs, batch 16, " in (results_dir / "pinned.md").read_text()
+    _part(results_dir, "old", [0], 64, [0.40])  # written before runs named their batch: the file's --batch (64) holds
+    reference_pml.main(["--combine", "old:reference", "own:proxyembed", "--name", "mixed"])
+    assert f"batch 64 (plain), {default} (proxyembed)" in (results_dir / "mixed.md").read_text()
 
 
 def _coordinate_image(height: int, width: int) -> torch.Tensor:

@@ -58,7 +58,9 @@ class TrainConfig:
     loss: LossName = "proxy_anchor"
     loss_params: dict[str, Any] = field(default_factory=dict)
     epochs: int = 6
-    batch_size: int = 64  # per process; the global batch is batch_size x the torchrun world size
+    # per process; the global batch is batch_size x the torchrun world size. 32, not 64: twice the steps in the same
+    # epochs, +2.5 R@1 / +1.1 MAP@R on held-out training classes over five folds (docs/defaults.md, round 13)
+    batch_size: int = 32
     sampler: Sampler = "random"
     samples_per_class: int = 4
     lr: float = 1e-3
