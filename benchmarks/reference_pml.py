@@ -306,7 +306,7 @@ def _summarise(row: dict[str, Any]) -> None:
             row["lead"][key] = row["proxyembed"][key]["mean"] - row[best][key]["mean"]
 
 
-def _batches(results: list[dict[str, Any]]) -> str:
+def batch_line(results: list[dict[str, Any]]) -> str:
     """Each side's batch as the table's header states it, e.g. "batch 64 (plain, augmented), 32 (proxyembed)"."""
     by_side = {side: sorted({run["batch"] for r in results for run in r["runs"].get(side) or []}) for side in SIDES}
     groups: dict[str, list[str]] = {}
@@ -333,7 +333,7 @@ def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, infos: li
         "",
         *[f"`{c}`  " for c in commands or [_command(sys.argv[1:])]],
         "",
-        f"{args.backbone} from scratch, {args.epochs} epochs, {_batches(results)}, {args.dim}-d; Caltech-101 capped at "
+        f"{args.backbone} from scratch, {args.epochs} epochs, {batch_line(results)}, {args.dim}-d; Caltech-101 capped at "
         f"{args.per_class or 'all'} images a class; unseen classes, last epoch, mean ± std in percent over the seeds of each "
         "row. *plain*: the loop without augmentation; *augmented*: the same loop with RandomResizedCrop (25-100%) and flips "
         f"on images preloaded at {PRELOAD}x; *lead*: proxyembed minus the better of the two loops on that metric. Same split, "

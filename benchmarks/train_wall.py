@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_pml  # noqa: E402
 from _common import machine, machine_line, write_results  # noqa: E402
 from decode_speed import camera_jpeg  # noqa: E402
-from reference_pml import REFERENCE_BATCH, caltech_subset, proxyembed_run, reference_run  # noqa: E402
+from reference_pml import REFERENCE_BATCH, batch_line, caltech_subset, proxyembed_run, reference_run  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
 
@@ -59,15 +59,6 @@ def record_histories(into: list[list[dict[str, Any]]]) -> None:
         return result
 
     reference_pml.train = train
-
-
-def _batches(rows: list[dict[str, Any]]) -> str:
-    """Each side's batch as the header states it: "batch 64" when both trained at it, else "batch 64 (reference), 32 (proxyembed)"."""
-    sides = {side: "/".join(map(str, sorted({r[side]["batch"] for r in rows if side in r}))) for side in ("reference", "proxyembed")}
-    sides = {side: b for side, b in sides.items() if b}
-    if len(set(sides.values())) == 1:
-        return f"batch {next(iter(sides.values()))}"
-    return "batch " + ", ".join(f"{b} ({side})" for side, b in sides.items())
 
 
 def main() -> None:
@@ -117,12 +108,13 @@ def main() -> None:
     command = "python benchmarks/train_wall.py " + " ".join(sys.argv[1:])
     data = f"Caltech-101 ({len(split.train)} training / {len(split.eval)} unseen images" + (
         f", upscaled to ~{args.megapixels} MP)" if args.megapixels else ", as stored)")
+    batches = batch_line([{"runs": {side: [r[side] for r in rows if side in r] for side in ("reference", "proxyembed")}}])
     lines = [
         "# proxyembed train vs the reference loop: wall time, load included",
         "",
         f"`{command}`",
         "",
-        f"{data}; resnet18 from scratch, {args.size} px, {args.epochs} epochs, {_batches(rows)}, 128-d, {args.loss}, "
+        f"{data}; resnet18 from scratch, {args.size} px, {args.epochs} epochs, {batches}, 128-d, {args.loss}, "
         f"{args.threads} torch thread(s); proxyembed with a cold image cache"
         + (f" and --amp {args.amp}" if args.amp else "") + f". Machine: {machine_line(info)}.",
         "",
