@@ -156,6 +156,11 @@ def reference_run(
     return {"metrics": metrics, "wall_s": time.perf_counter() - t_start, "train_images_per_s": seen / t_train, "batch": batch}
 
 
+def loop_batch(pinned: int | None) -> int:
+    """The hand-written loop's batch: ``--batch`` when it pins both sides, else the loop's own (REFERENCE_BATCH)."""
+    return REFERENCE_BATCH if pinned is None else pinned
+
+
 # ---- proxyembed -------------------------------------------------------------------------------------------
 def proxyembed_settings(
     data: str, size: int | None, loss: str, seed: int, epochs: int, batch: int | None, dim: int, backbone: str, val: bool
@@ -408,7 +413,7 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
                         else:
                             augment = side == "reference_augmented"
                             run = reference_run(
-                                split, size or 64, loss, seed, args.epochs, args.batch or REFERENCE_BATCH, args.dim, args.backbone, augment=augment
+                                split, size or 64, loss, seed, args.epochs, loop_batch(args.batch), args.dim, args.backbone, augment=augment
                             )
                         runs[side].append({**run, "seed": seed})
                         print(f"{dataset} {size} {loss} seed {seed} {side}: R@1 {run['metrics']['recall@1']:.4f} "
@@ -492,7 +497,7 @@ def _tune(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str], 
                         if "reference" in overrides:
                             knobs = {k: v for k, v in overrides.items() if k not in ("reference", "augment")}
                             run = reference_run(
-                                val_splits[dataset], size or 64, loss, seed, args.epochs, args.batch or REFERENCE_BATCH, args.dim,
+                                val_splits[dataset], size or 64, loss, seed, args.epochs, loop_batch(args.batch), args.dim,
                                 args.backbone, knobs,
                                 augment=overrides.get("augment") is True,
                             )

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_pml  # noqa: E402
 from _common import machine, machine_line, write_results  # noqa: E402
 from decode_speed import camera_jpeg  # noqa: E402
-from reference_pml import REFERENCE_BATCH, batch_line, caltech_subset, proxyembed_run, reference_run  # noqa: E402
+from reference_pml import REFERENCE_BATCH, batch_line, caltech_subset, loop_batch, proxyembed_run, reference_run  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
 
@@ -89,7 +89,7 @@ def main() -> None:
     histories: list[list[dict[str, Any]]] = []
     record_histories(histories)
     for seed in args.seeds:
-        ref = reference_run(split, args.size, args.loss, seed, args.epochs, args.batch or REFERENCE_BATCH, 128, "resnet18")
+        ref = reference_run(split, args.size, args.loss, seed, args.epochs, loop_batch(args.batch), 128, "resnet18")
         if args.reference_only:
             print(f"seed {seed}: reference {ref['wall_s']:.0f} s R@1 {ref['metrics']['recall@1']:.4f}", flush=True)
             rows.append({"seed": seed, "reference": ref})

@@ -59,7 +59,7 @@ class TrainConfig:
     loss_params: dict[str, Any] = field(default_factory=dict)
     epochs: int = 6
     # per process; the global batch is batch_size x the torchrun world size. 32, not 64: twice the steps in the same
-    # epochs, +2.5 R@1 / +1.1 MAP@R on held-out training classes over five folds (docs/defaults.md, round 13)
+    # epochs, +2.5 R@1 / +1.1 MAP@R on held-out training classes over five folds (docs/defaults.md, rounds 13 and 14)
     batch_size: int = 32
     sampler: Sampler = "random"
     samples_per_class: int = 4
