@@ -48,7 +48,7 @@ from proxyembed.training.config import resolve_config  # noqa: E402
 from proxyembed.training.loaders import hold_out_validation  # noqa: E402
 from proxyembed.training.model_eval import input_batches  # noqa: E402
 from proxyembed.training.trainer import train  # noqa: E402
-from proxyembed.training.whitening import whitening_from_embeddings  # noqa: E402
+from proxyembed.training.whitening import map_from_features, whitening_from_embeddings  # noqa: E402
 
 RUN_NAME = re.compile(r"(?P<tag>.+)_f(?P<fold>\d+)_s(?P<seed>\d+)$")
 
@@ -109,6 +109,14 @@ def _lda(z: np.ndarray, y: np.ndarray, shrink: float, k: int) -> tuple[np.ndarra
     return mean, eigvec[:, np.argsort(eigval)[::-1][:k]].T @ a
 
 
+def _feature_map(z: np.ndarray, y: np.ndarray, shrink: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The trainer's own map from pooled features (``map_from_features``: whitening, every direction of the whitened
+    class means, the rest filled by a seeded random projection) to ``k`` dimensions (mean, (k, D) matrix)."""
+    w = map_from_features(z, y.tolist(), shrink, k)
+    assert w is not None
+    return w.mean.double().numpy(), w.matrix.double().numpy()
+
+
 def _score(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     m = retrieval_metrics(z.astype(np.float32), y, ks=(1,))
@@ -127,12 +135,16 @@ def _maps() -> dict[str, tuple[str, Map | None]]:
             out[f"{label}, within-class whitening {shrink:g}"] = (where, partial(_whitening, shrink=shrink))
         for k in (32, 64, 96, 128):
             out[f"{label}, LDA to {k}-d (whitening 2)"] = (where, partial(_lda, shrink=2.0, k=k))
+    for shrink in (1.0, 2.0, 4.0):
+        out[f"pooled features (512-d), class-mean directions + random rest to 128-d (whitening {shrink:g})"] = (
+            "feat", partial(_feature_map, shrink=shrink, k=128))
     return out
 
 
 MAPS = _maps()
-DEFAULT_MAP = "head, within-class whitening 2"  # what --whiten 2 does
-VARIANT_MAPS = (DEFAULT_MAP, "head, LDA to 128-d (whitening 2)")  # scored on every training variant's runs too
+DEFAULT_MAP = "pooled features (512-d), class-mean directions + random rest to 128-d (whitening 2)"  # what --whiten 2 does
+HEAD_MAP = "head, within-class whitening 2"  # what --whiten 2 did until round 15
+VARIANT_MAPS = (DEFAULT_MAP, HEAD_MAP, "head, within-class whitening 1")  # scored on every training variant's runs too
 
 
 def map_scores(emb: Any, px: int, names: tuple[str, ...] | None = None) -> dict[str, tuple[float, float]]:

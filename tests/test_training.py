@@ -432,7 +432,11 @@ def test_the_fused_optimizer_takes_the_per_tensor_step() -> None:
             opt.step()
     moved = max((a - a0).abs().max().item() for a, a0 in zip(nets[0].parameters(), start, strict=True))
     apart = max((a - b).abs().max().item() for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True))
-    assert moved > 5e-3 and apart < 1e-4  # 3 steps of lr 2e-3 moved the weights; the two kernels differ by rounding
+    # 3 steps of lr 2e-3 moved the weights; the two kernels differ by rounding, which Adam's division by sqrt(v) can
+    # amplify where gradients are tiny: under 1e-4 apart on the Intel Xeon of earlier rounds, 1.2e-4 on an AMD EPYC,
+    # for 6e-3 moved. A different update (another per-tensor step, weight decay applied otherwise) would be as far
+    # apart as moved.
+    assert moved > 5e-3 and apart < moved / 20, (moved, apart)
 
 
 def test_the_untrained_network_is_evaluated_only_when_asked(tmp_path: Path) -> None:

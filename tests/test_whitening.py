@@ -1,4 +1,5 @@
-"""Within-class whitening: the fitted map, its fold into the head, checkpoints that carry it, export parity."""
+"""The map after training (within-class whitening of the pooled features, reduced to the embedding size): the fitted
+map, its fold into the head, checkpoints that carry it (and the head whitening of older ones), export parity."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from proxyembed.training.config import resolve_config
 from proxyembed.training.model_eval import evaluate_model
 from proxyembed.training.run_dir import BEST, LAST
 from proxyembed.training.trainer import train
-from proxyembed.training.whitening import Whitening, fold_whitening, whitening_from_embeddings
+from proxyembed.training.whitening import FEATURES, HEAD, Whitening, fold_whitening, map_from_features, whitening_from_embeddings
 
 TINY = "synthetic:train_classes=12,eval_classes=10,per_class=8,size=40"
 
@@ -70,14 +71,48 @@ def test_nothing_to_fit_and_bad_shrinkage() -> None:
         whitening_from_embeddings(z, ["a"] * 5, 0.0)
 
 
-def test_folded_head_equals_the_whitened_embedding() -> None:
+def test_the_map_keeps_the_class_mean_directions_and_fills_the_rest_at_random() -> None:
+    rng = np.random.default_rng(2)
+    z, y = _noisy_classes(rng, 5, 20)  # 16-d features, 5 classes: 4 class-mean directions, 4 more to fill an 8-d embedding
+    w = map_from_features(z, y.tolist(), 1.0, 8)
+    assert w is not None and w.on == FEATURES and tuple(w.matrix.shape) == (8, 16) and tuple(w.mean.shape) == (16,)
+    white = whitening_from_embeddings(z, y.tolist(), 1.0)
+    assert white is not None
+    # matrix = P^T white with P orthonormal (16 x 8): the whitened space is projected, not stretched
+    p = w.matrix.double() @ torch.linalg.inv(white.matrix.double())
+    torch.testing.assert_close(p @ p.T, torch.eye(8, dtype=torch.float64), atol=1e-4, rtol=0)
+    # the whitened class means lie in the kept directions: projecting loses none of their spread
+    means = torch.from_numpy(np.stack([z[y == c].mean(0) for c in range(5)]).astype(np.float64))
+    centred = (means - means.mean(0)) @ white.matrix.double().T
+    torch.testing.assert_close((centred @ p.T).norm(), centred.norm(), rtol=1e-4, atol=0)
+    again = map_from_features(z, y.tolist(), 1.0, 8)
+    assert again is not None and torch.equal(again.matrix, w.matrix)  # a seeded fill: every run and rank fits the same map
+
+
+def test_the_map_recovers_retrieval_on_unseen_classes_and_pads_a_wider_embedding() -> None:
+    rng = np.random.default_rng(3)
+    z, y = _noisy_classes(rng, 20, 10)
+    w = map_from_features(z, y.tolist(), 0.1, 24)  # wider than the 16-d features: the last 8 rows stay zero
+    assert w is not None and tuple(w.matrix.shape) == (24, 16) and not w.matrix[16:].any() and w.matrix[:16].abs().sum(1).min() > 0
+    z_new, y_new = _noisy_classes(rng, 20, 10)
+    mapped = (torch.from_numpy(z_new) - w.mean) @ w.matrix.T
+    before = retrieval_metrics(F.normalize(torch.from_numpy(z_new), dim=1).numpy(), y_new)["recall@1"]
+    after = retrieval_metrics(F.normalize(mapped, dim=1).numpy(), y_new)["recall@1"]
+    assert before < 0.5 and after > before + 0.3, (before, after)
+    assert map_from_features(z[:5], ["a", "b", "c", "d", "e"], 1.0, 8) is None  # no class with two images
+
+
+@pytest.mark.parametrize("on", [FEATURES, HEAD])
+def test_folded_head_equals_the_mapped_embedding(on: str) -> None:
     torch.manual_seed(0)
     model = build_embedder(ModelConfig("resnet18", 16, "avg+max")).eval()
     x = torch.randn(4, 3, 32, 32)
-    a = torch.randn(16, 16)
-    w = Whitening(torch.randn(16), a @ a.T, 1.0, 10)
+    width = 512 if on == FEATURES else 16
+    a = torch.randn(16, width) / width**0.5
+    w = Whitening(torch.randn(width), a, 1.0, 10, on)
     with torch.no_grad():
-        expected = F.normalize((model.head(model.features(x)) - w.mean) @ w.matrix.T, dim=1)
+        source = model.features(x) if on == FEATURES else model.head(model.features(x))
+        expected = F.normalize((source - w.mean) @ w.matrix.T, dim=1)
         got = fold_whitening(model, w)(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
@@ -95,7 +130,8 @@ def test_a_whitened_run_saves_the_map_and_its_checkpoint_reproduces_the_metrics(
     best, last = load_checkpoint(out / BEST), load_checkpoint(out / LAST)
     for ckpt in (best, last):
         w = ckpt.data["whitening"]
-        assert w["matrix"].shape == (32, 32) and w["shrink"] == 1.0 and w["images"] == 12 * 8
+        assert w["matrix"].shape == (32, 512) and w["mean"].shape == (512,) and w["on"] == FEATURES  # resnet18 pools 512
+        assert w["shrink"] == 1.0 and w["images"] == 12 * 8
     # "model" keeps the trained weights (resume continues from them); build_model is what evaluation scored.
     model = best.build_model()
     assert not torch.equal(model.head.weight, best.data["model"]["head.weight"])
@@ -114,28 +150,35 @@ def test_whitening_changes_no_training_step_and_off_leaves_no_map(tmp_path: Path
         assert torch.equal(tensor, whitened.data["model"][name]), name
 
 
-@pytest.mark.parametrize("damage", ["shape", "nan", "missing"])
+@pytest.mark.parametrize("damage", ["shape", "nan", "missing", "head-sized map on the features", "unknown kind", "not a dict"])
 def test_a_damaged_map_is_refused(tmp_path: Path, damage: str) -> None:
     path = make_checkpoint(tmp_path / "run")
     data = torch.load(path, weights_only=True)
-    good = {"mean": torch.zeros(32), "matrix": torch.eye(32), "shrink": 1.0, "images": 10}
+    good = {"mean": torch.zeros(512), "matrix": torch.zeros(32, 512), "shrink": 1.0, "images": 10, "on": FEATURES}
     bad = {
-        "shape": {**good, "matrix": torch.eye(16)},
-        "nan": {**good, "mean": torch.full((32,), float("nan"))},
-        "missing": {"mean": torch.zeros(32)},
+        "shape": {**good, "matrix": torch.zeros(16, 512)},
+        "nan": {**good, "mean": torch.full((512,), float("nan"))},
+        "missing": {"mean": torch.zeros(512)},
+        "head-sized map on the features": {**good, "mean": torch.zeros(32), "matrix": torch.eye(32)},
+        "unknown kind": {**good, "on": "pixels"},
+        "not a dict": [torch.zeros(512)],
     }[damage]
     save_checkpoint(path, {**data, "whitening": bad})
     with pytest.raises(BadInput, match="damaged whitening"):
         load_checkpoint(path).build_model()
 
 
-def test_exported_onnx_embeds_like_the_whitened_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on", [FEATURES, HEAD])
+def test_exported_onnx_embeds_like_the_mapped_checkpoint(tmp_path: Path, on: str) -> None:
+    """Both kinds: the default map on the features, and a checkpoint from before round 15 (head whitening, no "on" key)."""
     pytest.importorskip("onnxruntime")
     from proxyembed.export.onnx_export import export_onnx
     from proxyembed.export.validate import served
 
-    a = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
-    path = make_checkpoint(tmp_path / "run", whitening={"mean": torch.randn(32), "matrix": a @ a.T / 32, "shrink": 1.0, "images": 10})
+    width = 512 if on == FEATURES else 32
+    a = torch.randn(32, width, generator=torch.Generator().manual_seed(0)) / width**0.5
+    saved = {"mean": torch.randn(width), "matrix": a, "shrink": 1.0, "images": 10}
+    path = make_checkpoint(tmp_path / "run", whitening={**saved, "on": FEATURES} if on == FEATURES else saved)
     ckpt = load_checkpoint(path)
     model = ckpt.build_model()
     export_onnx(model, tmp_path / "m.onnx", crop=32, backbone="resnet18")

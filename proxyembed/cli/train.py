@@ -60,8 +60,9 @@ def train_command(
     whiten: Annotated[
         float,
         typer.Option(
-            help="Whiten the embedding by its spread within the training classes, fitted on the training images at each "
-            "evaluation and folded into the saved head; the value is the shrinkage (in mean eigenvalues), 0 turns it off."
+            help="Replace the head by a map fitted on the training images at each evaluation: the pooled features whitened "
+            "by their spread within the training classes, reduced to the embedding size; the value is the whitening's "
+            "shrinkage (in mean eigenvalues), 0 keeps the trained head."
         ),
     ] = _DEFAULTS.whiten,
     image_size: Annotated[

@@ -116,11 +116,12 @@ class Checkpoint:
 
     def build_model(self) -> Embedder:
         """The embedding network with this checkpoint's weights, in eval mode, on the CPU; a run trained with
-        ``--whiten`` has its whitening folded into the head, so this is the network training evaluated."""
+        ``--whiten`` has its map folded into the head, so this is the network training evaluated."""
         model = build_embedder(self.model_config)
         model.load_state_dict(self.data["model"])
         if self.data.get("whitening") is not None:
-            fold_whitening(model, Whitening.from_dict(self.data["whitening"], self.model_config.embedding_dim, str(self.path)))
+            w = Whitening.from_dict(self.data["whitening"], self.model_config.embedding_dim, model.head.in_features, str(self.path))
+            fold_whitening(model, w)
         return model.eval()
 
 

@@ -82,8 +82,9 @@ class TrainConfig:
     # Exponential moving average of the weights, evaluated, saved and exported instead of the last step's
     # weights; 0 turns it off (docs/defaults.md has the measurement behind the default).
     ema_decay: float = 0.0
-    # Within-class whitening of the embedding, fitted on the training images at each evaluation and folded into
-    # the saved head (proxyembed.training.whitening): the shrinkage, in mean eigenvalues; 0 turns it off.
+    # The map after training: within-class whitening of the pooled features, reduced to the embedding size, fitted on
+    # the training images at each evaluation and saved as the head (proxyembed.training.whitening): the whitening's
+    # shrinkage, in mean eigenvalues; 0 turns it off (the trained head as it is).
     whiten: float = 2.0
     grad_clip: float = 10.0
     image_size: int | None = None  # model input size, training and evaluation; default from the data

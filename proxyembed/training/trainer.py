@@ -280,13 +280,14 @@ class Trainer:
         return names
 
     def _whitened(self, images: Sequence[Sample]) -> tuple[torch.nn.Module, Whitening | None]:
-        """``eval_model`` with ``--whiten``'s within-class whitening fitted on ``images`` now (:func:`.whitening.whitened`),
-        embedding them on one process or split over the ranks."""
+        """``eval_model`` with ``--whiten``'s map fitted on ``images`` now (:func:`.whitening.whitened`), embedding their
+        pooled features on one process or split over the ranks."""
         kw: dict[str, Any] = dict(device=self.device, on_batch=lambda k: self.reporter.advance(k), normalize=False, cache=self.caches.eval)
+        width = self.model.head.in_features
 
         def embed(module: torch.nn.Module, samples: Sequence[Sample]) -> np.ndarray:
             if self.world.distributed:
-                return embed_sharded(module, samples, self.spec, self.world, dim=self.cfg.embedding_dim, **kw)
+                return embed_sharded(module, samples, self.spec, self.world, dim=width, **kw)
             return embed_samples(module, samples, self.spec, **kw)
 
         return whitened(self.eval_model, images, self.cfg.whiten, embed=embed)
