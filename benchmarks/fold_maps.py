@@ -7,10 +7,10 @@ of the training, validation and unseen images, at one or more input sizes. ``rep
 
 - each training variant (a ``--tag``) by the validation metrics its run reported, paired by fold and seed with
   the ``base`` runs (the defaults);
-- on the ``base`` runs, linear maps fitted on the training images instead of the default within-class
-  whitening of the head output: other shrinkages, LDA (whitening, then the leading directions of the whitened
-  class means), whitening the pooled features (512-d) or reducing them to 128-d, and evaluating at larger
-  input sizes than the network trained at.
+- on the ``base`` runs, linear maps fitted on the training images against the default one (``--whiten``'s map of the
+  pooled features, round 15): within-class whitening of the head output (the map of rounds 7 to 14), other
+  shrinkages, LDA (whitening, then the leading directions of the whitened class means), whitening the pooled
+  features (512-d) or reducing them to 128-d, and evaluating at larger input sizes than the network trained at.
 
 Only the validation classes are scored; the unseen classes are kept in the files and never read here.
 
