@@ -75,6 +75,8 @@ class Whitening:
 
 def _within_class(z: np.ndarray, keys: np.ndarray, classes: int, shrink: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(mean, symmetric whitening matrix, class means) of ``z`` (N, D) in float64; None when nothing can be measured."""
+    if shrink <= 0:
+        raise ValueError(f"shrink must be positive, got {shrink}")
     n, dim = z.shape
     dof = n - classes
     if dof < 1:
@@ -105,8 +107,6 @@ def whitening_from_embeddings(z: np.ndarray, labels: Sequence[Hashable], shrink:
     ``shrink`` adds that many times the mean eigenvalue to every eigenvalue, so directions that hardly
     vary within a class are not blown up. None when no class has two images (nothing to measure).
     """
-    if shrink <= 0:
-        raise ValueError(f"shrink must be positive, got {shrink}")
     keys, classes = _class_keys(labels)
     fitted = _within_class(np.asarray(z, dtype=np.float64), keys, classes, shrink)
     if fitted is None:
@@ -118,8 +118,6 @@ def whitening_from_embeddings(z: np.ndarray, labels: Sequence[Hashable], shrink:
 def map_from_features(f: np.ndarray, labels: Sequence[Hashable], shrink: float, dim: int) -> Whitening | None:
     """Fit the map from pooled features ``f`` (N, F) of labelled training images to a ``dim``-d embedding (the module's
     docstring says what it is). Where ``dim`` exceeds F the last rows are zero: the head could not span more either."""
-    if shrink <= 0:
-        raise ValueError(f"shrink must be positive, got {shrink}")
     keys, classes = _class_keys(labels)
     f64 = np.asarray(f, dtype=np.float64)
     fitted = _within_class(f64, keys, classes, shrink)
