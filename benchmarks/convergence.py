@@ -244,6 +244,7 @@ def main() -> None:
         "backbone": args.backbone, "epochs": args.epochs, "batch_size": args.batch_size, "sampler": "balanced",
         "samples_per_class": 4, "image_size": args.image_size, "resize": round(args.image_size * 8 / 7),
         "embedding_dim": 64, "schedule": "none", "channels_last": False,
+        "lr": 1e-3, "crop_scale": [0.5, 1.0],  # the recorded runs' (the defaults until round 16)
     }
     info, t0 = machine(), time.perf_counter()
     order = args.losses.split(",")

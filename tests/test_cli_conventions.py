@@ -46,7 +46,7 @@ def test_version_and_short_help() -> None:
 TRAIN_DEFAULTS = {
     "--epochs": ("epochs", 6, "6"),
     "--batch-size": ("batch_size", 32, "32"),
-    "--lr": ("lr", 1e-3, "0.001"),
+    "--lr": ("lr", 1.4e-3, "0.0014"),
     "--backbone": ("backbone", "resnet18", "resnet18"),
     "--loss": ("loss", "proxy_anchor", "proxy_anchor"),
     "--proxy-lr-mult": ("proxy_lr_mult", 100.0, "100.0"),
@@ -126,9 +126,9 @@ def test_recipe_is_overridden_only_by_options_given(fake_training: list[TrainCon
     assert runner.invoke(app, ["train", "--out", out, "--recipe", "cub200", "--epochs", "8"]).exit_code == 0
     cfg = fake_training[-1]
     assert (cfg.epochs, cfg.backbone, cfg.freeze_bn, cfg.lr) == (8, "resnet50", True, 1e-4)  # epochs typed, the rest from the recipe
-    assert runner.invoke(app, ["train", "--out", out, "--recipe", "cub200", "--no-freeze-bn", "--lr", "0.001"]).exit_code == 0
+    assert runner.invoke(app, ["train", "--out", out, "--recipe", "cub200", "--no-freeze-bn", "--lr", "0.0014"]).exit_code == 0
     cfg = fake_training[-1]
-    assert (cfg.freeze_bn, cfg.lr, cfg.epochs) == (False, 1e-3, 60)  # a typed value equal to the default still wins
+    assert (cfg.freeze_bn, cfg.lr, cfg.epochs) == (False, 1.4e-3, 60)  # a typed value equal to the default still wins
     assert runner.invoke(app, ["train", "--out", out]).exit_code == 0
     assert fake_training[-1] == resolve_config({})  # the defaults, the loss's own included
 

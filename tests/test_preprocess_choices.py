@@ -111,7 +111,7 @@ def test_augment_presets() -> None:
     # (crop scale, flip, colour jitter) of each --augment choice
     assert AUGMENT_PRESETS == {
         "none": (None, False, False),
-        "light": ((0.5, 1.0), True, False),
+        "light": ((0.7, 1.0), True, False),
         "standard": ((0.08, 1.0), True, False),
         "strong": ((0.08, 1.0), True, True),
     }
