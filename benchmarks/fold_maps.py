@@ -5,8 +5,9 @@
 ``--val-fraction 0.2``, last epoch) and keeps the unwhitened network's pooled backbone features and head outputs
 of the training, validation and unseen images, at one or more input sizes. ``report`` then scores
 
-- each training variant (a ``--tag``) by the validation metrics its run reported, paired by fold and seed with
-  the ``base`` runs (the defaults);
+- each training variant (a ``--tag``) under the default map, refitted from the run's stored features (not the
+  metrics the run recorded, which are under the map its day's trainer fitted), paired by fold and seed with the
+  ``base`` runs (the defaults);
 - on the ``base`` runs, linear maps fitted on the training images against the default one (``--whiten``'s map of the
   pooled features, round 15): within-class whitening of the head output (the map of rounds 7 to 14), other
   shrinkages, LDA (whitening, then the leading directions of the whitened class means), whitening the pooled
@@ -198,19 +199,25 @@ def report(folder: Path, name: str, argv: list[str]) -> None:
             continue
         rec = json.loads((d / "result.json").read_text())
         key = (int(m["fold"]), int(m["seed"]))
-        trained.setdefault(m["tag"], {})[key] = (rec["final"]["val/recall@1"], rec["final"]["val/map@r"])
         overrides[m["tag"]] = rec["overrides"]
         if m["tag"] == "base":
             # runs from before they recorded their batch pinned 64 unless their overrides set one
             base_batches.add(rec["batch"] if "batch" in rec else rec["overrides"].get("batch_size", 64))
         emb = np.load(d / "emb.npz")
+        # a lever is scored under today's default map, refitted from the stored features, not by the metrics the
+        # run recorded: those are under whatever map the trainer fitted when it ran, so runs of two rounds would mix maps
         if m["tag"] != "base":  # a training variant under the default map and under a reduction to 128-d
-            for variant, score in map_scores(emb, rec["size"], VARIANT_MAPS).items():
+            scores = map_scores(emb, rec["size"], VARIANT_MAPS)
+            trained.setdefault(m["tag"], {})[key] = scores[DEFAULT_MAP]
+            for variant, score in scores.items():
                 maps.setdefault(f"{m['tag']}: {variant}", {})[key] = score
             continue
         for px in sorted({int(k.rsplit("_", 1)[1]) for k in emb.files if k.startswith("val_head_")}):
+            scores = map_scores(emb, px)
             suffix = "" if px == rec["size"] else f", evaluated at {px} px"
-            for variant, score in map_scores(emb, px).items():
+            if not suffix:
+                trained.setdefault(m["tag"], {})[key] = scores[DEFAULT_MAP]
+            for variant, score in scores.items():
                 maps.setdefault(variant + suffix, {})[key] = score
     # the base runs may override the loss (the same folds for Proxy-NCA): every variant is paired with them
     labels = {t: f"{t} {json.dumps(o) if o else '(the defaults)'}" for t, o in overrides.items()}
@@ -223,7 +230,8 @@ def report(folder: Path, name: str, argv: list[str]) -> None:
           f"{setting}, resnet18 from scratch, 64 px, 8 epochs, batch {'/'.join(map(str, sorted(base_batches)))} "
           "(the base runs'), 128-d; each run validates on one fold (a fifth of "
           "Caltech-101's training classes) and trains on the rest; last epoch. Δ: against the defaults' run of the same fold and "
-          "seed, mean ± standard error over the pairs, in points.", "", "## Training levers", "", *_lines(levers), "",
+          "seed, mean ± standard error over the pairs, in points.", "",
+          "## Training levers (every run under the default map, refitted from its stored features)", "", *_lines(levers), "",
           "## Maps fitted on the training images after training (on the defaults' runs, then on each variant's)", "", *_lines(posthoc), "",
           f"Machine: {machine_line(machine())}; shared with other jobs.", ""]
     write_results(name, {"argv": argv, "levers": levers, "maps": posthoc}, "\n".join(md))

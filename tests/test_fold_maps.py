@@ -43,17 +43,21 @@ def test_report_pairs_each_variant_with_the_defaults_of_the_same_fold(tmp_path: 
     written: dict[str, object] = {}
     monkeypatch.setattr(fold_maps, "write_results", lambda name, data, md: written.update(name=name, data=data, md=md))
     runs = tmp_path / "runs"
+    embeddings = {"base_f0_s0": _embeddings(0), "base_f1_s0": _embeddings(1), "ema_f0_s0": _embeddings(2)}
     for name, fold, r1, over in (("base_f0_s0", 0, 0.50, {}), ("base_f1_s0", 1, 0.40, {}), ("ema_f0_s0", 0, 0.53, {"ema_decay": 0.9})):
         d = runs / name
         d.mkdir(parents=True)
-        np.savez(d / "emb.npz", **_embeddings(fold))
-        final = {"val/recall@1": r1, "val/map@r": r1 / 4}
+        np.savez(d / "emb.npz", **embeddings[name])
+        final = {"val/recall@1": r1, "val/map@r": r1 / 4}  # what the run recorded, under its own day's map: not read
         (d / "result.json").write_text(json.dumps({"fold": fold, "seed": 0, "size": 64, "overrides": over, "final": final, "wall_s": 1.0}))
     fold_maps.report(runs, "t", ["report", str(runs)])
     levers = {row["variant"]: row for row in written["data"]["levers"]}  # type: ignore[index]
     ema = levers['ema {"ema_decay": 0.9}']
     assert ema["runs"] == 1 and ema["pairs"] == [[0, 0]]  # fold 1 has no ema run: not paired
-    assert ema["d_r1"] == pytest.approx(3.0)
+    # the lever is scored under today's default map, refitted on each run's stored features
+    refit = {n: fold_maps.map_scores(embeddings[n], 64, (fold_maps.DEFAULT_MAP,))[fold_maps.DEFAULT_MAP] for n in ("base_f0_s0", "ema_f0_s0")}
+    assert (ema["d_r1"], ema["d_map"]) == pytest.approx(tuple(100 * np.subtract(refit["ema_f0_s0"], refit["base_f0_s0"])))
+    assert refit["ema_f0_s0"] != refit["base_f0_s0"]  # the two runs' features differ, so the check above is not 0 == 0
     assert levers["base (the defaults)"]["runs"] == 2
     maps = {row["variant"] for row in written["data"]["maps"]}  # type: ignore[index]
     assert f"ema: {fold_maps.DEFAULT_MAP}" in maps and f"ema: {fold_maps.HEAD_MAP}" in maps and "head, LDA to 64-d (whitening 2)" in maps
