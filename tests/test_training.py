@@ -68,8 +68,11 @@ def test_checkpoints_hold_the_typed_payload(trained: Path) -> None:
         load_checkpoint(trained, prefer="last")  # once a silent fall-back to best.pt
 
 
-def test_training_improves_recall_on_unseen_classes(trained: Path) -> None:
-    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+def test_training_improves_recall_on_unseen_classes(tmp_path: Path) -> None:
+    """Its own run of six epochs (18 steps): the shared three-epoch run is too short to beat chance (about 0.09 R@1 on
+    the 80 unseen images) for every seed and crop range, where six gained 0.11 to 0.18 on seeds 0 to 3."""
+    train(tiny_config(epochs=6, eval_untrained=True), tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert max(h["recall@1"] for h in lines[1:]) > lines[0]["recall@1"] + 0.05
 
 
