@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from proxyembed.runtime.files import atomic_write_text
 from proxyembed.runtime.system import cpu_name
@@ -53,6 +54,26 @@ def rss_mib() -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def read_results(name: str, out: Path = RESULTS) -> dict[str, Any]:
+    """An earlier run's results file ``NAME.json``, refused with one line (exit 2) when it is missing or damaged, so a
+    combine or merge never starts on a file that is not there or not whole."""
+    path = out / f"{name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        _bad_input(f"no results file {path}; run the benchmark with --name {name} first, or check the name")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _bad_input(f"{path} is not valid JSON ({exc}); rerun the benchmark that wrote it")
+    if not isinstance(data, dict):
+        _bad_input(f"{path} holds no results object; rerun the benchmark that wrote it")
+    return data
+
+
+def _bad_input(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str, out: Path = RESULTS) -> tuple[Path, Path]:

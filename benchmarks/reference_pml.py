@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, machine_line, write_results  # noqa: E402
+from _common import RESULTS, machine, machine_line, read_results, write_results  # noqa: E402
 
 from proxyembed.data import resolve_data  # noqa: E402
 from proxyembed.data.types import DataSplit, Sample, hold_out_classes  # noqa: E402
@@ -346,12 +346,25 @@ def batch_line(results: list[dict[str, Any]]) -> str:
     return "batch " + ", ".join(f"{b} ({', '.join(names)})" for b, names in groups.items())
 
 
+def _seeds_cell(row: dict[str, Any]) -> str:
+    """The seeds of a row, each side's own where the sides ran different seeds (a combine can pool one side's three
+    seeds with another's one), e.g. "0, 1, 2 (proxyembed: 0)"."""
+    def names(seeds: list[Any]) -> str:
+        return ", ".join(map(str, seeds))
+
+    own = {side: [run.get("seed", s) for run, s in zip(runs, row["seeds"], strict=False)] for side, runs in row["runs"].items() if runs}
+    if len({tuple(seeds) for seeds in own.values()}) <= 1:
+        return names(row["seeds"])
+    return names(row["seeds"]) + " (" + "; ".join(f"{SIDE_NAMES[side]}: {names(seeds)}" for side, seeds in own.items() if seeds != row["seeds"]) + ")"
+
+
 def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, infos: list[dict[str, Any]], commands: list[str] | None = None) -> str:
     """The comparison table; ``infos``: the machine of each run's results file (combined runs may come from several)."""
-    def cell(s: dict[str, Any] | None, key: str) -> str:
+    def cell(r: dict[str, Any], side: str, key: str) -> str:
+        s = r[side]
         if s is None:
             return "–"
-        return f"{100 * s[key]['mean']:.1f}" + (f" ± {100 * s[key]['std']:.1f}" if s[key]["std"] or len(seeds) > 1 else "")
+        return f"{100 * s[key]['mean']:.1f}" + (f" ± {100 * s[key]['std']:.1f}" if len(r["runs"][side]) > 1 else "")
 
     def lead(row: dict[str, Any], key: str) -> str:
         return f"{100 * row['lead'][key]:+.1f}" if key in row["lead"] else "–"
@@ -372,10 +385,9 @@ def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, infos: li
         "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
-        seeds = r["seeds"]
-        accuracy = [" | ".join([*(cell(r[side], key) for side in SIDES), lead(r, key)]) for key in REPORTED]
+        accuracy = [" | ".join([*(cell(r, side, key) for side in SIDES), lead(r, key)]) for key in REPORTED]
         walls = " | ".join("–" if r[side] is None else f"{r[side]['wall_s']:.0f}" for side in SIDES)
-        lines.append(f"| {r['dataset']} | {r['size'] or 'native'} | {r['loss']} | {', '.join(map(str, seeds))} | {' | '.join(accuracy)} | {walls} |")
+        lines.append(f"| {r['dataset']} | {r['size'] or 'native'} | {r['loss']} | {_seeds_cell(r)} | {' | '.join(accuracy)} | {walls} |")
     machines = list(dict.fromkeys(machine_line(info) for info in infos))
     lines += ["", *(f"Machine: {m}  " for m in machines), ""]
     return "\n".join(lines)
@@ -462,7 +474,7 @@ def _combine_part(spec: str) -> tuple[str, dict[str, Any]]:
     """A results file named by a ``--combine`` entry, ``NAME`` or ``NAME:SIDE+SIDE``; the latter keeps only those
     sides, so a comparison can reuse one side of an older file (its reference loops, say) beside newer runs."""
     name, _, sides = spec.partition(":")
-    part = json.loads((RESULTS / f"{name}.json").read_text())
+    part = read_results(name, RESULTS)
     if sides:
         keep = sides.split("+")
         if unknown := sorted(set(keep) - set(SIDES)):

@@ -75,6 +75,25 @@ def test_combine_refuses_a_seed_twice(results_dir: Path) -> None:
     assert not (results_dir / "all.json").exists()
 
 
+def test_combine_names_each_sides_seeds_where_they_differ(results_dir: Path) -> None:
+    _part(results_dir, "a", [0, 1], 64, [0.40])  # the plain loop ran seeds 0 and 1, proxyembed seed 0 only
+    reference_pml.main(["--combine", "a", "--name", "all"])
+    md = (results_dir / "all.md").read_text()
+    assert "| caltech101 | 64 | proxy_anchor | 0, 1 (proxyembed: 0) | 30.0 ± 0.0 | – | 40.0 | +10.0 |" in md  # no spread of one run
+
+
+def test_combine_refuses_a_missing_or_damaged_file_in_one_line(results_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _part(results_dir, "a", [0], 64, [0.40])
+    (results_dir / "cut.json").write_text('{"machine": {"cpu"')  # a file cut short
+    for name, says in (("nosuch", "no results file"), ("cut", "is not valid JSON")):
+        with pytest.raises(SystemExit) as exit_info:
+            reference_pml.main(["--combine", "a", name, "--name", "all"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1
+    assert not (results_dir / "all.json").exists()
+
+
 def test_combine_measures_the_lead_against_the_better_loop_on_each_metric(results_dir: Path) -> None:
     _part(results_dir, "old", [0, 1], 64, [0.40, 0.42])  # plain loop 30.0 / 7.0, proxyembed 41.0 / 9.0
     _part(results_dir, "aug", [0, 1], 64, [], augmented=[0.34, 0.36])  # augmented loop 35.0 / 8.0, run on its own
