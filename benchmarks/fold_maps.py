@@ -2,14 +2,17 @@
 
 ``run`` trains proxyembed's defaults (plus ``--set KEY=JSON`` overrides) on one Caltech-101 fold exactly as
 ``reference_pml.py --tune ... --fold F`` does (the fold's fifth of the training classes held out with
-``--val-fraction 0.2``, last epoch) and keeps the unwhitened network's pooled backbone features and head outputs
-of the training, validation and unseen images, at one or more input sizes. ``report`` then scores
+``--val-fraction 0.2``, last epoch) and keeps the unwhitened network's pooled features (of every stage, and of
+the last stage alone) and head outputs of the training, validation and unseen images, at one or more input
+sizes; ``add-stages`` adds the every-stage features to runs made before they were kept (from their ``last.pt``).
+``report`` then scores
 
 - each training variant (a ``--tag``) under the default map, refitted from the run's stored features (not the
   metrics the run recorded, which are under the map its day's trainer fitted), paired by fold and seed with the
   ``base`` runs (the defaults);
-- on the ``base`` runs, linear maps fitted on the training images against the default one (``--whiten``'s map of the
-  pooled features, round 15): within-class whitening of the head output (the map of rounds 7 to 14), other
+- on the ``base`` runs, linear maps fitted on the training images against the default one (``--whiten``'s map of
+  every stage's pooled features, round 17): the same map of the last stage alone (rounds 15 and 16), within-class
+  whitening of the head output (the map of rounds 7 to 14), other
   shrinkages, LDA (whitening, then the leading directions of the whitened class means), whitening the pooled
   features (512-d) or reducing them to 128-d, and evaluating at larger input sizes than the network trained at.
 
@@ -17,6 +20,7 @@ Only the validation classes are scored; the unseen classes are kept in the files
 
     python benchmarks/fold_maps.py run --out runs/base_f0_s0 --fold 0 --seed 0 --res 64,72,80
     python benchmarks/fold_maps.py run --out runs/ema_f0_s0 --fold 0 --seed 0 --set ema_decay=0.98
+    python benchmarks/fold_maps.py add-stages runs
     python benchmarks/fold_maps.py report runs --name tune_round10
 """
 
@@ -73,22 +77,60 @@ def run(out: Path, fold: int, seed: int, size: int, sizes: list[int], overrides:
     assert val is not None
     parts = {"train": data.train, "val": val.eval, "unseen": data.eval}
     arrays: dict[str, np.ndarray] = {f"{name}_y": np.array([s.label for s in samples]) for name, samples in parts.items()}
-    base = ckpt.preprocess
     for px in sizes:
-        spec = PreprocessSpec(resize=round(px * 8 / 7), crop=px, fit=base.fit, mean=base.mean, std=base.std,
-                              interpolation=base.interpolation, decode=base.decode)
         for name, samples in parts.items():
-            feats, heads = [], []
-            with torch.no_grad():
-                for batch in input_batches(samples, spec, 128):
-                    f = model.features(torch.from_numpy(batch))
-                    feats.append(f.numpy())
-                    heads.append(model.head(f).numpy())
-            arrays[f"{name}_feat_{px}"], arrays[f"{name}_head_{px}"] = np.concatenate(feats), np.concatenate(heads)
+            arrays |= _embedded(model, samples, _spec(ckpt.preprocess, px), f"{name}_", f"_{px}")
     np.savez(out / "emb.npz", **arrays)
     record = {"fold": fold, "seed": seed, "size": size, "batch": cfg.batch_size, "overrides": overrides, "final": result.final, "wall_s": wall}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _spec(base: PreprocessSpec, px: int) -> PreprocessSpec:
+    return PreprocessSpec(resize=round(px * 8 / 7), crop=px, fit=base.fit, mean=base.mean, std=base.std,
+                          interpolation=base.interpolation, decode=base.decode)
+
+
+def _embedded(model: Any, samples: Any, spec: PreprocessSpec, prefix: str, suffix: str) -> dict[str, np.ndarray]:
+    """Every stage's pooled features, the last stage's (their last columns) and the head's output of ``samples``."""
+    stages = []
+    with torch.no_grad():
+        for batch in input_batches(samples, spec, 128):
+            stages.append(model.stage_features(torch.from_numpy(batch)).numpy())
+    z = np.concatenate(stages)
+    feat = z[:, -model.head.in_features :]
+    with torch.no_grad():
+        head = model.head(torch.from_numpy(feat)).numpy()
+    return {f"{prefix}stages{suffix}": z, f"{prefix}feat{suffix}": feat, f"{prefix}head{suffix}": head}
+
+
+def add_stages(folder: Path) -> None:
+    """Add every stage's pooled features to the runs under ``folder`` that lack them, from each run's ``last.pt``;
+    the last stage's stored features must come out the same, or the run is left alone (a different network)."""
+    for d in sorted(p for p in folder.iterdir() if (p / "emb.npz").is_file() and RUN_NAME.match(p.name)):
+        emb = dict(np.load(d / "emb.npz"))
+        sizes = sorted({int(k.rsplit("_", 1)[1]) for k in emb if k.startswith("val_feat_")})
+        if all(f"val_stages_{px}" in emb for px in sizes):
+            continue
+        ckpt = load_checkpoint(d / "run", prefer="last.pt")
+        model = build_embedder(ckpt.model_config)
+        model.load_state_dict(ckpt.data["model"])
+        model.eval()
+        data = resolve_data(json.loads((d / "run" / "config.json").read_text())["data"])
+        val = hold_out_validation(data, VAL_FRACTION)
+        assert val is not None
+        parts = {"train": data.train, "val": val.eval, "unseen": data.eval}
+        new: dict[str, np.ndarray] = {}
+        for px in sizes:
+            for name, samples in parts.items():
+                got = _embedded(model, samples, _spec(ckpt.preprocess, px), f"{name}_", f"_{px}")
+                if not np.allclose(got[f"{name}_feat_{px}"], emb[f"{name}_feat_{px}"], atol=1e-3, rtol=1e-3):
+                    raise SystemExit(f"{d}: the last stage's features of {name} at {px} px differ from the stored ones; not the run's network")
+                new[f"{name}_stages_{px}"] = got[f"{name}_stages_{px}"]
+        tmp = d / "emb.tmp.npz"
+        np.savez(tmp, **emb, **new)
+        tmp.replace(d / "emb.npz")
+        print(f"{d}: every stage's features added ({', '.join(f'{px} px' for px in sizes)})", flush=True)
 
 
 # ---- report: score the variants -------------------------------------------------------------------------------
@@ -128,8 +170,12 @@ Map = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (trai
 
 
 def _maps() -> dict[str, tuple[str, Map | None]]:
-    """Each map by name, with the embedding it applies to (``head`` output or pooled ``feat``ures)."""
+    """Each map by name, with the embedding it applies to (``head`` output, pooled ``feat``ures of the last stage or
+    of every ``stages``)."""
     out: dict[str, tuple[str, Map | None]] = {}
+    for shrink in (1.0, 2.0, 4.0):
+        out[f"every stage's pooled features, class-mean directions + random rest to 128-d (whitening {shrink:g})"] = (
+            "stages", partial(_feature_map, shrink=shrink, k=128))
     for where, label in (("head", "head"), ("feat", "pooled features (512-d)")):
         out[f"{label}, no map"] = (where, None)
         for shrink in (1.0, 2.0, 4.0):
@@ -143,9 +189,10 @@ def _maps() -> dict[str, tuple[str, Map | None]]:
 
 
 MAPS = _maps()
-DEFAULT_MAP = "pooled features (512-d), class-mean directions + random rest to 128-d (whitening 2)"  # what --whiten 2 does
+DEFAULT_MAP = "every stage's pooled features, class-mean directions + random rest to 128-d (whitening 2)"  # what --whiten 2 does
+LAST_STAGE_MAP = "pooled features (512-d), class-mean directions + random rest to 128-d (whitening 2)"  # rounds 15 and 16
 HEAD_MAP = "head, within-class whitening 2"  # what --whiten 2 did until round 15
-VARIANT_MAPS = (DEFAULT_MAP, HEAD_MAP, "head, within-class whitening 1")  # scored on every training variant's runs too
+VARIANT_MAPS = (DEFAULT_MAP, LAST_STAGE_MAP, HEAD_MAP)  # scored on every training variant's runs too
 
 
 def map_scores(emb: Any, px: int, names: tuple[str, ...] | None = None) -> dict[str, tuple[float, float]]:
@@ -248,6 +295,9 @@ def main(argv: list[str]) -> None:
     r.add_argument("--res", default="", help="comma-separated input sizes to keep embeddings at (default: --size)")
     r.add_argument("--set", action="append", default=[], help="KEY=JSON override of the training config")
     r.add_argument("--threads", type=int, default=1)
+    a = sub.add_parser("add-stages", help="add every stage's pooled features to the runs under a folder made before they were kept")
+    a.add_argument("folder", type=Path)
+    a.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("report", help="score every run under a folder")
     p.add_argument("folder", type=Path)
     p.add_argument("--name", default="fold_maps")
@@ -258,6 +308,9 @@ def main(argv: list[str]) -> None:
         sizes = [int(x) for x in args.res.split(",")] if args.res else [args.size]
         record = run(args.out, args.fold, args.seed, args.size, sizes, overrides)
         print(json.dumps({k: record[k] for k in ("fold", "seed", "overrides", "wall_s")} | {"final": record["final"]}))
+    elif args.cmd == "add-stages":
+        torch.set_num_threads(args.threads)
+        add_stages(args.folder)
     else:
         report(args.folder, args.name, argv)
 

@@ -28,6 +28,7 @@ Results: benchmarks/results/reference_pml.{md,json} (tuning: reference_pml_tune.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import shlex
@@ -54,7 +55,13 @@ from proxyembed.training.checkpoint import load_checkpoint  # noqa: E402
 from proxyembed.training.config import resolve_config  # noqa: E402
 from proxyembed.training.model_eval import embed_samples, evaluate_model  # noqa: E402
 from proxyembed.training.trainer import train  # noqa: E402
-from proxyembed.training.whitening import fold_whitening, whitening_from_embeddings, whitening_images  # noqa: E402
+from proxyembed.training.whitening import (  # noqa: E402
+    PooledFeatures,
+    fold_whitening,
+    map_from_features,
+    whitening_from_embeddings,
+    whitening_images,
+)
 
 CALTECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "caltech101"
 REPORTED = ("recall@1", "map@r")
@@ -182,19 +189,30 @@ def proxyembed_settings(
     return settings
 
 
-def head_map_metrics(run: Path, data: str) -> dict[str, float]:
-    """The last epoch of ``run`` on the evaluation classes of ``data`` under the map of rounds 7 to 14 instead of
-    today's (docs/defaults.md, round 15): within-class whitening of the head's output, fitted on the same training
-    images with the run's shrinkage. Training does not depend on the map, so this pairs the two maps on one network."""
+EARLIER_MAPS = {"head_map_metrics": "the head whitening of rounds 7-14", "last_stage_map_metrics": "the last-stage map of rounds 15-16"}
+
+
+def earlier_map_metrics(run: Path, data: str) -> dict[str, dict[str, float]]:
+    """The last epoch of ``run`` on the evaluation classes of ``data`` under the maps that came before today's
+    (docs/defaults.md, rounds 15 and 17), each fitted on the same training images with the run's shrinkage:
+    ``head_map_metrics``, within-class whitening of the head's output (rounds 7 to 14), and ``last_stage_map_metrics``,
+    today's map fitted on the last stage's pooled features alone (rounds 15 and 16). Training does not depend on the
+    map, so this pairs the maps on one network."""
     ckpt = load_checkpoint(run, prefer="last.pt")
     model = build_embedder(ckpt.model_config)
     model.load_state_dict(ckpt.data["model"])  # the trained weights, before any map
     split = resolve_data(data)
     fit_on = whitening_images(split.train)
-    z = embed_samples(model, fit_on, ckpt.preprocess, normalize=False)
-    w = whitening_from_embeddings(z, [s.label for s in fit_on], float(ckpt.config["whiten"]))
-    assert w is not None
-    return evaluate_model(fold_whitening(model, w), split, ckpt.preprocess)
+    labels, shrink = [s.label for s in fit_on], float(ckpt.config["whiten"])
+    feats = embed_samples(PooledFeatures(model), fit_on, ckpt.preprocess, normalize=False)[:, -model.head.in_features :]
+    with torch.no_grad():
+        heads = model.head(torch.from_numpy(feats)).numpy()
+    head, last = whitening_from_embeddings(heads, labels, shrink), map_from_features(feats, labels, shrink, model.head.out_features)
+    assert head is not None and last is not None
+    return {
+        "head_map_metrics": evaluate_model(fold_whitening(copy.deepcopy(model), head), split, ckpt.preprocess),
+        "last_stage_map_metrics": evaluate_model(fold_whitening(model, last), split, ckpt.preprocess),
+    }
 
 
 def proxyembed_run(
@@ -203,7 +221,7 @@ def proxyembed_run(
 ) -> dict[str, Any]:
     """``proxyembed train`` with its defaults (plus ``overrides``); metrics of the last epoch, or with ``chosen`` of
     the epoch ``best.pt`` holds (with its epoch, the last epoch's metrics and each epoch's R@1 and MAP@R beside them);
-    ``head_map`` adds the last epoch under the map of rounds 7 to 14 (:func:`head_map_metrics`)."""
+    ``head_map`` adds the last epoch under the maps of rounds 7 to 14 and 15 to 16 (:func:`earlier_map_metrics`)."""
     cfg = resolve_config({**proxyembed_settings(data, size, loss, seed, epochs, batch, dim, backbone, val), **overrides})
     extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,7 +230,7 @@ def proxyembed_run(
         wall = time.perf_counter() - t0
         history = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         if head_map:
-            extra["head_map_metrics"] = head_map_metrics(Path(tmp) / "run", data)
+            extra |= earlier_map_metrics(Path(tmp) / "run", data)
     ips = statistics.mean(h["images_per_s"] for h in history if h["epoch"] > 0)
     prefix = "val/" if val else ""
 
@@ -413,7 +431,8 @@ def main(argv: list[str] | None = None) -> None:
         "--fold", type=int, default=None, help=f"with --tune: validate on the fold-th fifth of the training classes (0 to {FOLDS - 1}; default: last)"
     )
     ap.add_argument(
-        "--head-map", action="store_true", help="also score each proxyembed run with the map of rounds 7-14 (head whitening), on the same weights"
+        "--head-map", action="store_true",
+        help="also score each proxyembed run under the earlier maps (head whitening, rounds 7-14; the last stage's, 15-16), same weights",
     )
     ap.add_argument("--name", default=None, help="results file name (default reference_pml, or reference_pml_tune with --tune)")
     ap.add_argument(
@@ -459,9 +478,9 @@ def _compare(args: argparse.Namespace, info: dict[str, Any], data: dict[str, str
                         runs[side].append({**run, "seed": seed})
                         print(f"{dataset} {size} {loss} seed {seed} {side}: R@1 {run['metrics']['recall@1']:.4f} "
                               f"MAP@R {run['metrics']['map@r']:.4f} ({run['wall_s']:.0f} s)", flush=True)
-                        if "head_map_metrics" in run:
-                            print(f"  under the head whitening of rounds 7-14: R@1 {run['head_map_metrics']['recall@1']:.4f} "
-                                  f"MAP@R {run['head_map_metrics']['map@r']:.4f}", flush=True)
+                        for key, label in EARLIER_MAPS.items():
+                            if key in run:
+                                print(f"  under {label}: R@1 {run[key]['recall@1']:.4f} MAP@R {run[key]['map@r']:.4f}", flush=True)
                 _summarise(row)
                 results.append(row)
                 md = _markdown(results, args, [info])

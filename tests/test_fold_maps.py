@@ -23,7 +23,7 @@ def _embeddings(seed: int, dim: int = 8) -> dict[str, np.ndarray]:
         y = np.repeat(np.arange(6) + offset, 12)
         centres = rng.normal(size=(6, dim)) * 2
         z = centres[y - offset] + rng.normal(size=(len(y), dim)) * rng.uniform(0.2, 2.0, size=dim)
-        out |= {f"{split}_y": y, f"{split}_head_64": z, f"{split}_feat_64": z}
+        out |= {f"{split}_y": y, f"{split}_head_64": z, f"{split}_feat_64": z, f"{split}_stages_64": z}
     return out
 
 

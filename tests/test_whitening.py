@@ -1,5 +1,6 @@
-"""The map after training (within-class whitening of the pooled features, reduced to the embedding size): the fitted
-map, its fold into the head, checkpoints that carry it (and the head whitening of older ones), export parity."""
+"""The map after training (within-class whitening of every stage's pooled features, reduced to the embedding size): the
+fitted map, its install in the head's place, checkpoints that carry it (and the last-stage map and head whitening of
+older ones), export parity."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from proxyembed.training.config import resolve_config
 from proxyembed.training.model_eval import evaluate_model
 from proxyembed.training.run_dir import BEST, LAST
 from proxyembed.training.trainer import train
-from proxyembed.training.whitening import FEATURES, HEAD, Whitening, fold_whitening, map_from_features, whitening_from_embeddings
+from proxyembed.training.whitening import FEATURES, HEAD, STAGES, Whitening, fold_whitening, map_from_features, whitening_from_embeddings
 
 TINY = "synthetic:train_classes=12,eval_classes=10,per_class=8,size=40"
 
@@ -102,16 +103,35 @@ def test_the_map_recovers_retrieval_on_unseen_classes_and_pads_a_wider_embedding
     assert map_from_features(z[:5], ["a", "b", "c", "d", "e"], 1.0, 8) is None  # no class with two images
 
 
-@pytest.mark.parametrize("on", [FEATURES, HEAD])
-def test_folded_head_equals_the_mapped_embedding(on: str) -> None:
+def test_stage_features_pool_every_stage_from_stride_4() -> None:
+    """resnet18: layer1 to layer4 (64 + 128 + 256 + 512), each pooled as the head's input is; ViTs: the last stage only."""
+    torch.manual_seed(0)
+    model = build_embedder(ModelConfig("resnet18", 16, "avg+max")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    b = model.backbone
+    with torch.no_grad():
+        maps = [b.maxpool(b.act1(b.bn1(b.conv1(x))))]
+        for layer in (b.layer1, b.layer2, b.layer3, b.layer4):
+            maps.append(layer(maps[-1]))
+        expected = torch.cat([f.mean(dim=(2, 3)) + f.amax(dim=(2, 3)) for f in maps[1:]], dim=1)
+        got = model.stage_features(x)
+    assert model.stage_width == 960 and got.shape == (2, 960)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got[:, -512:], model.features(x))
+    vit = build_embedder(ModelConfig("vit_tiny_patch16_224", 16)).eval()
+    assert vit.stages == [] and vit.stage_width == 192
+
+
+@pytest.mark.parametrize("on", [STAGES, FEATURES, HEAD])
+def test_folded_map_equals_the_mapped_embedding(on: str) -> None:
     torch.manual_seed(0)
     model = build_embedder(ModelConfig("resnet18", 16, "avg+max")).eval()
     x = torch.randn(4, 3, 32, 32)
-    width = 512 if on == FEATURES else 16
+    width = {STAGES: 960, FEATURES: 512, HEAD: 16}[on]
     a = torch.randn(16, width) / width**0.5
     w = Whitening(torch.randn(width), a, 1.0, 10, on)
     with torch.no_grad():
-        source = model.features(x) if on == FEATURES else model.head(model.features(x))
+        source = {STAGES: model.stage_features, FEATURES: model.features, HEAD: lambda x: model.head(model.features(x))}[on](x)
         expected = F.normalize((source - w.mean) @ w.matrix.T, dim=1)
         got = fold_whitening(model, w)(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
@@ -130,11 +150,11 @@ def test_a_whitened_run_saves_the_map_and_its_checkpoint_reproduces_the_metrics(
     best, last = load_checkpoint(out / BEST), load_checkpoint(out / LAST)
     for ckpt in (best, last):
         w = ckpt.data["whitening"]
-        assert w["matrix"].shape == (32, 512) and w["mean"].shape == (512,) and w["on"] == FEATURES  # resnet18 pools 512
+        assert w["matrix"].shape == (32, 960) and w["mean"].shape == (960,) and w["on"] == STAGES  # resnet18's four stages
         assert w["shrink"] == 1.0 and w["images"] == 12 * 8
     # "model" keeps the trained weights (resume continues from them); build_model is what evaluation scored.
     model = best.build_model()
-    assert not torch.equal(model.head.weight, best.data["model"]["head.weight"])
+    assert model.map is not None and torch.equal(model.head.weight, best.data["model"]["head.weight"])
     metrics = evaluate_model(model, resolve_data(TINY), best.preprocess)
     history = {h["epoch"]: h for h in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
     assert metrics["recall@1"] == pytest.approx(history[best.data["epoch"]]["recall@1"], abs=1e-6)
@@ -145,21 +165,24 @@ def test_whitening_changes_no_training_step_and_off_leaves_no_map(tmp_path: Path
     plain = load_checkpoint(_whitened_run(tmp_path / "plain", whiten=0.0) / LAST)
     whitened = load_checkpoint(_whitened_run(tmp_path / "whitened") / LAST)
     assert "whitening" not in plain.data and "whitening" in whitened.data
-    assert torch.equal(plain.build_model().head.weight, plain.data["model"]["head.weight"])
+    assert plain.build_model().map is None and torch.equal(plain.build_model().head.weight, plain.data["model"]["head.weight"])
     for name, tensor in plain.data["model"].items():  # the fit at each evaluation draws no random numbers
         assert torch.equal(tensor, whitened.data["model"][name]), name
 
 
-@pytest.mark.parametrize("damage", ["shape", "nan", "missing", "head-sized map on the features", "unknown kind", "not a dict"])
+@pytest.mark.parametrize(
+    "damage", ["shape", "nan", "missing", "head-sized map on the features", "last-stage-sized map on the stages", "unknown kind", "not a dict"]
+)
 def test_a_damaged_map_is_refused(tmp_path: Path, damage: str) -> None:
     path = make_checkpoint(tmp_path / "run")
     data = torch.load(path, weights_only=True)
-    good = {"mean": torch.zeros(512), "matrix": torch.zeros(32, 512), "shrink": 1.0, "images": 10, "on": FEATURES}
+    good = {"mean": torch.zeros(960), "matrix": torch.zeros(32, 960), "shrink": 1.0, "images": 10, "on": STAGES}
     bad = {
-        "shape": {**good, "matrix": torch.zeros(16, 512)},
-        "nan": {**good, "mean": torch.full((512,), float("nan"))},
-        "missing": {"mean": torch.zeros(512)},
+        "shape": {**good, "matrix": torch.zeros(16, 960)},
+        "nan": {**good, "mean": torch.full((960,), float("nan"))},
+        "missing": {"mean": torch.zeros(960)},
         "head-sized map on the features": {**good, "mean": torch.zeros(32), "matrix": torch.eye(32)},
+        "last-stage-sized map on the stages": {**good, "mean": torch.zeros(512), "matrix": torch.zeros(32, 512)},
         "unknown kind": {**good, "on": "pixels"},
         "not a dict": [torch.zeros(512)],
     }[damage]
@@ -168,17 +191,18 @@ def test_a_damaged_map_is_refused(tmp_path: Path, damage: str) -> None:
         load_checkpoint(path).build_model()
 
 
-@pytest.mark.parametrize("on", [FEATURES, HEAD])
+@pytest.mark.parametrize("on", [STAGES, FEATURES, HEAD])
 def test_exported_onnx_embeds_like_the_mapped_checkpoint(tmp_path: Path, on: str) -> None:
-    """Both kinds: the default map on the features, and a checkpoint from before round 15 (head whitening, no "on" key)."""
+    """Every kind: the default map on every stage, a checkpoint of rounds 15-16 (the last stage) and one from before
+    round 15 (head whitening, no "on" key)."""
     pytest.importorskip("onnxruntime")
     from proxyembed.export.onnx_export import export_onnx
     from proxyembed.export.validate import served
 
-    width = 512 if on == FEATURES else 32
+    width = {STAGES: 960, FEATURES: 512, HEAD: 32}[on]
     a = torch.randn(32, width, generator=torch.Generator().manual_seed(0)) / width**0.5
     saved = {"mean": torch.randn(width), "matrix": a, "shrink": 1.0, "images": 10}
-    path = make_checkpoint(tmp_path / "run", whitening={**saved, "on": FEATURES} if on == FEATURES else saved)
+    path = make_checkpoint(tmp_path / "run", whitening=saved if on == HEAD else {**saved, "on": on})
     ckpt = load_checkpoint(path)
     model = ckpt.build_model()
     export_onnx(model, tmp_path / "m.onnx", crop=32, backbone="resnet18")

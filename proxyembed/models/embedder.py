@@ -3,6 +3,11 @@
 backbone (timm, by name) -> pooling (avg / max / avg+max as in Proxy-Anchor's official code) ->
 linear head -> L2 normalisation. The L2 normalisation is part of the network, so every exported
 artifact returns unit vectors and cosine similarity is a dot product everywhere downstream.
+
+Training fits the head on the last stage's pooled features. The map after training
+(:mod:`proxyembed.training.whitening`) can instead read every stage of a convolutional backbone from stride 4
+on, each pooled the same way (:meth:`Embedder.stage_features`): it is then installed as ``map`` and takes the
+head's place in ``forward``, so export and the runtime see one network either way.
 """
 
 from __future__ import annotations
@@ -30,24 +35,49 @@ class Embedder(nn.Module):
         # Proxy-Anchor's official head: kaiming-normal weights, zero bias
         nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
         nn.init.zeros_(self.head.bias)
+        self.stages, widths = _earlier_stages(backbone)
+        self.stage_width = backbone.num_features + sum(widths)  # the width of stage_features
+        self.map: nn.Linear | None = None  # the map after training over stage_features, once installed
+
+    def _pool(self, f: torch.Tensor) -> torch.Tensor:
+        if self.config.pool == "avg":
+            return f.mean(dim=(2, 3))
+        if self.config.pool == "max":
+            return f.amax(dim=(2, 3))
+        return f.mean(dim=(2, 3)) + f.amax(dim=(2, 3))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (N, C), before the head."""
         f = self.backbone.forward_features(x)
         if f.ndim == 4:  # convolutional feature map
-            if self.config.pool == "avg":
-                return f.mean(dim=(2, 3))
-            if self.config.pool == "max":
-                return f.amax(dim=(2, 3))
-            return f.mean(dim=(2, 3)) + f.amax(dim=(2, 3))
+            return self._pool(f)
         # token sequences (ViT and friends): the backbone's own pooling (class token or mean)
         return self.backbone.forward_head(f, pre_logits=True)
 
+    def stage_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled output of every stage from stride 4 on, the last stage's being :meth:`features`, side by side
+        (N, ``stage_width``); :meth:`features` alone for backbones without such stages (token sequences)."""
+        if not self.stages:
+            return self.features(x)
+        final, earlier = self.backbone.forward_intermediates(x, indices=self.stages)
+        return torch.cat([self._pool(f) for f in (*earlier, final)], dim=1)
+
     def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """The embeddings; ``normalize=False`` returns the head's output before the L2 normalisation, which
-        is what the within-class whitening (:mod:`proxyembed.training.whitening`) is fitted to."""
-        z = self.head(self.features(x))
+        """The embeddings; ``normalize=False`` returns them before the L2 normalisation."""
+        z = self.head(self.features(x)) if self.map is None else self.map(self.stage_features(x))
         return F.normalize(z, dim=1) if normalize else z
+
+
+def _earlier_stages(backbone: nn.Module) -> tuple[list[int], list[int]]:
+    """Indices and widths of a timm backbone's feature stages at stride 4 or more and below its last stage's stride
+    (resnet18: layer1 to layer3); none for backbones whose stages all share one stride (ViTs) or that list none."""
+    info = getattr(backbone, "feature_info", None)
+    if info is None or not hasattr(backbone, "forward_intermediates"):
+        return [], []
+    stages = list(info) if isinstance(info, list) else [info.info[i] for i in range(len(info.info))]
+    strides = [int(f["reduction"]) for f in stages]
+    keep = [i for i, r in enumerate(strides) if 4 <= r < strides[-1]]
+    return keep, [int(stages[i]["num_chs"]) for i in keep]
 
 
 def _create_backbone(name: str, pretrained: bool) -> nn.Module:

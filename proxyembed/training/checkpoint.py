@@ -120,7 +120,7 @@ class Checkpoint:
         model = build_embedder(self.model_config)
         model.load_state_dict(self.data["model"])
         if self.data.get("whitening") is not None:
-            w = Whitening.from_dict(self.data["whitening"], self.model_config.embedding_dim, model.head.in_features, str(self.path))
+            w = Whitening.from_dict(self.data["whitening"], model, str(self.path))
             fold_whitening(model, w)
         return model.eval()
 

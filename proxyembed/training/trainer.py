@@ -283,7 +283,7 @@ class Trainer:
         """``eval_model`` with ``--whiten``'s map fitted on ``images`` now (:func:`.whitening.whitened`), embedding their
         pooled features on one process or split over the ranks."""
         kw: dict[str, Any] = dict(device=self.device, on_batch=lambda k: self.reporter.advance(k), normalize=False, cache=self.caches.eval)
-        width = self.model.head.in_features
+        width = self.model.stage_width
 
         def embed(module: torch.nn.Module, samples: Sequence[Sample]) -> np.ndarray:
             if self.world.distributed:

@@ -10,20 +10,27 @@ directions it dropped. The whitened features are then reduced to the embedding s
 in which the training classes' means differ (at most as many as the classes less one, LDA's directions),
 and the rest of the size filled by a seeded random orthonormal projection of what those leave out, which
 keeps distances there on average instead of betting on some of its directions. The result is one linear
-map from the pooled features to the embedding, so it replaces the head's weights: the network keeps its
-shape, and export, the runtime and ``check`` see the mapped embedding without knowing about it.
-docs/defaults.md (round 15) has the measurement behind it and the default shrinkage.
+map from the pooled features to the embedding, installed in the head's place, so export, the runtime and
+``check`` see the mapped embedding without knowing about it. docs/defaults.md (round 15) has the
+measurement behind it and the default shrinkage.
+
+The features it reads are every stage's pooled output from stride 4 on, not the last stage's alone
+(:meth:`~proxyembed.models.Embedder.stage_features`; resnet18: layers 1 to 4, 960-d): earlier stages keep
+parts and textures that the last one, trained for the training classes, discards, and the fit weighs them by
+how well they separate classes. Backbones without such stages (ViTs) use the last stage, as before.
+docs/defaults.md (round 17) has that measurement.
 
 A checkpoint stores the fitted map beside the trained weights (``--resume`` continues from those);
-:meth:`~proxyembed.training.checkpoint.Checkpoint.build_model` folds it in. Checkpoints from before
-round 15 hold a whitening of the head's output instead (``on="head"``), which still loads as it was.
+:meth:`~proxyembed.training.checkpoint.Checkpoint.build_model` folds it in. Checkpoints of rounds 15 and 16
+hold a map of the last stage (``on="features"``, replacing the head's weights), and those from before round 15
+a whitening of the head's output (``on="head"``); both still load as they were.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,17 +43,20 @@ from proxyembed.runtime.errors import BadInput
 WHITEN_MAX_IMAGES = 20_000  # --whiten fits on at most this many training images per evaluation
 
 
-FEATURES, HEAD = "features", "head"  # what a map applies to: the pooled features (replacing the head), or the head's output
+# what a map applies to: every stage's pooled features (installed as the model's ``map``), the last stage's (replacing
+# the head's weights; rounds 15-16), or the head's output (before round 15)
+STAGES, FEATURES, HEAD = "stages", "features", "head"
 _FILL_SEED = 0  # the random fill is the same for every run, rank and resume
 
 
 @dataclass(frozen=True)
 class Whitening:
-    """``z -> matrix @ (x - mean)`` before the L2 normalisation, where ``x`` is the pooled features (``on="features"``:
-    ``matrix`` is (D, F) and replaces the head) or the head's output (``on="head"``: (D, D), checkpoints before round 15)."""
+    """``z -> matrix @ (x - mean)`` before the L2 normalisation, where ``x`` is every stage's pooled features (``on="stages"``:
+    ``matrix`` is (D, S)), the last stage's (``on="features"``: (D, F), replacing the head) or the head's output
+    (``on="head"``: (D, D), checkpoints before round 15)."""
 
-    mean: torch.Tensor  # (F,) or (D,)
-    matrix: torch.Tensor  # (D, F) or (D, D)
+    mean: torch.Tensor  # (S,), (F,) or (D,)
+    matrix: torch.Tensor  # (D, S), (D, F) or (D, D)
     shrink: float
     images: int
     on: str = FEATURES
@@ -55,11 +65,12 @@ class Whitening:
         return {"mean": self.mean, "matrix": self.matrix, "shrink": self.shrink, "images": self.images, "on": self.on}
 
     @classmethod
-    def from_dict(cls, d: Any, dim: int, features: int, source: str) -> Whitening:
-        """Read a checkpoint's map, refusing one that cannot belong to a ``dim``-d embedding of ``features``-d pooled features."""
+    def from_dict(cls, d: Any, model: Embedder, source: str) -> Whitening:
+        """Read a checkpoint's map, refusing one that cannot belong to ``model``'s embedding and features."""
+        dim = model.head.out_features
         try:
             mean, matrix, on = d["mean"], d["matrix"], d.get("on", HEAD)
-            width = {FEATURES: features, HEAD: dim}[on]
+            width = {STAGES: model.stage_width, FEATURES: model.head.in_features, HEAD: dim}[on]
             ok = isinstance(mean, torch.Tensor) and isinstance(matrix, torch.Tensor)
             ok = ok and tuple(mean.shape) == (width,) and tuple(matrix.shape) == (dim, width)
             ok = ok and bool(torch.isfinite(mean).all() and torch.isfinite(matrix).all())
@@ -138,14 +149,14 @@ def map_from_features(f: np.ndarray, labels: Sequence[Hashable], shrink: float, 
 
 
 class PooledFeatures(torch.nn.Module):
-    """``model``'s pooled backbone features, answering the embedding calls (``normalize=False`` as the map's fit asks)."""
+    """``model``'s pooled features of every stage, answering the embedding calls (``normalize=False`` as the map's fit asks)."""
 
     def __init__(self, model: Embedder) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.model.features(x)
+        return self.model.stage_features(x)
 
 
 def fit_whitening(
@@ -153,21 +164,26 @@ def fit_whitening(
 ) -> Whitening | None:
     """Fit the map of ``model`` on ``samples`` (evaluation preprocessing, no augmentation).
 
-    ``embed(module, samples)`` returns ``module``'s (N, F) outputs for a :class:`PooledFeatures` module; the trainer passes
+    ``embed(module, samples)`` returns ``module``'s (N, S) outputs for a :class:`PooledFeatures` module; the trainer passes
     its single-process or data-parallel embedding, so every rank fits the same map.
     """
     f = embed(PooledFeatures(model), samples)
-    return map_from_features(f, [s.label for s in samples], shrink, model.head.out_features)
+    w = map_from_features(f, [s.label for s in samples], shrink, model.head.out_features)
+    return replace(w, on=STAGES) if w is not None and model.stages else w
 
 
 def fold_whitening(model: Embedder, whitening: Whitening) -> Embedder:
-    """Fold ``whitening`` into ``model``'s head in place: ``W <- A``, ``b <- -A mean`` on the features, or
-    ``W <- A W``, ``b <- A (b - mean)`` on the head's output."""
+    """Fold ``whitening`` into ``model`` in place: a new ``map`` with ``W = A``, ``b = -A mean`` on every stage's features,
+    the head's ``W <- A``, ``b <- -A mean`` on the last stage's, or ``W <- A W``, ``b <- A (b - mean)`` on the head's output."""
     head = model.head
     with torch.no_grad():
         a = whitening.matrix.to(head.weight.device, head.weight.dtype)
         mean = whitening.mean.to(head.weight.device, head.weight.dtype)
-        if whitening.on == FEATURES:
+        if whitening.on == STAGES:
+            model.map = torch.nn.Linear(a.shape[1], a.shape[0]).to(head.weight.device, head.weight.dtype)
+            model.map.weight.copy_(a)
+            model.map.bias.copy_(-(a @ mean))
+        elif whitening.on == FEATURES:
             head.weight.copy_(a)
             head.bias.copy_(-(a @ mean))
         else:
