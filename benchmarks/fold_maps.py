@@ -68,14 +68,7 @@ def run(out: Path, fold: int, seed: int, size: int, sizes: list[int], overrides:
     t0 = time.perf_counter()
     result = train(cfg, out / "run")
     wall = time.perf_counter() - t0
-    ckpt = load_checkpoint(out / "run", prefer="last.pt")
-    model = build_embedder(ckpt.model_config)
-    model.load_state_dict(ckpt.data["model"])  # the unwhitened weights: the maps below replace the whitening
-    model.eval()
-    data = resolve_data(cfg.data)
-    val = hold_out_validation(data, VAL_FRACTION)
-    assert val is not None
-    parts = {"train": data.train, "val": val.eval, "unseen": data.eval}
+    ckpt, model, parts = _trained(out / "run", cfg.data)
     arrays: dict[str, np.ndarray] = {f"{name}_y": np.array([s.label for s in samples]) for name, samples in parts.items()}
     for px in sizes:
         for name, samples in parts.items():
@@ -84,6 +77,19 @@ def run(out: Path, fold: int, seed: int, size: int, sizes: list[int], overrides:
     record = {"fold": fold, "seed": seed, "size": size, "batch": cfg.batch_size, "overrides": overrides, "final": result.final, "wall_s": wall}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _trained(run_dir: Path, data_spec: str) -> tuple[Any, Any, dict[str, Any]]:
+    """A fold run's last checkpoint, its network with the unwhitened weights (the maps scored here replace the
+    whitening), and its training, validation and unseen images."""
+    ckpt = load_checkpoint(run_dir, prefer="last.pt")
+    model = build_embedder(ckpt.model_config)
+    model.load_state_dict(ckpt.data["model"])
+    model.eval()
+    data = resolve_data(data_spec)
+    val = hold_out_validation(data, VAL_FRACTION)
+    assert val is not None
+    return ckpt, model, {"train": data.train, "val": val.eval, "unseen": data.eval}
 
 
 def _spec(base: PreprocessSpec, px: int) -> PreprocessSpec:
@@ -112,14 +118,7 @@ def add_stages(folder: Path) -> None:
         sizes = sorted({int(k.rsplit("_", 1)[1]) for k in emb if k.startswith("val_feat_")})
         if all(f"val_stages_{px}" in emb for px in sizes):
             continue
-        ckpt = load_checkpoint(d / "run", prefer="last.pt")
-        model = build_embedder(ckpt.model_config)
-        model.load_state_dict(ckpt.data["model"])
-        model.eval()
-        data = resolve_data(json.loads((d / "run" / "config.json").read_text())["data"])
-        val = hold_out_validation(data, VAL_FRACTION)
-        assert val is not None
-        parts = {"train": data.train, "val": val.eval, "unseen": data.eval}
+        ckpt, model, parts = _trained(d / "run", json.loads((d / "run" / "config.json").read_text())["data"])
         new: dict[str, np.ndarray] = {}
         for px in sizes:
             for name, samples in parts.items():
